@@ -1,0 +1,82 @@
+# slashid for Lua - convenience Makefile (the rockspec builds the same).
+#
+#   make demo       set up, start the local emulator, rotate a key
+#   make test       set up, build with -Werror, run every spec
+#   make emulator   run the local SlashID emulator in the foreground
+#   make install    PREFIX=/usr/local DESTDIR=
+#
+# Variables: LUA_VERSION (5.4), LUA (interpreter), LUA_INCDIR, CURL_INCDIR,
+# PREFIX, DESTDIR, CFLAGS, WERROR (-Werror; empty to relax).
+
+LUA_VERSION ?= 5.4
+LUA         ?= lua$(LUA_VERSION)
+LUA_INCDIR  ?= /usr/include/lua$(LUA_VERSION)
+CURL_INCDIR ?= /usr/include/$(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)
+PREFIX      ?= /usr/local
+DESTDIR     ?=
+LUA_LIBDIR  ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
+LUA_SHAREDIR?= $(PREFIX)/share/lua/$(LUA_VERSION)
+BINDIR      ?= $(PREFIX)/bin
+
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+WERROR  ?= -Werror
+WARN     = -Wall -Wextra -Wshadow -Wpointer-arith -Wcast-align \
+           -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 $(WERROR)
+ALL_CFLAGS = $(CFLAGS) $(WARN) -std=gnu99 -fPIC -fvisibility=hidden \
+             -I$(LUA_INCDIR) -I$(CURL_INCDIR)
+LDFLAGS ?=
+LIBS     = -lcurl -lpthread
+
+BUILD   = build/$(notdir $(LUA))
+MODULE  = $(BUILD)/slashid/core.so
+SOURCES = $(wildcard src/*.c)
+OBJECTS = $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SOURCES))
+HEADERS = $(wildcard src/*.h)
+
+# Debian packages each target needs (installed only when missing).
+LUA_DEV_PKG = $(if $(filter 5.1,$(LUA_VERSION)),liblua5.1-0-dev,liblua$(LUA_VERSION)-dev)
+BUILD_PKGS  = gcc libc6-dev lua$(LUA_VERSION) $(LUA_DEV_PKG) libcurl4-openssl-dev \
+              lua-cjson ca-certificates
+RUN_PKGS    = python3 openssl
+TEST_PKGS   = lua-busted
+
+.PHONY: all deps test demo emulator install uninstall clean
+
+all: $(MODULE)
+
+$(BUILD)/obj/%.o: src/%.c $(HEADERS) | $(BUILD)/obj
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(MODULE): $(OBJECTS) | $(BUILD)/slashid
+	$(CC) -shared $(LDFLAGS) -o $@ $(OBJECTS) $(LIBS)
+
+$(BUILD)/obj $(BUILD)/slashid:
+	mkdir -p $@
+
+deps:
+	@sh scripts/deps.sh $(BUILD_PKGS) $(RUN_PKGS) $(TEST_PKGS)
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@LUA=$(LUA) BUILD=$(BUILD) sh spec/run.sh
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@LUA=$(LUA) BUILD=$(BUILD) sh examples/demo.sh
+
+emulator: deps
+	python3 emulator/slashid_emulator.py --port $${PORT:-8080} --tls-port $${TLS_PORT:-8443} --print-env
+
+install: $(MODULE)
+	install -d $(DESTDIR)$(LUA_LIBDIR)/slashid $(DESTDIR)$(LUA_SHAREDIR)/slashid
+	install -m 0755 $(MODULE) $(DESTDIR)$(LUA_LIBDIR)/slashid/core.so
+	install -m 0644 lua/slashid.lua $(DESTDIR)$(LUA_SHAREDIR)/slashid.lua
+	install -m 0644 lua/slashid/*.lua $(DESTDIR)$(LUA_SHAREDIR)/slashid/
+
+uninstall:
+	rm -f $(DESTDIR)$(LUA_LIBDIR)/slashid/core.so $(DESTDIR)$(LUA_SHAREDIR)/slashid.lua
+	rm -rf $(DESTDIR)$(LUA_SHAREDIR)/slashid
+
+clean:
+	rm -rf build

@@ -1,0 +1,215 @@
+-- slashid: rotate a SlashID organization's API key.
+--
+-- This file is the public face and holds the policy; the C module
+-- `slashid.core` does the HTTP work over libcurl. A call goes:
+--   options checked here -> core builds and sends one request -> core turns
+--   the answer into tables -> policy.lua decides the outcome and whether
+--   another attempt is allowed (only when the server cannot have acted).
+
+local core = require "slashid.core"
+local options = require "slashid.options"
+local policy = require "slashid.policy"
+
+local setmetatable, type, next, tostring, error = setmetatable, type, next, tostring, error
+
+local slashid = {
+  _VERSION = "0.1.0",
+  PRODUCTION = options.PRODUCTION,
+  SANDBOX = options.SANDBOX,
+}
+
+local DEFAULT_USER_AGENT = "slashid-lua/" .. slashid._VERSION ..
+                           " libcurl/" .. core.curl_version
+
+local ROTATE_PATH = "/organizations/api-keys"
+local CHECK_PATH = "/organizations/config"
+
+local function copy(t)
+  local c = {}
+  for k, v in next, t do c[k] = v end
+  return c
+end
+
+-- Runs attempts on `handle` until one may not be followed by another.
+-- Returns the last attempt's result, errors, pagination, an info table
+-- (status, attempts, elapsed, retry_after, headers) and its raw facts.
+local function attempts(handle, cfg, method, path)
+  local request = policy.request(cfg, method, path)
+  request.user_agent = request.user_agent or DEFAULT_USER_AGENT
+  local started = core.now()
+  local attempt, last_retry_after = 0, nil
+  local result, errors, pagination, facts
+  while true do
+    attempt = attempt + 1
+    result, errors, pagination, facts = handle:perform(request)
+    local retry_after = policy.retry_after(facts.headers, core)
+    if retry_after then last_retry_after = retry_after end
+    local delay = policy.next_delay(cfg, facts, attempt, retry_after, core.random)
+    if not delay then break end
+    core.sleep(delay)
+  end
+  local info = {
+    status = facts.status,
+    attempts = attempt,
+    elapsed = core.now() - started,
+    retry_after = last_retry_after,
+    headers = facts.headers,
+  }
+  return result, errors, pagination, info, facts
+end
+
+local function check(handle, cfg)
+  local _, errors, _, info, facts = attempts(handle, cfg, "GET", CHECK_PATH)
+  local ok = policy.accepted(facts)
+  if ok then errors = {} end
+  return ok, errors, info
+end
+
+local function add_error(errors, httpcode, message)
+  errors[#errors + 1] = { httpcode = httpcode, message = message }
+end
+
+local function rotate(handle, cfg)
+  local result, errors, pagination, info, facts =
+    attempts(handle, cfg, "PUT", ROTATE_PATH)
+  info.outcome = policy.outcome(result, facts)
+  if info.outcome ~= "rotated" then
+    if #errors == 0 then
+      -- a 2xx that parsed but carries no usable key
+      add_error(errors, facts.status, "HTTP " .. facts.status ..
+                ": the answer has no result.api_key" ..
+                (facts.excerpt ~= "" and ": " .. facts.excerpt or ""))
+    end
+    return nil, errors, pagination, info
+  end
+
+  -- From here on the old key is dead: nothing may lose the new one.
+  local new_key = result.api_key
+  if cfg.save_to then
+    local ok, why = core.write_key_file(cfg.save_to, new_key .. "\n")
+    info.saved = ok == true
+    if not ok then
+      add_error(errors, 0, "the key was rotated but not saved: " .. why ..
+                " (the new key is in result.api_key)")
+    end
+  end
+  if cfg.verify then
+    local vcfg = copy(cfg)
+    vcfg.api_key = new_key
+    local ok, verrors, vinfo = check(handle, vcfg)
+    info.verified = ok == true
+    if ok == false then
+      add_error(errors, vinfo.status, "verify: the new key was refused (HTTP " ..
+                vinfo.status .. ")")
+    elseif ok == nil then
+      add_error(errors, vinfo.status, "verify: the new key could not be checked: " ..
+                (verrors[1] and verrors[1].message or "no answer"))
+    end
+  end
+  return result, errors, pagination, info
+end
+
+-- ---- module-level calls ------------------------------------------------
+
+-- One kept handle for module-level calls, so that a script calling
+-- rotate_key and then check_key reuses its connection. A call made while
+-- it is in use (from a debug function) gets a handle of its own.
+local shared_handle, shared_busy
+
+local function with_shared_handle(fn, cfg)
+  if shared_busy then return fn(core.handle(), cfg) end
+  shared_handle = shared_handle or core.handle()
+  shared_busy = true
+  local ok, a, b, c, d = pcall(fn, shared_handle, cfg)
+  shared_busy = false
+  if not ok then error(a, 0) end
+  return a, b, c, d
+end
+
+local EMPTY = {}
+
+function slashid.rotate_key(opts)
+  local cfg = options.resolve(EMPTY, options.check(opts, nil, 2), nil, 2)
+  return with_shared_handle(rotate, cfg)
+end
+
+function slashid.check_key(opts)
+  local keep = options.REQUEST_OPTIONS
+  local cfg = options.resolve(EMPTY, options.check(opts, keep, 2), keep, 2)
+  return with_shared_handle(check, cfg)
+end
+
+-- ---- clients -----------------------------------------------------------
+
+-- Secrets live here, keyed weakly by client, never in the client table
+-- itself: a table dumper or debugger walking the client finds no key.
+local private = setmetatable({}, { __mode = "k" })
+
+local Client = {}
+local ClientMT = { __index = Client, __name = "slashid.Client" }
+
+local function state_of(client, method)
+  local st = private[client]
+  if st == nil then
+    error("slashid: bad self to " .. method .. " (a slashid client expected)", 3)
+  end
+  if st.handle == nil then
+    error("slashid: client is closed", 3)
+  end
+  return st
+end
+
+function slashid.new(defaults)
+  local checked = options.check(defaults, nil, 2, "defaults")
+  local client = {}
+  local address = tostring(client):match("0x%x+") or tostring(client):match("%x+$")
+  private[client] = { defaults = checked, handle = core.handle(), address = address }
+  return setmetatable(client, ClientMT)
+end
+
+function Client:rotate_key(opts)
+  local st = state_of(self, "rotate_key")
+  local given = options.check(opts, nil, 2)
+  local cfg = options.resolve(st.defaults, given, nil, 2)
+  local result, errors, pagination, info = rotate(st.handle, cfg)
+  -- The client's own key was just replaced: adopt the new one so that
+  -- later calls never present a dead key.
+  if result and given.api_key == nil and given.org_id == nil then
+    st.defaults.api_key = result.api_key
+    st.defaults.org_id = cfg.org_id
+  end
+  return result, errors, pagination, info
+end
+
+function Client:check_key(opts)
+  local st = state_of(self, "check_key")
+  local keep = options.REQUEST_OPTIONS
+  local cfg = options.resolve(st.defaults, options.check(opts, keep, 2), keep, 2)
+  return check(st.handle, cfg)
+end
+
+function Client:close()
+  local st = private[self]
+  if st and st.handle then
+    st.handle:close()
+    st.handle = nil
+    st.defaults = {}
+  end
+end
+
+ClientMT.__close = Client.close
+ClientMT.__gc = Client.close
+ClientMT.__tostring = function(self)
+  local st = private[self]
+  return "slashid.Client: " .. (st and st.address or "?") ..
+         ((st and st.handle) and "" or " (closed)")
+end
+
+-- Guard against callers storing fields on a client by mistake (a key in
+-- a client field would defeat the private table).
+ClientMT.__newindex = function()
+  error("slashid: clients have no settable fields (pass options to slashid.new)", 2)
+end
+
+slashid.Client = Client
+return slashid

@@ -1,0 +1,262 @@
+-- slashid.options: what callers may pass, checked before any network
+-- activity. Programmer mistakes raise `slashid: ...` errors that name the
+-- option and never quote a string value (it could be a key).
+
+local M = {}
+
+local floor, huge = math.floor, math.huge
+local type, next, rawget, tostring, error = type, next, rawget, tostring, error
+local string_format = string.format
+
+M.PRODUCTION = "https://api.slashid.com"
+M.SANDBOX = "https://api.sandbox.slashid.com"
+
+local ENV = {
+  org_id = "SLASHID_ORG_ID",
+  api_key = "SLASHID_API_KEY",
+  base_url = "SLASHID_BASE_URL",
+}
+
+-- What a value was, for a message, without ever showing string content.
+local function describe(v)
+  local t = type(v)
+  if t == "number" then
+    if v ~= v then return "nan" end
+    return string_format("%.14g", v)
+  elseif t == "string" then
+    return v == "" and "an empty string" or "a string"
+  end
+  return t
+end
+
+local function fail(level, name, expected, v)
+  error(string_format("slashid: bad option '%s' (%s expected, got %s)",
+                      name, expected, describe(v)), level + 1)
+end
+
+local function is_integer(v)
+  return type(v) == "number" and v == v and v > -huge and v < huge
+     and floor(v) == v
+end
+
+-- Integral floats (60.0) count as integers; they become Lua integers on
+-- 5.3+ so that headers print without ".0".
+local tointeger = math.tointeger or function(v) return v end
+
+local function check_text(name, v, level)
+  if type(v) ~= "string" or v == "" then fail(level + 1, name, "non-empty string", v) end
+  if v:find("[%c\127]") then
+    error(string_format("slashid: bad option '%s' (control characters such as CR, LF or NUL are not allowed)", name), level + 1)
+  end
+  return v
+end
+
+local function check_int(lo, hi)
+  local expected = hi and string_format("integer %d..%d", lo, hi)
+                       or string_format("integer >= %d", lo)
+  return function(name, v, level)
+    if not is_integer(v) or v < lo or (hi and v > hi) then
+      fail(level + 1, name, expected, v)
+    end
+    return tointeger(v)
+  end
+end
+
+local function check_positive(name, v, level)
+  if type(v) ~= "number" or not (v > 0) or v == huge then
+    fail(level + 1, name, "finite number > 0", v)
+  end
+  return v
+end
+
+local function check_path(name, v, level)
+  if type(v) ~= "string" or v == "" then fail(level + 1, name, "non-empty path string", v) end
+  if v:find("%z") then
+    error(string_format("slashid: bad option '%s' (NUL byte in path)", name), level + 1)
+  end
+  return v
+end
+
+-- Dotted-quad 127.x.y.z, every part decimal without leading zeros
+-- (libcurl reads "0127" as octal, so such spellings are refused).
+local function is_loopback_v4(host)
+  local parts = { host:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$") }
+  if #parts ~= 4 then return false end
+  for i = 1, 4 do
+    local p = parts[i]
+    if #p > 1 and p:sub(1, 1) == "0" then return false end
+    if tonumber(p) > 255 then return false end
+  end
+  return parts[1] == "127"
+end
+
+local function is_loopback(host)
+  host = host:lower()
+  return host == "localhost" or host == "::1" or host == "0:0:0:0:0:0:0:1"
+      or is_loopback_v4(host)
+end
+
+-- Returns the base URL without trailing slashes, or raises.
+local function check_base_url(name, v, level)
+  if type(v) ~= "string" or v == "" then fail(level + 1, name, "https:// URL string", v) end
+  local function bad(why)
+    error(string_format("slashid: bad option '%s' (%s)", name, why), level + 2)
+  end
+  if v:find("[%c%s\127]") then bad("spaces and control characters are not allowed") end
+  local scheme, rest = v:match("^(%a[%w+.-]*)://(.*)$")
+  if not scheme then bad("an absolute https:// URL is required") end
+  scheme = scheme:lower()
+  local authority = rest:match("^[^/?#]*")
+  local path = rest:sub(#authority + 1)
+  if authority:find("@", 1, true) then bad("user information in the URL is not allowed") end
+  if path:find("[?#]") then bad("a query or fragment is not allowed") end
+  local host, port
+  if authority:sub(1, 1) == "[" then
+    host, port = authority:match("^%[([^%]]+)%](.*)$")
+  else
+    host, port = authority:match("^([^:]*)(.*)$")
+  end
+  if not host or host == "" then bad("the URL has no host") end
+  if port ~= "" then
+    local digits = port:match("^:(%d+)$")
+    if not digits or tonumber(digits) < 1 or tonumber(digits) > 65535 then
+      bad("bad port")
+    end
+  end
+  if scheme == "http" then
+    if not is_loopback(host) then
+      bad("https:// is required; http:// is only allowed for loopback hosts (127.0.0.0/8, ::1, localhost)")
+    end
+  elseif scheme ~= "https" then
+    bad("https:// URL expected")
+  end
+  return (v:gsub("/+$", ""))
+end
+
+local function check_enum(...)
+  local allowed, list = {}, table.concat({...}, " or ")
+  for _, value in ipairs({...}) do allowed[value] = true end
+  return function(name, v, level)
+    if type(v) ~= "string" or not allowed[v] then
+      -- the two allowed values are public; anything else is not echoed
+      fail(level + 1, name, list, v)
+    end
+    return v
+  end
+end
+
+local function check_type(expected)
+  return function(name, v, level)
+    if type(v) ~= expected then fail(level + 1, name, expected, v) end
+    return v
+  end
+end
+
+local function check_user_agent(name, v, level)
+  if type(v) ~= "string" then fail(level + 1, name, "string", v) end
+  if v:find("[%c\127]") then
+    error(string_format("slashid: bad option '%s' (control characters are not allowed)", name), level + 1)
+  end
+  return v
+end
+
+-- Every option of rotate_key: name -> checker(name, value, level).
+M.CHECKS = {
+  org_id = check_text,
+  api_key = check_text,
+  consistency = check_enum("local_region", "all_regions"),
+  timeout = check_int(1, 120),
+  base_url = check_base_url,
+  connect_timeout = check_positive,
+  request_timeout = check_positive,
+  ca_file = check_path,
+  retries = check_int(0, 100),
+  retry_delay = check_positive,
+  retry_max_delay = check_positive,
+  max_response_bytes = check_int(1, 2 ^ 53),
+  save_to = check_path,
+  verify = check_type("boolean"),
+  user_agent = check_user_agent,
+  debug = check_type("function"),
+}
+
+-- The options of check_key: those that concern a request.
+M.REQUEST_OPTIONS = {
+  org_id = true, api_key = true, base_url = true, connect_timeout = true,
+  request_timeout = true, ca_file = true, retries = true, retry_delay = true,
+  retry_max_delay = true, max_response_bytes = true, user_agent = true,
+  debug = true,
+}
+
+local function show_name(k)
+  if type(k) ~= "string" then return "[" .. describe(k) .. "]" end
+  if #k > 40 or k:find("[%c\127]") then return "(a name that is not an option)" end
+  return k
+end
+
+-- Checks a caller's table against `allowed` (a set of names, default all
+-- of CHECKS) and returns a plain copy. Reads with next/rawget only, so a
+-- metatable on the caller's table is never triggered.
+function M.check(options, allowed, level, what)
+  level = (level or 1) + 1
+  if options == nil then return {} end
+  if type(options) ~= "table" then
+    error(string_format("slashid: %s must be a table, got %s", what or "options", describe(options)), level)
+  end
+  local copy = {}
+  local k = next(options)
+  while k ~= nil do
+    local check = type(k) == "string" and M.CHECKS[k]
+    if not check or (allowed and not allowed[k]) then
+      error(string_format("slashid: unknown option '%s'", show_name(k)), level)
+    end
+    copy[k] = check(k, rawget(options, k), level)
+    k = next(options, k)
+  end
+  return copy
+end
+
+-- Merges checked per-call options over checked defaults, fills in the
+-- environment and defaults, and checks what only the whole can tell.
+-- `keep` limits the result to a set of names (check_key).
+function M.resolve(defaults, options, keep, level)
+  level = (level or 1) + 1
+  local cfg = {}
+  for k, v in next, defaults do
+    if not keep or keep[k] then cfg[k] = v end
+  end
+  for k, v in next, options do cfg[k] = v end
+  for name, var in next, ENV do
+    if cfg[name] == nil then
+      local value = os.getenv(var)
+      if value ~= nil and value ~= "" then
+        cfg[name] = M.CHECKS[name](name .. " (from " .. var .. ")", value, level)
+      end
+    end
+  end
+  if cfg.org_id == nil then
+    error("slashid: missing option 'org_id' (or set SLASHID_ORG_ID)", level)
+  end
+  if cfg.api_key == nil then
+    error("slashid: missing option 'api_key' (or set SLASHID_API_KEY)", level)
+  end
+  cfg.base_url = cfg.base_url or M.PRODUCTION
+  if not keep then
+    cfg.consistency = cfg.consistency or "local_region"
+    cfg.timeout = cfg.timeout or 30
+  end
+  cfg.connect_timeout = cfg.connect_timeout or 10
+  cfg.request_timeout = cfg.request_timeout or (cfg.timeout or 30) + 15
+  cfg.retries = cfg.retries or 2
+  cfg.retry_delay = cfg.retry_delay or 0.5
+  if cfg.retry_max_delay == nil then
+    cfg.retry_max_delay = cfg.retry_delay > 30 and cfg.retry_delay or 30
+  elseif cfg.retry_max_delay < cfg.retry_delay then
+    error(string_format("slashid: bad option 'retry_max_delay' (number >= retry_delay (%s) expected, got %s)",
+                        describe(cfg.retry_delay), describe(cfg.retry_max_delay)), level)
+  end
+  cfg.max_response_bytes = cfg.max_response_bytes or 1048576
+  return cfg
+end
+
+return M

@@ -1,0 +1,139 @@
+-- Shared by the specs: the emulator started by spec/run.sh, its control
+-- API (over LuaSocket, independent of the code under test), and small
+-- utilities. No spec talks to anything but 127.0.0.1.
+
+local cjson = require "cjson"
+local http = require "socket.http"
+local ltn12 = require "ltn12"
+local socket = require "socket"
+
+local H = {}
+
+local function read_file(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+H.read_file = read_file
+
+local info_path = os.getenv("SLASHID_EMULATOR_INFO")
+assert(info_path, "run the specs with `make test` (spec/run.sh starts the emulator)")
+H.emulator = cjson.decode(read_file(info_path))
+H.http_url = H.emulator.http_url
+H.https_url = H.emulator.https_url
+H.ca_file = H.emulator.ca_file
+H.tmp = os.getenv("SLASHID_SPEC_TMP") or "/tmp"
+H.lua = os.getenv("SLASHID_SPEC_LUA") or "lua5.4"
+
+-- One control call: method, path, JSON body -> status, decoded answer.
+local function control(method, path, body)
+  local out = {}
+  local payload = body ~= nil and cjson.encode(body) or nil
+  local _, status = http.request{
+    url = H.http_url .. path,
+    method = method,
+    headers = payload and { ["content-type"] = "application/json",
+                            ["content-length"] = tostring(#payload) } or nil,
+    source = payload and ltn12.source.string(payload) or nil,
+    sink = ltn12.sink.table(out),
+  }
+  local text = table.concat(out)
+  local ok, decoded = pcall(cjson.decode, text)
+  return status, ok and decoded or text
+end
+H.control = control
+
+-- A fresh organization for one test: org_id, api_key.
+function H.new_org()
+  local status, org = control("POST", "/_emulator/orgs", {})
+  assert(status == 201, "emulator: cannot create an organization")
+  return org.org_id, org.api_key
+end
+
+-- Queue faults (a list of fault objects) for the org's next requests.
+function H.faults(org_id, list)
+  local status = control("POST", "/_emulator/orgs/" .. org_id .. "/faults", list)
+  assert(status == 200 or status == 201 or status == 204, "emulator: faults refused")
+end
+
+function H.org(org_id)
+  local status, state = control("GET", "/_emulator/orgs/" .. org_id)
+  assert(status == 200, "emulator: unknown org")
+  return state
+end
+
+-- How many API requests the emulator received for this org.
+function H.requests(org_id)
+  return #H.org(org_id).requests
+end
+
+function H.stats()
+  local _, stats = control("GET", "/_emulator/stats")
+  return stats
+end
+
+-- Options for a call against the emulator over plain HTTP, with fast
+-- retries so that retry specs stay quick.
+function H.opts(org_id, api_key, extra)
+  local o = { org_id = org_id, api_key = api_key, base_url = H.http_url,
+              retry_delay = 0.01, retry_max_delay = 0.05 }
+  for k, v in pairs(extra or {}) do o[k] = v end
+  return o
+end
+
+-- A loopback port nobody listens on (bound, then released).
+function H.closed_port()
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
+end
+
+local counter = 0
+function H.tmpname(name)
+  counter = counter + 1
+  return ("%s/%s-%d-%d"):format(H.tmp, name or "f", os.time(), counter)
+end
+
+function H.mkdir(path)
+  assert(os.execute("mkdir -p '" .. path .. "'"))
+  return path
+end
+
+-- Octal permission bits of a file, e.g. "600".
+function H.mode(path)
+  local p = io.popen("stat -c %a '" .. path .. "'")
+  local m = p:read("*l")
+  p:close()
+  return m
+end
+
+-- Every string reachable from a value (keys and values, nested), joined:
+-- used to assert that a secret appears nowhere in what a call returned.
+function H.flatten(...)
+  local parts, seen = {}, {}
+  local function walk(v)
+    local t = type(v)
+    if t == "string" then
+      parts[#parts + 1] = v
+    elseif t == "number" or t == "boolean" then
+      parts[#parts + 1] = tostring(v)
+    elseif t == "table" and not seen[v] then
+      seen[v] = true
+      for k, x in pairs(v) do walk(k); walk(x) end
+    end
+  end
+  for i = 1, select("#", ...) do walk((select(i, ...))) end
+  return table.concat(parts, "\n")
+end
+
+-- Asserts `secret` is not found (plainly) in `text`.
+function H.assert_no_secret(text, secret)
+  assert(type(secret) == "string" and #secret >= 8, "bad secret for the check")
+  if text:find(secret, 1, true) then
+    error("a secret was found where it must not be", 2)
+  end
+end
+
+return H

@@ -1,0 +1,297 @@
+/*
+ * answer.c - the answer: status line, headers and a capped body collected
+ * by libcurl callbacks, then turned into the native Lua tables the Lua
+ * layer works with:
+ *
+ *   result      the envelope's `result` object, or nil
+ *   errors      list of { httpcode = int, message = string [, curl_code] }
+ *   pagination  { limit, offset, total_count } or nil
+ *   facts       what the outcome rules need: status, sent, complete,
+ *               curl_code, too_large, headers, elapsed, excerpt
+ */
+#include <ctype.h>
+#include <math.h>
+#include <string.h>
+#include "slashid.h"
+
+/* ---- callbacks (run inside libcurl: never raise) --------------------- */
+
+static int over_cap(sid_transfer *t, size_t n) {
+  if (n > t->max_bytes || t->received > t->max_bytes - n) {
+    t->too_large = 1;
+    return 1;
+  }
+  t->received += n;
+  return 0;
+}
+
+size_t sid_answer_on_body(char *p, size_t size, size_t n, void *ud) {
+  sid_transfer *t = (sid_transfer *)ud;
+  size_t len = size * n;
+  if (over_cap(t, len)) return 0;         /* aborts: CURLE_WRITE_ERROR */
+  if (!sid_buf_append(&t->body, p, len)) {
+    t->out_of_memory = 1;
+    return 0;
+  }
+  return len;
+}
+
+size_t sid_answer_on_header(char *p, size_t size, size_t n, void *ud) {
+  sid_transfer *t = (sid_transfer *)ud;
+  size_t len = size * n;
+  if (over_cap(t, len)) return 0;
+  /* A new status line starts a new header block (100 Continue, or an
+     interim answer): only the last response's headers are kept. */
+  if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) sid_buf_reset(&t->head);
+  if (!sid_buf_append(&t->head, p, len)) {
+    t->out_of_memory = 1;
+    return 0;
+  }
+  return len;
+}
+
+/* ---- helpers ---------------------------------------------------------- */
+
+static void set_int(lua_State *L, const char *k, long v) {
+  lua_pushinteger(L, (lua_Integer)v);
+  lua_setfield(L, -2, k);
+}
+
+/* Appends the table on top of the stack to the list at index `list`. */
+static void append(lua_State *L, int list) {
+  lua_rawseti(L, list, (int)sid_rawlen(L, list) + 1);
+}
+
+static void push_entry(lua_State *L, long httpcode) {
+  lua_newtable(L);
+  set_int(L, "httpcode", httpcode);
+}
+
+static void push_excerpt(lua_State *L, sid_transfer *t) {
+  sid_push_redacted(L, t->body.data, t->body.len, t->api_key,
+                    t->api_key_len, SID_EXCERPT_MAX, 1);
+}
+
+/* Lower-case header names, last value wins, values redacted. */
+static void push_headers(lua_State *L, sid_transfer *t) {
+  const char *p = t->head.data, *end = p + t->head.len;
+  lua_newtable(L);
+  while (p && p < end) {
+    const char *eol = (const char *)memchr(p, '\n', (size_t)(end - p));
+    const char *next = eol ? eol + 1 : end;
+    const char *colon = (const char *)memchr(p, ':', (size_t)(next - p));
+    if (colon && colon > p && memcmp(p, "HTTP/", 5) != 0) {
+      const char *v = colon + 1, *ve = next;
+      luaL_Buffer b;
+      const char *c;
+      while (v < ve && (*v == ' ' || *v == '\t')) v++;
+      while (ve > v && isspace((unsigned char)ve[-1])) ve--;
+      luaL_buffinit(L, &b);
+      for (c = p; c < colon; c++) luaL_addchar(&b, (char)tolower((unsigned char)*c));
+      luaL_pushresult(&b);
+      sid_push_redacted(L, v, (size_t)(ve - v), t->api_key, t->api_key_len,
+                        0, 1);
+      lua_rawset(L, -3);
+    }
+    p = next;
+  }
+}
+
+/* Server entries kept as sent, with httpcode an integer and message a
+   (redacted) string even when the server left them out or mistyped. */
+static void add_server_errors(lua_State *L, int envelope, int list,
+                              sid_transfer *t, long status) {
+  int i, n;
+  lua_getfield(L, envelope, "errors");
+  if (lua_type(L, -1) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return;
+  }
+  n = (int)sid_rawlen(L, -1);
+  for (i = 1; i <= n; i++) {
+    lua_rawgeti(L, -1, i);
+    if (lua_type(L, -1) != LUA_TTABLE) {
+      lua_pop(L, 1);
+      continue;
+    }
+    lua_getfield(L, -1, "httpcode");
+    if (lua_type(L, -1) != LUA_TNUMBER ||
+        floor(lua_tonumber(L, -1)) != lua_tonumber(L, -1) ||
+        fabs(lua_tonumber(L, -1)) > 2147483647.0) {
+      lua_pop(L, 1);
+      set_int(L, "httpcode", status);
+    } else {
+      lua_Number code = lua_tonumber(L, -1);
+      lua_pop(L, 1);
+      set_int(L, "httpcode", (long)code);
+    }
+    lua_getfield(L, -1, "message");
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      size_t len;
+      const char *m = lua_tolstring(L, -1, &len);
+      sid_push_redacted(L, m, len, t->api_key, t->api_key_len, 0, 0);
+      lua_setfield(L, -3, "message");
+    } else {
+      lua_pushfstring(L, "HTTP %d (the server gave no message)", (int)status);
+      lua_setfield(L, -3, "message");
+    }
+    lua_pop(L, 1);
+    append(L, list);
+  }
+  lua_pop(L, 1);
+}
+
+static void add_transport_error(lua_State *L, int list, sid_transfer *t,
+                                CURLcode rc) {
+  push_entry(L, 0);
+  if (t->too_large)
+    lua_pushfstring(L, "%s: the answer is larger than max_response_bytes "
+                    "(%d bytes)", sid_curlcode_name(rc), (int)t->max_bytes);
+  else if (t->out_of_memory)
+    lua_pushfstring(L, "%s: out of memory while receiving the answer",
+                    sid_curlcode_name(rc));
+  else if (t->errbuf[0])
+    lua_pushfstring(L, "%s: %s (%s)", sid_curlcode_name(rc),
+                    curl_easy_strerror(rc), t->errbuf);
+  else
+    lua_pushfstring(L, "%s: %s", sid_curlcode_name(rc),
+                    curl_easy_strerror(rc));
+  /* The error buffer can quote the URL, never a header; redact anyway. */
+  {
+    size_t len;
+    const char *m = lua_tolstring(L, -1, &len);
+    sid_push_redacted(L, m, len, t->api_key, t->api_key_len, 0, 1);
+    lua_remove(L, -2);
+  }
+  lua_setfield(L, -2, "message");
+  set_int(L, "curl_code", (long)rc);
+  append(L, list);
+}
+
+/* An answer without a usable envelope: its status and a body excerpt. */
+static void add_excerpt_error(lua_State *L, int list, sid_transfer *t,
+                              long status, const char *what) {
+  push_entry(L, status);
+  lua_pushfstring(L, "HTTP %d: %s", (int)status, what);
+  if (t->body.len) {
+    lua_pushliteral(L, ": ");
+    push_excerpt(L, t);
+    lua_concat(L, 3);
+  }
+  lua_setfield(L, -2, "message");
+  append(L, list);
+}
+
+static void push_pagination(lua_State *L, int envelope) {
+  static const char *const names[] = {"limit", "offset", "total_count"};
+  int i;
+  lua_getfield(L, envelope, "meta");
+  if (lua_type(L, -1) == LUA_TTABLE) {
+    lua_getfield(L, -1, "pagination");
+    lua_remove(L, -2);
+  }
+  if (lua_type(L, -1) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    return;
+  }
+  lua_newtable(L);
+  for (i = 0; i < 3; i++) {
+    lua_getfield(L, -2, names[i]);   /* json.c made integral numbers ints */
+    lua_setfield(L, -2, names[i]);
+  }
+  lua_remove(L, -2);
+}
+
+/* ---- the four values ------------------------------------------------- */
+
+int sid_answer_push(lua_State *L, sid_transfer *t, CURLcode rc) {
+  long status = 0;
+  double elapsed = 0;
+  int envelope = 0, list, facts, base = lua_gettop(L);
+  int complete = (rc == CURLE_OK);
+
+  luaL_checkstack(L, 12, "answer");
+  curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+  curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME, &elapsed);
+#if !SID_HAVE_PREREQ
+  {
+    double pre = 0;
+    curl_easy_getinfo(t->easy, CURLINFO_PRETRANSFER_TIME, &pre);
+    if (pre > 0 || status > 0) t->requests_sent = 1;
+  }
+#endif
+
+  if (t->body.len && t->debug_ref != LUA_NOREF) {
+    sid_trace_emit(t, "< body: ", t->body.data, t->body.len,
+                   SID_TRACE_BODY_MAX);
+  }
+
+  /* The envelope, when the whole answer is a JSON object. */
+  if (complete && sid_json_decode(L, t->body.data ? t->body.data : "",
+                                  t->body.len)) {
+    if (lua_type(L, -1) == LUA_TTABLE) envelope = lua_gettop(L);
+    else lua_pop(L, 1);
+  }
+  if (!envelope) {
+    lua_pushnil(L);             /* keep slot positions fixed */
+  }
+  envelope = lua_gettop(L);
+
+  /* result */
+  if (complete && lua_type(L, envelope) == LUA_TTABLE) {
+    lua_getfield(L, envelope, "result");
+    if (lua_type(L, -1) != LUA_TTABLE) {
+      lua_pop(L, 1);
+      lua_pushnil(L);
+    }
+  } else {
+    lua_pushnil(L);
+  }
+
+  /* errors */
+  lua_newtable(L);
+  list = lua_gettop(L);
+  if (!complete || t->setup_rc != CURLE_OK) {
+    add_transport_error(L, list, t, t->setup_rc != CURLE_OK ? t->setup_rc
+                                                            : rc);
+  } else if (lua_type(L, envelope) == LUA_TTABLE) {
+    add_server_errors(L, envelope, list, t, status);
+    if (sid_rawlen(L, list) == 0 && (status < 200 || status > 299))
+      add_excerpt_error(L, list, t, status, "the answer has no errors entry");
+  } else if (status >= 200 && status <= 299) {
+    add_excerpt_error(L, list, t, status, "the answer is not a JSON object");
+  } else {
+    add_excerpt_error(L, list, t, status,
+                      t->body.len ? "the answer has no JSON envelope"
+                                  : "empty answer");
+  }
+
+  /* pagination */
+  if (lua_type(L, envelope) == LUA_TTABLE) push_pagination(L, envelope);
+  else lua_pushnil(L);
+
+  /* facts */
+  lua_newtable(L);
+  facts = lua_gettop(L);
+  set_int(L, "status", status);
+  set_int(L, "curl_code", (long)(t->setup_rc != CURLE_OK ? t->setup_rc : rc));
+  lua_pushboolean(L, t->requests_sent > 0);
+  lua_setfield(L, facts, "sent");
+  lua_pushboolean(L, complete && t->setup_rc == CURLE_OK);
+  lua_setfield(L, facts, "complete");
+  lua_pushboolean(L, t->too_large);
+  lua_setfield(L, facts, "too_large");
+  lua_pushboolean(L, lua_type(L, envelope) == LUA_TTABLE);
+  lua_setfield(L, facts, "envelope");
+  lua_pushnumber(L, elapsed);
+  lua_setfield(L, facts, "elapsed");
+  push_headers(L, t);
+  lua_setfield(L, facts, "headers");
+  push_excerpt(L, t);
+  lua_setfield(L, facts, "excerpt");
+
+  lua_remove(L, envelope);
+  (void)base;
+  return 4;
+}

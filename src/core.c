@@ -1,0 +1,39 @@
+/*
+ * core.c - luaopen_slashid_core: initialises libcurl once per process and
+ * registers the parts; no logic of its own. The Lua layer (slashid.lua)
+ * is the public face; this module is its engine.
+ */
+#include <pthread.h>
+#include "slashid.h"
+
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+static CURLcode global_rc = CURLE_OK;
+
+/* Never undone: other code in the host may use libcurl too, and states
+   (one per thread in some hosts) come and go while the process lives. */
+static void global_init(void) {
+  global_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+SID_API int luaopen_slashid_core(lua_State *L) {
+  curl_version_info_data *info;
+  pthread_once(&global_once, global_init);
+  if (global_rc != CURLE_OK)
+    return luaL_error(L, "slashid: curl_global_init failed: %s",
+                      curl_easy_strerror(global_rc));
+  sid_json_init(L);
+
+  lua_newtable(L);
+  sid_open_handle(L);
+  sid_open_clock(L);
+  sid_open_keyfile(L);
+
+  info = curl_version_info(CURLVERSION_NOW);
+  lua_pushstring(L, info->version);
+  lua_setfield(L, -2, "curl_version");
+  lua_pushstring(L, info->ssl_version ? info->ssl_version : "");
+  lua_setfield(L, -2, "ssl_version");
+  lua_pushboolean(L, (info->features & CURL_VERSION_HTTP2) != 0);
+  lua_setfield(L, -2, "http2");
+  return 1;
+}

@@ -1,0 +1,109 @@
+/*
+ * handle.c - the slashid.Handle userdata: one libcurl easy handle kept
+ * across calls (its connection cache gives keep-alive and TLS session
+ * reuse), and the blocking perform of one attempt.
+ */
+#include <string.h>
+#include "slashid.h"
+
+typedef struct sid_handle {
+  sid_transfer t;
+  int busy;      /* inside curl_easy_perform: the trace may call back in */
+} sid_handle;
+
+static sid_handle *check_handle(lua_State *L, int idx) {
+  sid_handle *h = (sid_handle *)luaL_checkudata(L, idx, SID_HANDLE_MT);
+  return h;
+}
+
+static int handle_new(lua_State *L) {
+  sid_handle *h = (sid_handle *)sid_newuserdata(L, sizeof *h);
+  /* Zeroed before the metatable is set: __gc on a half-built handle is
+     harmless. */
+  memset(h, 0, sizeof *h);
+  h->t.debug_ref = LUA_NOREF;
+  sid_setmetatable(L, SID_HANDLE_MT);
+  h->t.easy = curl_easy_init();
+  if (h->t.easy == NULL) return luaL_error(L, "slashid: curl_easy_init failed");
+  return 1;
+}
+
+/* handle:perform(request) -> result, errors, pagination, facts */
+static int handle_perform(lua_State *L) {
+  sid_handle *h = check_handle(L, 1);
+  CURLcode rc = CURLE_OK;
+  int n;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  if (h->t.easy == NULL) return luaL_error(L, "slashid: handle is closed");
+  if (h->busy) return luaL_error(L, "slashid: handle is busy (called from "
+                                    "its own debug function?)");
+  sid_request_clear(L, &h->t);   /* leftovers of a setup that raised */
+  sid_request_setup(L, 2, &h->t);
+  h->t.L = L;
+  if (h->t.setup_rc == CURLE_OK) {
+    h->busy = 1;
+    rc = curl_easy_perform(h->t.easy);
+    h->busy = 0;
+  }
+  n = sid_answer_push(L, &h->t, rc);
+  sid_request_clear(L, &h->t);
+  return n;
+}
+
+static int handle_close(lua_State *L) {
+  sid_handle *h = check_handle(L, 1);
+  if (h->busy) return luaL_error(L, "slashid: handle is busy");
+  sid_request_clear(L, &h->t);
+  sid_buf_free(&h->t.body);
+  sid_buf_free(&h->t.head);
+  if (h->t.easy) {
+    curl_easy_cleanup(h->t.easy);
+    h->t.easy = NULL;
+  }
+  return 0;
+}
+
+static int handle_gc(lua_State *L) {
+  sid_handle *h = check_handle(L, 1);
+  h->busy = 0;    /* a collected handle cannot be inside perform */
+  return handle_close(L);
+}
+
+static int handle_tostring(lua_State *L) {
+  sid_handle *h = check_handle(L, 1);
+  lua_pushfstring(L, "slashid.Handle: %p%s", (void *)h,
+                  h->t.easy ? "" : " (closed)");
+  return 1;
+}
+
+static int handle_is_open(lua_State *L) {
+  lua_pushboolean(L, check_handle(L, 1)->t.easy != NULL);
+  return 1;
+}
+
+void sid_open_handle(lua_State *L) {
+  static const luaL_Reg methods[] = {
+    {"perform", handle_perform},
+    {"close", handle_close},
+    {"is_open", handle_is_open},
+    {NULL, NULL}
+  };
+  static const luaL_Reg meta[] = {
+    {"__gc", handle_gc},
+    {"__tostring", handle_tostring},
+#if LUA_VERSION_NUM >= 504
+    {"__close", handle_close},
+#endif
+    {NULL, NULL}
+  };
+  luaL_newmetatable(L, SID_HANDLE_MT);
+  sid_setfuncs(L, meta);
+  lua_newtable(L);
+  sid_setfuncs(L, methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushliteral(L, "slashid.Handle");
+  lua_setfield(L, -2, "__name");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, handle_new);
+  lua_setfield(L, -2, "handle");
+}

@@ -1,0 +1,195 @@
+/*
+ * request.c - one request on a kept easy handle: URL, the four SlashID
+ * headers, user agent, timeouts, TLS, no redirects, the answer cap and
+ * the callbacks. The Lua layer has already checked every value; a missing
+ * field here is a bug in the library, and raises.
+ */
+#include <stdio.h>
+#include <string.h>
+#include "slashid.h"
+
+static const char *field_string(lua_State *L, int req, const char *name,
+                                size_t *len, int required) {
+  const char *s;
+  lua_getfield(L, req, name);
+  if (lua_isnil(L, -1) && !required) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  if (lua_type(L, -1) != LUA_TSTRING)
+    luaL_error(L, "slashid.core: request field '%s' must be a string", name);
+  s = lua_tolstring(L, -1, len);
+  lua_pop(L, 1);   /* still referenced by the request table */
+  return s;
+}
+
+static double field_number(lua_State *L, int req, const char *name,
+                           double fallback) {
+  double d;
+  lua_getfield(L, req, name);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return fallback;
+  }
+  if (lua_type(L, -1) != LUA_TNUMBER)
+    luaL_error(L, "slashid.core: request field '%s' must be a number", name);
+  d = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  return d;
+}
+
+/* Seconds to libcurl milliseconds. 0 would mean "no timeout" to libcurl,
+   so tiny values round up to 1 ms; huge ones are clamped. */
+static long to_ms(double seconds) {
+  double ms = seconds * 1000.0;
+  if (!(ms >= 1.0)) return 1;
+  if (ms > 2147483647.0) return 2147483647L;
+  return (long)ms;
+}
+
+#define SETOPT(t, opt, val) \
+  do { \
+    CURLcode rc_ = curl_easy_setopt((t)->easy, opt, val); \
+    if (rc_ != CURLE_OK && (t)->setup_rc == CURLE_OK) (t)->setup_rc = rc_; \
+  } while (0)
+
+static void add_header(sid_transfer *t, const char *line) {
+  struct curl_slist *grown = curl_slist_append(t->headers, line);
+  if (grown == NULL) {
+    if (t->setup_rc == CURLE_OK) t->setup_rc = CURLE_OUT_OF_MEMORY;
+    return;
+  }
+  t->headers = grown;
+}
+
+/* "Name: value" with the value taken as-is (checked in Lua: no CR/LF). */
+static void add_header_kv(sid_transfer *t, const char *name,
+                          const char *value, size_t vlen) {
+  size_t nlen = strlen(name);
+  sid_buf line = {NULL, 0, 0};
+  if (sid_buf_append(&line, name, nlen) && sid_buf_append(&line, ": ", 2) &&
+      sid_buf_append(&line, value, vlen) && sid_buf_append(&line, "", 1))
+    add_header(t, line.data);
+  else if (t->setup_rc == CURLE_OK)
+    t->setup_rc = CURLE_OUT_OF_MEMORY;
+  sid_buf_free(&line);   /* may hold the key: wiped */
+}
+
+#if SID_HAVE_PREREQ
+/* libcurl retries a request by itself when a reused connection turns out
+   dead before any answer byte. The server may have acted on the first
+   one (and killed the key it carried), so a second send is refused: the
+   attempt then ends as "unknown", never as a blind resend. */
+static int on_prereq(void *ud, char *primary_ip, char *local_ip,
+                     int primary_port, int local_port) {
+  sid_transfer *t = (sid_transfer *)ud;
+  (void)primary_ip; (void)local_ip; (void)primary_port; (void)local_port;
+  t->requests_sent++;
+  return t->requests_sent > 1 ? CURL_PREREQFUNC_ABORT : CURL_PREREQFUNC_OK;
+}
+#endif
+
+void sid_request_setup(lua_State *L, int req, sid_transfer *t) {
+  size_t len;
+  const char *method, *url, *org_id, *api_key, *consistency, *agent, *ca;
+  double timeout, max_bytes;
+  char line[64];
+
+  req = sid_absindex(L, req);
+  luaL_checktype(L, req, LUA_TTABLE);
+  method = field_string(L, req, "method", &len, 1);
+  url = field_string(L, req, "url", &len, 1);
+  org_id = field_string(L, req, "org_id", &len, 1);
+  add_header_kv(t, "SlashID-OrgID", org_id, len);
+  api_key = field_string(L, req, "api_key", &len, 1);
+  t->api_key = sid_strdup_secret(api_key, len);
+  t->api_key_len = t->api_key ? len : 0;
+  add_header_kv(t, "SlashID-API-Key", api_key, len);
+  consistency = field_string(L, req, "consistency", &len, 0);
+  if (consistency) add_header_kv(t, "SlashID-Required-Consistency",
+                                 consistency, len);
+  timeout = field_number(L, req, "consistency_timeout", 0);
+  if (timeout > 0) {
+    snprintf(line, sizeof line, "SlashID-Required-Consistency-Timeout: %ld",
+             (long)timeout);
+    add_header(t, line);
+  }
+  add_header(t, "Accept: application/json");
+  agent = field_string(L, req, "user_agent", &len, 0);
+  ca = field_string(L, req, "ca_file", &len, 0);
+  max_bytes = field_number(L, req, "max_response_bytes", 1048576);
+  t->max_bytes = max_bytes >= 1 ? (size_t)max_bytes : 1;
+
+  lua_getfield(L, req, "debug");
+  if (lua_isfunction(L, -1)) {
+    t->debug_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  } else {
+    lua_pop(L, 1);
+  }
+
+  /* A clean slate each time: the connection cache, TLS sessions and DNS
+     cache survive curl_easy_reset, stale options do not. */
+  curl_easy_reset(t->easy);
+  SETOPT(t, CURLOPT_URL, url);
+  if (strcmp(method, "GET") == 0) {
+    SETOPT(t, CURLOPT_HTTPGET, 1L);
+  } else {
+    SETOPT(t, CURLOPT_CUSTOMREQUEST, method);
+    /* No body, but proxies and load balancers want a length on a PUT. */
+    add_header(t, "Content-Length: 0");
+  }
+  SETOPT(t, CURLOPT_HTTPHEADER, t->headers);
+  if (agent) SETOPT(t, CURLOPT_USERAGENT, agent);
+  SETOPT(t, CURLOPT_NOSIGNAL, 1L);
+  SETOPT(t, CURLOPT_FOLLOWLOCATION, 0L);
+#if SID_HAVE_PROTOCOLS_STR
+  SETOPT(t, CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+  SETOPT(t, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+  SETOPT(t, CURLOPT_SSL_VERIFYPEER, 1L);
+  SETOPT(t, CURLOPT_SSL_VERIFYHOST, 2L);
+  if (ca) SETOPT(t, CURLOPT_CAINFO, ca);
+  SETOPT(t, CURLOPT_CONNECTTIMEOUT_MS,
+         to_ms(field_number(L, req, "connect_timeout", 10)));
+  SETOPT(t, CURLOPT_TIMEOUT_MS, to_ms(field_number(L, req, "request_timeout",
+                                                   45)));
+  SETOPT(t, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)t->max_bytes);
+  SETOPT(t, CURLOPT_ERRORBUFFER, t->errbuf);
+  t->errbuf[0] = '\0';
+  SETOPT(t, CURLOPT_WRITEFUNCTION, sid_answer_on_body);
+  SETOPT(t, CURLOPT_WRITEDATA, (void *)t);
+  SETOPT(t, CURLOPT_HEADERFUNCTION, sid_answer_on_header);
+  SETOPT(t, CURLOPT_HEADERDATA, (void *)t);
+#if SID_HAVE_PREREQ
+  SETOPT(t, CURLOPT_PREREQFUNCTION, on_prereq);
+  SETOPT(t, CURLOPT_PREREQDATA, (void *)t);
+#endif
+  if (t->debug_ref != LUA_NOREF) {
+    SETOPT(t, CURLOPT_DEBUGFUNCTION, sid_trace_on_debug);
+    SETOPT(t, CURLOPT_DEBUGDATA, (void *)t);
+    SETOPT(t, CURLOPT_VERBOSE, 1L);
+  }
+}
+
+void sid_request_clear(lua_State *L, sid_transfer *t) {
+  struct curl_slist *h;
+  for (h = t->headers; h != NULL; h = h->next)
+    if (h->data) sid_wipe(h->data, strlen(h->data));
+  curl_slist_free_all(t->headers);
+  t->headers = NULL;
+  sid_free_secret(&t->api_key, t->api_key_len);
+  t->api_key_len = 0;
+  sid_buf_reset(&t->body);
+  sid_buf_reset(&t->head);
+  t->received = 0;
+  t->too_large = t->out_of_memory = 0;
+  t->requests_sent = 0;
+  t->setup_rc = CURLE_OK;
+  t->debug_failed = 0;
+  if (t->debug_ref != LUA_NOREF) {
+    luaL_unref(L, LUA_REGISTRYINDEX, t->debug_ref);
+    t->debug_ref = LUA_NOREF;
+  }
+  t->L = NULL;
+}

@@ -1,0 +1,131 @@
+/*
+ * secret.c - memory that may hold a key: growable buffers that are wiped
+ * before they are released, and the redaction applied to every piece of
+ * server text that reaches the caller (errors, excerpts, headers, trace).
+ */
+#include <stdlib.h>
+#include <string.h>
+#include "slashid.h"
+
+/* A store through a volatile pointer cannot be optimised away, unlike a
+   memset right before free(). */
+void sid_wipe(void *p, size_t n) {
+  volatile unsigned char *v = (volatile unsigned char *)p;
+  if (p == NULL) return;
+  while (n--) *v++ = 0;
+}
+
+int sid_buf_append(sid_buf *b, const char *p, size_t n) {
+  if (n > b->cap - b->len) {
+    size_t cap = b->cap ? b->cap : 1024;
+    char *grown;
+    while (cap - b->len < n) {
+      if (cap > ((size_t)-1) / 2) return 0;
+      cap *= 2;
+    }
+    /* Not realloc: the old block may hold a key and must be wiped. */
+    grown = (char *)malloc(cap);
+    if (grown == NULL) return 0;
+    if (b->len) memcpy(grown, b->data, b->len);
+    sid_wipe(b->data, b->cap);
+    free(b->data);
+    b->data = grown;
+    b->cap = cap;
+  }
+  memcpy(b->data + b->len, p, n);
+  b->len += n;
+  return 1;
+}
+
+void sid_buf_reset(sid_buf *b) {
+  sid_wipe(b->data, b->len);
+  b->len = 0;
+}
+
+void sid_buf_free(sid_buf *b) {
+  sid_wipe(b->data, b->cap);
+  free(b->data);
+  b->data = NULL;
+  b->len = b->cap = 0;
+}
+
+char *sid_strdup_secret(const char *s, size_t n) {
+  char *p = (char *)malloc(n + 1);
+  if (p == NULL) return NULL;
+  memcpy(p, s, n);
+  p[n] = '\0';
+  return p;
+}
+
+void sid_free_secret(char **p, size_t n) {
+  if (*p == NULL) return;
+  sid_wipe(*p, n);
+  free(*p);
+  *p = NULL;
+}
+
+/* ---- redaction ------------------------------------------------------- */
+
+#define REDACTED "<redacted>"
+#define API_KEY_MEMBER "\"api_key\""
+
+typedef struct {
+  luaL_Buffer b;
+  size_t len, max;
+  int printable;
+} out_t;
+
+static int out_full(const out_t *o) { return o->max && o->len >= o->max; }
+
+static void out_char(out_t *o, unsigned char c) {
+  if (out_full(o)) return;
+  if (o->printable && ((c < 0x20 && c != '\t') || c == 0x7f)) c = '?';
+  luaL_addchar(&o->b, (char)c);
+  o->len++;
+}
+
+static void out_text(out_t *o, const char *s) {
+  while (*s) out_char(o, (unsigned char)*s++);
+}
+
+/* At s[i] starts `"api_key"`: copy the member name, then hide the string
+   value that follows it (a new key in an answer body), up to its closing
+   quote. Returns the index after what was consumed. */
+static size_t hide_api_key_value(out_t *o, const char *s, size_t n, size_t i) {
+  size_t j = i + sizeof(API_KEY_MEMBER) - 1;
+  out_text(o, API_KEY_MEMBER);
+  while (j < n && (s[j] == ' ' || s[j] == '\t' || s[j] == '\r' ||
+                   s[j] == '\n' || s[j] == ':'))
+    out_char(o, (unsigned char)s[j++]);
+  if (j >= n || s[j] != '"') return j;   /* not a string value: keep it */
+  out_char(o, '"');
+  j++;
+  while (j < n && s[j] != '"') j += (s[j] == '\\' && j + 1 < n) ? 2 : 1;
+  out_text(o, REDACTED);
+  if (j < n) { out_char(o, '"'); j++; }
+  return j;
+}
+
+void sid_push_redacted(lua_State *L, const char *s, size_t n,
+                       const char *key, size_t keylen,
+                       size_t max, int printable) {
+  out_t o;
+  size_t i = 0;
+  const size_t member_len = sizeof(API_KEY_MEMBER) - 1;
+  o.len = 0;
+  o.max = max;
+  o.printable = printable;
+  luaL_buffinit(L, &o.b);
+  while (i < n && !out_full(&o)) {
+    if (keylen && n - i >= keylen && memcmp(s + i, key, keylen) == 0) {
+      out_text(&o, REDACTED);
+      i += keylen;
+    } else if (n - i >= member_len &&
+               memcmp(s + i, API_KEY_MEMBER, member_len) == 0) {
+      i = hide_api_key_value(&o, s, n, i);
+    } else {
+      out_char(&o, (unsigned char)s[i++]);
+    }
+  }
+  luaL_pushresult(&o.b);
+}

@@ -1,0 +1,86 @@
+/*
+ * slashid.h - what the C files of slashid.core share. Nothing here is
+ * exported: the only public symbol of the module is luaopen_slashid_core.
+ */
+#ifndef SLASHID_H
+#define SLASHID_H
+
+#include <stddef.h>
+#include "compat.h"
+
+#define SID_HANDLE_MT "slashid.Handle"
+#define SID_EXCERPT_MAX 200   /* bytes of a body quoted in an errors entry */
+#define SID_TRACE_BODY_MAX 2048
+
+/* ---- secret.c: growable buffers that are wiped before release -------- */
+typedef struct sid_buf {
+  char *data;
+  size_t len, cap;
+} sid_buf;
+
+int  sid_buf_append(sid_buf *b, const char *p, size_t n); /* 0 on ENOMEM */
+void sid_buf_reset(sid_buf *b);  /* wipe contents, keep the allocation */
+void sid_buf_free(sid_buf *b);   /* wipe and release */
+void sid_wipe(void *p, size_t n);
+char *sid_strdup_secret(const char *s, size_t n);
+void sid_free_secret(char **p, size_t n);
+
+/* Pushes s with every occurrence of `key` and every JSON "api_key" string
+   value replaced by <redacted>, then cut to `max` bytes (0: no cut) with
+   control characters other than tab shown as '?' when `printable`. */
+void sid_push_redacted(lua_State *L, const char *s, size_t n,
+                       const char *key, size_t keylen,
+                       size_t max, int printable);
+
+/* ---- one attempt: the state shared by request.c, answer.c, trace.c --- */
+typedef struct sid_transfer {
+  CURL *easy;
+  struct curl_slist *headers; /* one of them holds the key: wiped on clear */
+  char *api_key;              /* copy kept for redaction, wiped on clear */
+  size_t api_key_len;
+  sid_buf body;               /* answer body, capped */
+  sid_buf head;               /* header lines of the last response */
+  size_t max_bytes;           /* cap on head + body */
+  size_t received;
+  int too_large;
+  int out_of_memory;
+  int requests_sent;          /* how many times libcurl was about to send */
+  CURLcode setup_rc;          /* first refused setopt, or CURLE_OK */
+  lua_State *L;               /* state running the transfer (for trace) */
+  int debug_ref;              /* registry ref of the debug function or NOREF */
+  int debug_failed;
+  char errbuf[CURL_ERROR_SIZE];
+} sid_transfer;
+
+/* request.c */
+void sid_request_setup(lua_State *L, int req, sid_transfer *t);
+void sid_request_clear(lua_State *L, sid_transfer *t);
+
+/* answer.c */
+size_t sid_answer_on_body(char *p, size_t size, size_t n, void *ud);
+size_t sid_answer_on_header(char *p, size_t size, size_t n, void *ud);
+int    sid_answer_push(lua_State *L, sid_transfer *t, CURLcode rc);
+
+/* trace.c */
+int  sid_trace_on_debug(CURL *h, curl_infotype type, char *p, size_t n,
+                        void *ud);
+void sid_trace_emit(sid_transfer *t, const char *prefix,
+                    const char *p, size_t n, size_t max);
+
+/* json.c: decode with lua-cjson, JSON null -> nil, integral -> integer.
+   Pushes the value and returns 1, or pushes nothing and returns 0. */
+int  sid_json_init(lua_State *L);
+int  sid_json_decode(lua_State *L, const char *s, size_t n);
+
+/* curlcode.c */
+const char *sid_curlcode_name(CURLcode rc);
+
+/* the module's one exported symbol */
+SID_API int luaopen_slashid_core(lua_State *L);
+
+/* registration functions, one per file */
+void sid_open_handle(lua_State *L);
+void sid_open_clock(lua_State *L);
+void sid_open_keyfile(lua_State *L);
+
+#endif
