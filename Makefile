@@ -39,9 +39,9 @@ LUA_DEV_PKG = $(if $(filter 5.1,$(LUA_VERSION)),liblua5.1-0-dev,liblua$(LUA_VERS
 BUILD_PKGS  = gcc libc6-dev lua$(LUA_VERSION) $(LUA_DEV_PKG) libcurl4-openssl-dev \
               lua-cjson ca-certificates
 RUN_PKGS    = python3 openssl
-TEST_PKGS   = lua-busted
+TEST_PKGS   = lua-busted lua-socket
 
-.PHONY: all deps test demo emulator install uninstall clean
+.PHONY: all deps test demo emulator install uninstall clean rockcheck
 
 all: $(MODULE)
 
@@ -80,3 +80,9 @@ uninstall:
 
 clean:
 	rm -rf build
+
+# Build and install with LuaRocks into a temporary tree, then smoke-test
+# the installed module from outside the checkout.
+rockcheck: deps
+	@sh scripts/deps.sh luarocks
+	@LUA=$(LUA) LUA_VERSION=$(LUA_VERSION) sh scripts/rockcheck.sh

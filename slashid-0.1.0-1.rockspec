@@ -1,0 +1,49 @@
+rockspec_format = "3.0"
+package = "slashid"
+version = "0.1.0-1"
+source = {
+  url = "git+https://github.com/slashid-lua/slashid-lua.git",
+  tag = "v0.1.0",
+}
+description = {
+  summary = "Rotate a SlashID organization's API key from Lua, safely",
+  detailed = [[
+A Lua C module over libcurl for PUT /organizations/api-keys. Every call
+says whether the key was rotated, not rotated, or might have been; nothing
+the server may have acted on is ever retried; new keys can be saved
+atomically (mode 0600) before the call returns.
+]],
+  homepage = "https://github.com/slashid-lua/slashid-lua",
+  license = "MIT",
+  labels = { "slashid", "curl", "security" },
+}
+dependencies = {
+  "lua >= 5.1, < 5.5",
+  "lua-cjson >= 2.1",
+}
+-- Only the library is declared: on Debian curl.h lives in a multiarch
+-- folder (/usr/include/x86_64-linux-gnu) that LuaRocks' header search
+-- misses but the compiler finds by itself. Pass CURL_INCDIR=... to
+-- `luarocks make` for a curl installed elsewhere.
+external_dependencies = {
+  CURL = { library = "curl" },
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["slashid.core"] = {
+      sources = {
+        "src/core.c", "src/handle.c", "src/request.c", "src/answer.c",
+        "src/json.c", "src/trace.c", "src/secret.c", "src/keyfile.c",
+        "src/clock.c", "src/curlcode.c",
+      },
+      libraries = { "curl", "pthread" },
+      incdirs = { "$(CURL_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)" },
+    },
+    ["slashid"] = "lua/slashid.lua",
+    ["slashid.options"] = "lua/slashid/options.lua",
+    ["slashid.policy"] = "lua/slashid/policy.lua",
+  },
+}
+test_dependencies = { "busted" }
