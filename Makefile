@@ -41,7 +41,7 @@ BUILD_PKGS  = gcc libc6-dev lua$(LUA_VERSION) $(LUA_DEV_PKG) libcurl4-openssl-de
 RUN_PKGS    = python3 openssl
 TEST_PKGS   = lua-busted lua-socket
 
-.PHONY: all deps test demo emulator install uninstall clean rockcheck
+.PHONY: all deps test demo emulator install uninstall clean rockcheck bench
 
 all: $(MODULE)
 
@@ -86,3 +86,9 @@ clean:
 rockcheck: deps
 	@sh scripts/deps.sh luarocks
 	@LUA=$(LUA) LUA_VERSION=$(LUA_VERSION) sh scripts/rockcheck.sh
+
+# Benchmarks (figures, not pass/fail): see bench/run.sh.
+bench: deps
+	@sh scripts/deps.sh nginx libnginx-mod-http-echo
+	@$(MAKE) --no-print-directory all
+	@LUA=$(LUA) BUILD=$(BUILD) sh bench/run.sh

@@ -78,7 +78,7 @@ local function rotate(handle, cfg)
       -- a 2xx that parsed but carries no usable key
       add_error(errors, facts.status, "HTTP " .. facts.status ..
                 ": the answer has no result.api_key" ..
-                (facts.excerpt ~= "" and ": " .. facts.excerpt or ""))
+                ((facts.excerpt or "") ~= "" and ": " .. facts.excerpt or ""))
     end
     return nil, errors, pagination, info
   end

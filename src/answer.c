@@ -203,6 +203,20 @@ static void push_pagination(lua_State *L, int envelope) {
   lua_remove(L, -2);
 }
 
+/* Whether the envelope's result.api_key is a non-empty string. */
+static int has_api_key(lua_State *L, int envelope) {
+  int yes = 0;
+  if (lua_type(L, envelope) != LUA_TTABLE) return 0;
+  lua_getfield(L, envelope, "result");
+  if (lua_type(L, -1) == LUA_TTABLE) {
+    lua_getfield(L, -1, "api_key");
+    yes = lua_type(L, -1) == LUA_TSTRING && sid_rawlen(L, -1) > 0;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return yes;
+}
+
 /* ---- the four values ------------------------------------------------- */
 
 int sid_answer_push(lua_State *L, sid_transfer *t, CURLcode rc) {
@@ -288,8 +302,11 @@ int sid_answer_push(lua_State *L, sid_transfer *t, CURLcode rc) {
   lua_setfield(L, facts, "elapsed");
   push_headers(L, t);
   lua_setfield(L, facts, "headers");
-  push_excerpt(L, t);
-  lua_setfield(L, facts, "excerpt");
+  /* Only a failure quotes the body; a rotated answer skips the work. */
+  if (!has_api_key(L, envelope)) {
+    push_excerpt(L, t);
+    lua_setfield(L, facts, "excerpt");
+  }
 
   lua_remove(L, envelope);
   (void)base;

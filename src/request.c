@@ -5,6 +5,7 @@
  * field here is a bug in the library, and raises.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include "slashid.h"
 
@@ -62,17 +63,23 @@ static void add_header(sid_transfer *t, const char *line) {
   t->headers = grown;
 }
 
-/* "Name: value" with the value taken as-is (checked in Lua: no CR/LF). */
+/* "Name: value" with the value taken as-is (checked in Lua: no CR/LF).
+   Built in an exact-size block that is wiped: the value may be the key. */
 static void add_header_kv(sid_transfer *t, const char *name,
                           const char *value, size_t vlen) {
-  size_t nlen = strlen(name);
-  sid_buf line = {NULL, 0, 0};
-  if (sid_buf_append(&line, name, nlen) && sid_buf_append(&line, ": ", 2) &&
-      sid_buf_append(&line, value, vlen) && sid_buf_append(&line, "", 1))
-    add_header(t, line.data);
-  else if (t->setup_rc == CURLE_OK)
-    t->setup_rc = CURLE_OUT_OF_MEMORY;
-  sid_buf_free(&line);   /* may hold the key: wiped */
+  size_t nlen = strlen(name), len = nlen + 2 + vlen + 1;
+  char *line = (char *)malloc(len);
+  if (line == NULL) {
+    if (t->setup_rc == CURLE_OK) t->setup_rc = CURLE_OUT_OF_MEMORY;
+    return;
+  }
+  memcpy(line, name, nlen);
+  memcpy(line + nlen, ": ", 2);
+  memcpy(line + nlen + 2, value, vlen);
+  line[len - 1] = '\0';
+  add_header(t, line);
+  sid_wipe(line, len);
+  free(line);
 }
 
 #if SID_HAVE_PREREQ

@@ -3,16 +3,24 @@
  * before they are released, and the redaction applied to every piece of
  * server text that reaches the caller (errors, excerpts, headers, trace).
  */
+#define _GNU_SOURCE 1   /* memmem, explicit_bzero */
 #include <stdlib.h>
 #include <string.h>
 #include "slashid.h"
 
-/* A store through a volatile pointer cannot be optimised away, unlike a
-   memset right before free(). */
+/* A plain memset right before free() may be optimised away; explicit_bzero
+   (glibc 2.25+) may not, and a store through a volatile pointer may not
+   either (the portable fallback). */
 void sid_wipe(void *p, size_t n) {
-  volatile unsigned char *v = (volatile unsigned char *)p;
-  if (p == NULL) return;
-  while (n--) *v++ = 0;
+  if (p == NULL || n == 0) return;
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 25))
+  explicit_bzero(p, n);
+#else
+  {
+    volatile unsigned char *v = (volatile unsigned char *)p;
+    while (n--) *v++ = 0;
+  }
+#endif
 }
 
 int sid_buf_append(sid_buf *b, const char *p, size_t n) {
@@ -106,12 +114,34 @@ static size_t hide_api_key_value(out_t *o, const char *s, size_t n, size_t i) {
   return j;
 }
 
+/* True when s needs no change at all: the common case for headers and
+   short messages, pushed without copying byte by byte. */
+static int is_clean(const char *s, size_t n, const char *key, size_t keylen,
+                    size_t max, int printable) {
+  size_t i;
+  if (max && n > max) return 0;
+  if (keylen && memmem(s, n, key, keylen) != NULL) return 0;
+  if (memmem(s, n, API_KEY_MEMBER, sizeof(API_KEY_MEMBER) - 1) != NULL)
+    return 0;
+  if (printable)
+    for (i = 0; i < n; i++) {
+      unsigned char c = (unsigned char)s[i];
+      if ((c < 0x20 && c != '\t') || c == 0x7f) return 0;
+    }
+  return 1;
+}
+
 void sid_push_redacted(lua_State *L, const char *s, size_t n,
                        const char *key, size_t keylen,
                        size_t max, int printable) {
   out_t o;
   size_t i = 0;
   const size_t member_len = sizeof(API_KEY_MEMBER) - 1;
+  if (s == NULL) n = 0;
+  if (n == 0 || is_clean(s, n, key, keylen, max, printable)) {
+    lua_pushlstring(L, n ? s : "", n);
+    return;
+  }
   o.len = 0;
   o.max = max;
   o.printable = printable;
