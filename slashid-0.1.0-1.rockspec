@@ -35,7 +35,7 @@ build = {
       sources = {
         "src/core.c", "src/handle.c", "src/request.c", "src/answer.c",
         "src/json.c", "src/trace.c", "src/secret.c", "src/keyfile.c",
-        "src/clock.c", "src/curlcode.c",
+        "src/clock.c", "src/curlcode.c", "src/multi.c",
       },
       libraries = { "curl", "pthread" },
       incdirs = { "$(CURL_INCDIR)" },

@@ -9,6 +9,8 @@
 local core = require "slashid.core"
 local options = require "slashid.options"
 local policy = require "slashid.policy"
+local rotation = require "slashid.rotation"
+local op = require "slashid.op"
 
 local setmetatable, type, next, tostring, error = setmetatable, type, next, tostring, error
 
@@ -21,21 +23,13 @@ local slashid = {
 local DEFAULT_USER_AGENT = "slashid-lua/" .. slashid._VERSION ..
                            " libcurl/" .. core.curl_version
 
-local ROTATE_PATH = "/organizations/api-keys"
-local CHECK_PATH = "/organizations/config"
-
-local function copy(t)
-  local c = {}
-  for k, v in next, t do c[k] = v end
-  return c
-end
+local ROTATE_PATH, CHECK_PATH = rotation.ROTATE_PATH, rotation.CHECK_PATH
 
 -- Runs attempts on `handle` until one may not be followed by another.
 -- Returns the last attempt's result, errors, pagination, an info table
 -- (status, attempts, elapsed, retry_after, headers) and its raw facts.
 local function attempts(handle, cfg, method, path)
-  local request = policy.request(cfg, method, path)
-  request.user_agent = request.user_agent or DEFAULT_USER_AGENT
+  local request = policy.request(cfg, method, path, DEFAULT_USER_AGENT)
   local started = core.now()
   local attempt, last_retry_after = 0, nil
   local result, errors, pagination, facts
@@ -48,14 +42,8 @@ local function attempts(handle, cfg, method, path)
     if not delay then break end
     core.sleep(delay)
   end
-  local info = {
-    status = facts.status,
-    attempts = attempt,
-    elapsed = core.now() - started,
-    retry_after = last_retry_after,
-    headers = facts.headers,
-  }
-  return result, errors, pagination, info, facts
+  return result, errors, pagination,
+         rotation.info(facts, attempt, started, last_retry_after), facts
 end
 
 local function check(handle, cfg)
@@ -65,45 +53,15 @@ local function check(handle, cfg)
   return ok, errors, info
 end
 
-local function add_error(errors, httpcode, message)
-  errors[#errors + 1] = { httpcode = httpcode, message = message }
-end
-
 local function rotate(handle, cfg)
-  local result, errors, pagination, info, facts =
-    attempts(handle, cfg, "PUT", ROTATE_PATH)
-  info.outcome = policy.outcome(result, facts)
-  if info.outcome ~= "rotated" then
-    if #errors == 0 then
-      -- a 2xx that parsed but carries no usable key
-      add_error(errors, facts.status, "HTTP " .. facts.status ..
-                ": the answer has no result.api_key" ..
-                ((facts.excerpt or "") ~= "" and ": " .. facts.excerpt or ""))
-    end
-    return nil, errors, pagination, info
-  end
-
-  -- From here on the old key is dead: nothing may lose the new one.
-  local new_key = result.api_key
-  if cfg.save_to then
-    local ok, why = core.write_key_file(cfg.save_to, new_key .. "\n")
-    info.saved = ok == true
-    if not ok then
-      add_error(errors, 0, "the key was rotated but not saved: " .. why ..
-                " (the new key is in result.api_key)")
-    end
-  end
-  if cfg.verify then
-    local vcfg = copy(cfg)
-    vcfg.api_key = new_key
-    local ok, verrors, vinfo = check(handle, vcfg)
-    info.verified = ok == true
-    if ok == false then
-      add_error(errors, vinfo.status, "verify: the new key was refused (HTTP " ..
-                vinfo.status .. ")")
-    elseif ok == nil then
-      add_error(errors, vinfo.status, "verify: the new key could not be checked: " ..
-                (verrors[1] and verrors[1].message or "no answer"))
+  local result, errors, pagination, info =
+    rotation.settle(attempts(handle, cfg, "PUT", ROTATE_PATH))
+  if result then
+    -- From here on the old key is dead: nothing may lose the new one.
+    rotation.save(cfg, result, errors, info)
+    if cfg.verify then
+      rotation.verified(errors, info,
+                        check(handle, rotation.verify_cfg(cfg, result.api_key)))
     end
   end
   return result, errors, pagination, info
@@ -137,6 +95,11 @@ function slashid.check_key(opts)
   local keep = options.REQUEST_OPTIONS
   local cfg = options.resolve(EMPTY, options.check(opts, keep, 2), keep, 2)
   return with_shared_handle(check, cfg)
+end
+
+function slashid.start_rotate_key(opts)
+  local cfg = options.resolve(EMPTY, options.check(opts, nil, 2), nil, 2)
+  return op.start(cfg, DEFAULT_USER_AGENT)
 end
 
 -- ---- clients -----------------------------------------------------------
@@ -179,6 +142,19 @@ function Client:rotate_key(opts)
     st.defaults.org_id = cfg.org_id
   end
   return result, errors, pagination, info
+end
+
+function Client:start_rotate_key(opts)
+  local st = state_of(self, "start_rotate_key")
+  local given = options.check(opts, nil, 2)
+  local cfg = options.resolve(st.defaults, given, nil, 2)
+  local adopt = given.api_key == nil and given.org_id == nil
+  return op.start(cfg, DEFAULT_USER_AGENT, function(result)
+    if adopt and st.handle then
+      st.defaults.api_key = result.api_key
+      st.defaults.org_id = cfg.org_id
+    end
+  end)
 end
 
 function Client:check_key(opts)

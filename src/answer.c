@@ -144,7 +144,10 @@ static void add_server_errors(lua_State *L, int envelope, int list,
 static void add_transport_error(lua_State *L, int list, sid_transfer *t,
                                 CURLcode rc) {
   push_entry(L, 0);
-  if (t->too_large)
+  if (t->cancelled)
+    lua_pushfstring(L, "%s: the operation was cancelled (op:cancel)",
+                    sid_curlcode_name(rc));
+  else if (t->too_large)
     lua_pushfstring(L, "%s: the answer is larger than max_response_bytes "
                     "(%d bytes)", sid_curlcode_name(rc), (int)t->max_bytes);
   else if (t->out_of_memory)

@@ -27,6 +27,7 @@ SID_API int luaopen_slashid_core(lua_State *L) {
   sid_open_handle(L);
   sid_open_clock(L);
   sid_open_keyfile(L);
+  sid_open_multi(L);
 
   info = curl_version_info(CURLVERSION_NOW);
   lua_pushstring(L, info->version);

@@ -1,19 +1,14 @@
 /*
  * handle.c - the slashid.Handle userdata: one libcurl easy handle kept
  * across calls (its connection cache gives keep-alive and TLS session
- * reuse), and the blocking perform of one attempt.
+ * reuse), the blocking perform of one attempt, and the collection of an
+ * attempt that ran on a multi (multi.c).
  */
 #include <string.h>
 #include "slashid.h"
 
-typedef struct sid_handle {
-  sid_transfer t;
-  int busy;      /* inside curl_easy_perform: the trace may call back in */
-} sid_handle;
-
-static sid_handle *check_handle(lua_State *L, int idx) {
-  sid_handle *h = (sid_handle *)luaL_checkudata(L, idx, SID_HANDLE_MT);
-  return h;
+sid_handle *sid_check_handle(lua_State *L, int idx) {
+  return (sid_handle *)luaL_checkudata(L, idx, SID_HANDLE_MT);
 }
 
 static int handle_new(lua_State *L) {
@@ -22,21 +17,26 @@ static int handle_new(lua_State *L) {
      harmless. */
   memset(h, 0, sizeof *h);
   h->t.debug_ref = LUA_NOREF;
+  h->self_ref = LUA_NOREF;
   sid_setmetatable(L, SID_HANDLE_MT);
   h->t.easy = curl_easy_init();
   if (h->t.easy == NULL) return luaL_error(L, "slashid: curl_easy_init failed");
   return 1;
 }
 
+static void check_idle(lua_State *L, sid_handle *h) {
+  if (h->t.easy == NULL) luaL_error(L, "slashid: handle is closed");
+  if (h->busy || h->multi)
+    luaL_error(L, "slashid: handle is busy (a transfer is running on it)");
+}
+
 /* handle:perform(request) -> result, errors, pagination, facts */
 static int handle_perform(lua_State *L) {
-  sid_handle *h = check_handle(L, 1);
+  sid_handle *h = sid_check_handle(L, 1);
   CURLcode rc = CURLE_OK;
   int n;
   luaL_checktype(L, 2, LUA_TTABLE);
-  if (h->t.easy == NULL) return luaL_error(L, "slashid: handle is closed");
-  if (h->busy) return luaL_error(L, "slashid: handle is busy (called from "
-                                    "its own debug function?)");
+  check_idle(L, h);
   sid_request_clear(L, &h->t);   /* leftovers of a setup that raised */
   sid_request_setup(L, 2, &h->t);
   h->t.L = L;
@@ -50,9 +50,29 @@ static int handle_perform(lua_State *L) {
   return n;
 }
 
+/* handle:collect() -> result, errors, pagination, facts, for an attempt
+   started with multi:add. If it has not finished (op:cancel), it is
+   detached and reported as aborted: "sent" still tells whether the
+   server may have seen it. */
+static int handle_collect(lua_State *L) {
+  sid_handle *h = sid_check_handle(L, 1);
+  CURLcode rc;
+  int n;
+  if (h->t.easy == NULL) return luaL_error(L, "slashid: handle is closed");
+  if (h->multi) sid_multi_detach(L, h);
+  rc = h->finished ? h->finished_rc : CURLE_ABORTED_BY_CALLBACK;
+  if (!h->finished) h->t.cancelled = 1;
+  h->t.L = L;
+  n = sid_answer_push(L, &h->t, rc);
+  sid_request_clear(L, &h->t);
+  h->finished = 0;
+  return n;
+}
+
 static int handle_close(lua_State *L) {
-  sid_handle *h = check_handle(L, 1);
+  sid_handle *h = sid_check_handle(L, 1);
   if (h->busy) return luaL_error(L, "slashid: handle is busy");
+  if (h->multi) sid_multi_detach(L, h);
   sid_request_clear(L, &h->t);
   sid_buf_free(&h->t.body);
   sid_buf_free(&h->t.head);
@@ -64,26 +84,27 @@ static int handle_close(lua_State *L) {
 }
 
 static int handle_gc(lua_State *L) {
-  sid_handle *h = check_handle(L, 1);
+  sid_handle *h = sid_check_handle(L, 1);
   h->busy = 0;    /* a collected handle cannot be inside perform */
   return handle_close(L);
 }
 
 static int handle_tostring(lua_State *L) {
-  sid_handle *h = check_handle(L, 1);
+  sid_handle *h = sid_check_handle(L, 1);
   lua_pushfstring(L, "slashid.Handle: %p%s", (void *)h,
                   h->t.easy ? "" : " (closed)");
   return 1;
 }
 
 static int handle_is_open(lua_State *L) {
-  lua_pushboolean(L, check_handle(L, 1)->t.easy != NULL);
+  lua_pushboolean(L, sid_check_handle(L, 1)->t.easy != NULL);
   return 1;
 }
 
 void sid_open_handle(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"perform", handle_perform},
+    {"collect", handle_collect},
     {"close", handle_close},
     {"is_open", handle_is_open},
     {NULL, NULL}

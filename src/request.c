@@ -162,6 +162,9 @@ void sid_request_setup(lua_State *L, int req, sid_transfer *t) {
   SETOPT(t, CURLOPT_TIMEOUT_MS, to_ms(field_number(L, req, "request_timeout",
                                                    45)));
   SETOPT(t, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)t->max_bytes);
+  /* multi.c finds the handle from the easy handle: the transfer is the
+     first member of a sid_handle, so the two pointers are the same. */
+  SETOPT(t, CURLOPT_PRIVATE, (void *)t);
   SETOPT(t, CURLOPT_ERRORBUFFER, t->errbuf);
   t->errbuf[0] = '\0';
   SETOPT(t, CURLOPT_WRITEFUNCTION, sid_answer_on_body);
@@ -194,6 +197,7 @@ void sid_request_clear(lua_State *L, sid_transfer *t) {
   t->requests_sent = 0;
   t->setup_rc = CURLE_OK;
   t->debug_failed = 0;
+  t->cancelled = 0;
   if (t->debug_ref != LUA_NOREF) {
     luaL_unref(L, LUA_REGISTRYINDEX, t->debug_ref);
     t->debug_ref = LUA_NOREF;

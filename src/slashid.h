@@ -49,8 +49,27 @@ typedef struct sid_transfer {
   lua_State *L;               /* state running the transfer (for trace) */
   int debug_ref;              /* registry ref of the debug function or NOREF */
   int debug_failed;
+  int cancelled;              /* collected before it finished */
   char errbuf[CURL_ERROR_SIZE];
 } sid_transfer;
+
+/* A slashid.Handle: one kept easy handle and its attempt state. It runs
+   either blocking (handle.c) or attached to a slashid.Multi (multi.c). */
+struct sid_multi;
+typedef struct sid_handle {
+  sid_transfer t;
+  int busy;                  /* inside curl_easy_perform */
+  struct sid_multi *multi;   /* attached to this multi, or NULL */
+  struct sid_handle *prev, *next;  /* the multi's list of attached handles */
+  int self_ref;              /* registry ref while attached (keeps it alive) */
+  int finished;              /* the multi reported it done */
+  CURLcode finished_rc;
+} sid_handle;
+
+#define SID_MULTI_MT "slashid.Multi"
+
+sid_handle *sid_check_handle(lua_State *L, int idx);
+void sid_multi_detach(lua_State *L, sid_handle *h);  /* multi.c */
 
 /* request.c */
 void sid_request_setup(lua_State *L, int req, sid_transfer *t);
@@ -82,5 +101,6 @@ SID_API int luaopen_slashid_core(lua_State *L);
 void sid_open_handle(lua_State *L);
 void sid_open_clock(lua_State *L);
 void sid_open_keyfile(lua_State *L);
+void sid_open_multi(lua_State *L);
 
 #endif

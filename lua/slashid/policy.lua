@@ -83,7 +83,7 @@ function M.next_delay(cfg, facts, attempt, retry_after, random)
 end
 
 -- The request table the C core reads for one attempt.
-function M.request(cfg, method, path)
+function M.request(cfg, method, path, default_user_agent)
   return {
     method = method,
     url = cfg.base_url .. path,
@@ -91,7 +91,7 @@ function M.request(cfg, method, path)
     api_key = cfg.api_key,
     consistency = method == "PUT" and cfg.consistency or nil,
     consistency_timeout = method == "PUT" and cfg.timeout or nil,
-    user_agent = cfg.user_agent,
+    user_agent = cfg.user_agent or default_user_agent,
     connect_timeout = cfg.connect_timeout,
     request_timeout = cfg.request_timeout,
     ca_file = cfg.ca_file,

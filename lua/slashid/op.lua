@@ -1,0 +1,103 @@
+-- slashid.op: start_rotate_key's operation object, for hosts with their
+-- own loop. poll() never waits; wait(s) waits at most s; retries are
+-- deadlines inside the op. Each op has its own easy and multi handles, so
+-- ops from several clients can be pending at once; a dropped op is
+-- cleaned up by the garbage collector (the C handles have __gc).
+
+local core = require "slashid.core"
+local job_mod = require "slashid.job"
+
+local setmetatable, type, error = setmetatable, type, error
+
+local M = {}
+
+-- Keys live in the job, and the job lives here, never in the op table.
+local private = setmetatable({}, { __mode = "k" })
+
+local Op = {}
+local OpMT = { __index = Op, __name = "slashid.Op" }
+
+local function state_of(op, method)
+  local st = private[op]
+  if not st then
+    error("slashid: bad self to " .. method .. " (a slashid op expected)", 3)
+  end
+  return st
+end
+
+-- Releases the sockets as soon as the op is over.
+local function release(st)
+  if st.multi then st.multi:close(); st.multi = nil end
+  if st.job.handle then st.job.handle:close() end
+end
+
+function M.start(cfg, user_agent, on_rotated)
+  local op = {}
+  local address = tostring(op):match("0x%x+") or "?"
+  local job = job_mod.new(cfg, core.handle(), "rotate", user_agent, on_rotated)
+  local st = { job = job, multi = core.multi(), address = address }
+  job.on_done = function() release(st) end
+  private[op] = st
+  setmetatable(op, OpMT)
+  job:start(st.multi)
+  return op
+end
+
+function Op:poll()
+  local st = state_of(self, "poll")
+  local job = st.job
+  if job.phase == "done" then return true end
+  job:due(core.now())
+  if job.running then
+    local finished = st.multi:perform()
+    if finished[1] then job:finished() end
+  end
+  return job.phase == "done"
+end
+
+function Op:wait(seconds)
+  local st = state_of(self, "wait")
+  if seconds ~= nil and (type(seconds) ~= "number" or not (seconds >= 0)) then
+    error("slashid: bad argument to wait (seconds >= 0 or nil expected)", 2)
+  end
+  local deadline = seconds and core.now() + seconds
+  while not self:poll() do
+    local now = core.now()
+    local limit = deadline and deadline - now or 1
+    if limit <= 0 then return false end
+    local job = st.job
+    if job.wait_until then
+      local until_retry = job.wait_until - now
+      if until_retry < limit then limit = until_retry > 0 and until_retry or 0 end
+    end
+    st.multi:wait(limit)
+  end
+  return true
+end
+
+function Op:results()
+  local st = state_of(self, "results")
+  if st.job.phase ~= "done" then
+    error("slashid: the operation has not finished (poll or wait until it returns true)", 2)
+  end
+  local v = st.job.values
+  return v[1], v[2], v[3], v[4]
+end
+
+function Op:cancel()
+  local st = state_of(self, "cancel")
+  st.job:cancel()
+end
+
+OpMT.__tostring = function(self)
+  local st = private[self]
+  return "slashid.Op: " .. (st and st.address or "?") ..
+         (st and st.job.phase == "done" and " (finished)" or " (pending)")
+end
+OpMT.__gc = function(self)
+  local st = private[self]
+  if st then release(st) end
+end
+
+M.Op = Op
+return M

@@ -1,0 +1,78 @@
+-- slashid.rotation: what happens after the last attempt, shared by blocking
+-- calls, ops and batches: naming the outcome, completing `errors`, saving
+-- the new key, and reporting a verification.
+
+local core = require "slashid.core"
+local policy = require "slashid.policy"
+
+local M = {}
+
+M.ROTATE_PATH = "/organizations/api-keys"
+M.CHECK_PATH = "/organizations/config"
+
+local function add_error(errors, httpcode, message)
+  errors[#errors + 1] = { httpcode = httpcode, message = message }
+end
+M.add_error = add_error
+
+-- The info table of a finished sequence of attempts.
+function M.info(facts, attempts, started, retry_after)
+  return {
+    status = facts.status,
+    attempts = attempts,
+    elapsed = core.now() - started,
+    retry_after = retry_after,
+    headers = facts.headers,
+  }
+end
+
+-- Names the outcome of the last rotation attempt; returns the values a
+-- caller sees (result is nil unless rotated; errors never empty then).
+function M.settle(result, errors, pagination, info, facts)
+  info.outcome = policy.outcome(result, facts)
+  if info.outcome ~= "rotated" then
+    if #errors == 0 then
+      -- a 2xx that parsed but carries no usable key
+      local excerpt = facts.excerpt or ""
+      add_error(errors, facts.status, "HTTP " .. facts.status ..
+                ": the answer has no result.api_key" ..
+                (excerpt ~= "" and ": " .. excerpt or ""))
+    end
+    return nil, errors, pagination, info
+  end
+  return result, errors, pagination, info
+end
+
+-- After a rotation the old key is dead: a failure to save is reported,
+-- never raised, and the key stays in result.
+function M.save(cfg, result, errors, info)
+  if not cfg.save_to then return end
+  local ok, why = core.write_key_file(cfg.save_to, result.api_key .. "\n")
+  info.saved = ok == true
+  if not ok then
+    add_error(errors, 0, "the key was rotated but not saved: " .. why ..
+              " (the new key is in result.api_key)")
+  end
+end
+
+-- The configuration of the check that verifies a new key.
+function M.verify_cfg(cfg, new_key)
+  local v = {}
+  for k, x in next, cfg do v[k] = x end
+  v.api_key = new_key
+  return v
+end
+
+-- Records the verification's answer (ok as from check_key).
+function M.verified(errors, info, ok, verrors, vinfo)
+  info.verified = ok == true
+  if ok == false then
+    add_error(errors, vinfo.status, "verify: the new key was refused (HTTP " ..
+              vinfo.status .. ")")
+  elseif ok == nil then
+    add_error(errors, vinfo.status, "verify: the new key could not be checked: " ..
+              (verrors[1] and verrors[1].message or "no answer"))
+  end
+end
+
+return M
