@@ -4,13 +4,27 @@
 #   make test       set up, build with -Werror, run every spec
 #   make emulator   run the local SlashID emulator in the foreground
 #   make install    PREFIX=/usr/local DESTDIR=
+#   make test LUA=lua5.1   (lua5.1 lua5.2 lua5.3 lua5.4 luajit)
 #
-# Variables: LUA_VERSION (5.4), LUA (interpreter), LUA_INCDIR, CURL_INCDIR,
+# Variables: LUA (interpreter, lua5.4), LUA_VERSION, LUA_INCDIR, CURL_INCDIR,
 # PREFIX, DESTDIR, CFLAGS, WERROR (-Werror; empty to relax).
 
-LUA_VERSION ?= 5.4
+# Pick an interpreter with LUA=lua5.1|lua5.2|lua5.3|lua5.4|luajit (or
+# LUA_VERSION=5.x); everything else follows from it.
+ifdef LUA_VERSION
 LUA         ?= lua$(LUA_VERSION)
+else
+LUA         ?= lua5.4
+endif
+ifeq ($(LUA),luajit)
+LUA_VERSION ?= 5.1
+LUA_INCDIR  ?= /usr/include/luajit-2.1
+LUA_PKGS     = luajit2 libluajit2-5.1-dev
+else
+LUA_VERSION ?= $(patsubst lua%,%,$(LUA))
 LUA_INCDIR  ?= /usr/include/lua$(LUA_VERSION)
+LUA_PKGS     = lua$(LUA_VERSION) $(if $(filter 5.1,$(LUA_VERSION)),liblua5.1-0-dev,liblua$(LUA_VERSION)-dev)
+endif
 CURL_INCDIR ?= /usr/include/$(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)
 PREFIX      ?= /usr/local
 DESTDIR     ?=
@@ -35,9 +49,7 @@ OBJECTS = $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SOURCES))
 HEADERS = $(wildcard src/*.h)
 
 # Debian packages each target needs (installed only when missing).
-LUA_DEV_PKG = $(if $(filter 5.1,$(LUA_VERSION)),liblua5.1-0-dev,liblua$(LUA_VERSION)-dev)
-BUILD_PKGS  = gcc libc6-dev lua$(LUA_VERSION) $(LUA_DEV_PKG) libcurl4-openssl-dev \
-              lua-cjson ca-certificates
+BUILD_PKGS  = gcc libc6-dev $(LUA_PKGS) libcurl4-openssl-dev lua-cjson ca-certificates
 RUN_PKGS    = python3 openssl
 TEST_PKGS   = lua-busted lua-socket
 

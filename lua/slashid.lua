@@ -87,18 +87,18 @@ end
 local EMPTY = {}
 
 function slashid.rotate_key(opts)
-  local cfg = options.resolve(EMPTY, options.check(opts, nil, 2), nil, 2)
+  local cfg = options.resolve(EMPTY, options.check(opts))
   return with_shared_handle(rotate, cfg)
 end
 
 function slashid.check_key(opts)
   local keep = options.REQUEST_OPTIONS
-  local cfg = options.resolve(EMPTY, options.check(opts, keep, 2), keep, 2)
+  local cfg = options.resolve(EMPTY, options.check(opts, keep), keep)
   return with_shared_handle(check, cfg)
 end
 
 function slashid.start_rotate_key(opts)
-  local cfg = options.resolve(EMPTY, options.check(opts, nil, 2), nil, 2)
+  local cfg = options.resolve(EMPTY, options.check(opts))
   return op.start(cfg, DEFAULT_USER_AGENT)
 end
 
@@ -114,16 +114,16 @@ local ClientMT = { __index = Client, __name = "slashid.Client" }
 local function state_of(client, method)
   local st = private[client]
   if st == nil then
-    error("slashid: bad self to " .. method .. " (a slashid client expected)", 3)
+    error("slashid: bad self to " .. method .. " (a slashid client expected)", 0)
   end
   if st.handle == nil then
-    error("slashid: client is closed", 3)
+    error("slashid: client is closed", 0)
   end
   return st
 end
 
 function slashid.new(defaults)
-  local checked = options.check(defaults, nil, 2, "defaults")
+  local checked = options.check(defaults, nil, "defaults")
   local client = {}
   local address = tostring(client):match("0x%x+") or tostring(client):match("%x+$")
   private[client] = { defaults = checked, handle = core.handle(), address = address }
@@ -132,8 +132,8 @@ end
 
 function Client:rotate_key(opts)
   local st = state_of(self, "rotate_key")
-  local given = options.check(opts, nil, 2)
-  local cfg = options.resolve(st.defaults, given, nil, 2)
+  local given = options.check(opts)
+  local cfg = options.resolve(st.defaults, given)
   local result, errors, pagination, info = rotate(st.handle, cfg)
   -- The client's own key was just replaced: adopt the new one so that
   -- later calls never present a dead key.
@@ -146,8 +146,8 @@ end
 
 function Client:start_rotate_key(opts)
   local st = state_of(self, "start_rotate_key")
-  local given = options.check(opts, nil, 2)
-  local cfg = options.resolve(st.defaults, given, nil, 2)
+  local given = options.check(opts)
+  local cfg = options.resolve(st.defaults, given)
   local adopt = given.api_key == nil and given.org_id == nil
   return op.start(cfg, DEFAULT_USER_AGENT, function(result)
     if adopt and st.handle then
@@ -160,7 +160,7 @@ end
 function Client:check_key(opts)
   local st = state_of(self, "check_key")
   local keep = options.REQUEST_OPTIONS
-  local cfg = options.resolve(st.defaults, options.check(opts, keep, 2), keep, 2)
+  local cfg = options.resolve(st.defaults, options.check(opts, keep), keep)
   return check(st.handle, cfg)
 end
 
@@ -184,7 +184,7 @@ end
 -- Guard against callers storing fields on a client by mistake (a key in
 -- a client field would defeat the private table).
 ClientMT.__newindex = function()
-  error("slashid: clients have no settable fields (pass options to slashid.new)", 2)
+  error("slashid: clients have no settable fields (pass options to slashid.new)", 0)
 end
 
 slashid.Client = Client

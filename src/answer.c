@@ -68,8 +68,7 @@ static void push_entry(lua_State *L, long httpcode) {
 }
 
 static void push_excerpt(lua_State *L, sid_transfer *t) {
-  sid_push_redacted(L, t->body.data, t->body.len, t->api_key,
-                    t->api_key_len, SID_EXCERPT_MAX, 1);
+  sid_push_redacted(L, t->body.data, t->body.len, &t->secrets, SID_EXCERPT_MAX, 1);
 }
 
 /* Lower-case header names, last value wins, values redacted. */
@@ -89,8 +88,7 @@ static void push_headers(lua_State *L, sid_transfer *t) {
       luaL_buffinit(L, &b);
       for (c = p; c < colon; c++) luaL_addchar(&b, (char)tolower((unsigned char)*c));
       luaL_pushresult(&b);
-      sid_push_redacted(L, v, (size_t)(ve - v), t->api_key, t->api_key_len,
-                        0, 1);
+      sid_push_redacted(L, v, (size_t)(ve - v), &t->secrets, 0, 1);
       lua_rawset(L, -3);
     }
     p = next;
@@ -129,7 +127,7 @@ static void add_server_errors(lua_State *L, int envelope, int list,
     if (lua_type(L, -1) == LUA_TSTRING) {
       size_t len;
       const char *m = lua_tolstring(L, -1, &len);
-      sid_push_redacted(L, m, len, t->api_key, t->api_key_len, 0, 0);
+      sid_push_redacted(L, m, len, &t->secrets, 0, 0);
       lua_setfield(L, -3, "message");
     } else {
       lua_pushfstring(L, "HTTP %d (the server gave no message)", (int)status);
@@ -163,7 +161,7 @@ static void add_transport_error(lua_State *L, int list, sid_transfer *t,
   {
     size_t len;
     const char *m = lua_tolstring(L, -1, &len);
-    sid_push_redacted(L, m, len, t->api_key, t->api_key_len, 0, 1);
+    sid_push_redacted(L, m, len, &t->secrets, 0, 1);
     lua_remove(L, -2);
   }
   lua_setfield(L, -2, "message");
@@ -206,6 +204,23 @@ static void push_pagination(lua_State *L, int envelope) {
   lua_remove(L, -2);
 }
 
+/* Remembers result.api_key (a string kept alive by the envelope on the
+   stack) so that every text handed back can hide it too: a server might
+   quote the new key in a message or a header. */
+static void learn_new_key(lua_State *L, int envelope, sid_transfer *t) {
+  t->secrets.key[1] = NULL;
+  t->secrets.len[1] = 0;
+  if (lua_type(L, envelope) != LUA_TTABLE) return;
+  lua_getfield(L, envelope, "result");
+  if (lua_type(L, -1) == LUA_TTABLE) {
+    lua_getfield(L, -1, "api_key");
+    if (lua_type(L, -1) == LUA_TSTRING)
+      t->secrets.key[1] = lua_tolstring(L, -1, &t->secrets.len[1]);
+    lua_pop(L, 1);   /* still referenced by the envelope */
+  }
+  lua_pop(L, 1);
+}
+
 /* Whether the envelope's result.api_key is a non-empty string. */
 static int has_api_key(lua_State *L, int envelope) {
   int yes = 0;
@@ -239,11 +254,6 @@ int sid_answer_push(lua_State *L, sid_transfer *t, CURLcode rc) {
   }
 #endif
 
-  if (t->body.len && t->debug_ref != LUA_NOREF) {
-    sid_trace_emit(t, "< body: ", t->body.data, t->body.len,
-                   SID_TRACE_BODY_MAX);
-  }
-
   /* The envelope, when the whole answer is a JSON object. */
   if (complete && sid_json_decode(L, t->body.data ? t->body.data : "",
                                   t->body.len)) {
@@ -254,6 +264,13 @@ int sid_answer_push(lua_State *L, sid_transfer *t, CURLcode rc) {
     lua_pushnil(L);             /* keep slot positions fixed */
   }
   envelope = lua_gettop(L);
+  learn_new_key(L, envelope, t);
+
+  /* Traced once whole, now that the new key is known and can be hidden
+     wherever the body quotes it. */
+  if (t->body.len && t->debug_ref != LUA_NOREF)
+    sid_trace_emit(t, "< body: ", t->body.data, t->body.len,
+                   SID_TRACE_BODY_MAX);
 
   /* result */
   if (complete && lua_type(L, envelope) == LUA_TTABLE) {
@@ -311,6 +328,9 @@ int sid_answer_push(lua_State *L, sid_transfer *t, CURLcode rc) {
     lua_setfield(L, facts, "excerpt");
   }
 
+  /* The new key pointed into the envelope, which is about to go. */
+  t->secrets.key[1] = NULL;
+  t->secrets.len[1] = 0;
   lua_remove(L, envelope);
   (void)base;
   return 4;

@@ -111,6 +111,8 @@ void sid_request_setup(lua_State *L, int req, sid_transfer *t) {
   api_key = field_string(L, req, "api_key", &len, 1);
   t->api_key = sid_strdup_secret(api_key, len);
   t->api_key_len = t->api_key ? len : 0;
+  t->secrets.key[0] = t->api_key;
+  t->secrets.len[0] = t->api_key_len;
   add_header_kv(t, "SlashID-API-Key", api_key, len);
   consistency = field_string(L, req, "consistency", &len, 0);
   if (consistency) add_header_kv(t, "SlashID-Required-Consistency",
@@ -125,7 +127,11 @@ void sid_request_setup(lua_State *L, int req, sid_transfer *t) {
   agent = field_string(L, req, "user_agent", &len, 0);
   ca = field_string(L, req, "ca_file", &len, 0);
   max_bytes = field_number(L, req, "max_response_bytes", 1048576);
-  t->max_bytes = max_bytes >= 1 ? (size_t)max_bytes : 1;
+  /* Any integer > 0 is allowed; past what memory can hold it means "no
+     cap" in practice, so clamp instead of overflowing the conversion. */
+  t->max_bytes = !(max_bytes >= 1) ? 1
+               : max_bytes >= 9007199254740992.0 ? (size_t)9007199254740992ULL
+               : (size_t)max_bytes;
 
   lua_getfield(L, req, "debug");
   if (lua_isfunction(L, -1)) {
@@ -190,6 +196,7 @@ void sid_request_clear(lua_State *L, sid_transfer *t) {
   t->headers = NULL;
   sid_free_secret(&t->api_key, t->api_key_len);
   t->api_key_len = 0;
+  memset(&t->secrets, 0, sizeof t->secrets);
   sid_buf_reset(&t->body);
   sid_buf_reset(&t->head);
   t->received = 0;

@@ -116,11 +116,26 @@ static size_t hide_api_key_value(out_t *o, const char *s, size_t n, size_t i) {
 
 /* True when s needs no change at all: the common case for headers and
    short messages, pushed without copying byte by byte. */
-static int is_clean(const char *s, size_t n, const char *key, size_t keylen,
+/* Length of the secret starting at s[i..n), or 0. */
+static size_t secret_at(const sid_secrets *k, const char *s, size_t n,
+                        size_t i) {
+  int j;
+  if (k == NULL) return 0;
+  for (j = 0; j < 2; j++)
+    if (k->key[j] && k->len[j] && n - i >= k->len[j] &&
+        memcmp(s + i, k->key[j], k->len[j]) == 0)
+      return k->len[j];
+  return 0;
+}
+
+static int is_clean(const char *s, size_t n, const sid_secrets *k,
                     size_t max, int printable) {
   size_t i;
+  int j;
   if (max && n > max) return 0;
-  if (keylen && memmem(s, n, key, keylen) != NULL) return 0;
+  for (j = 0; k && j < 2; j++)
+    if (k->key[j] && k->len[j] && memmem(s, n, k->key[j], k->len[j]) != NULL)
+      return 0;
   if (memmem(s, n, API_KEY_MEMBER, sizeof(API_KEY_MEMBER) - 1) != NULL)
     return 0;
   if (printable)
@@ -132,13 +147,12 @@ static int is_clean(const char *s, size_t n, const char *key, size_t keylen,
 }
 
 void sid_push_redacted(lua_State *L, const char *s, size_t n,
-                       const char *key, size_t keylen,
-                       size_t max, int printable) {
+                       const sid_secrets *secrets, size_t max, int printable) {
   out_t o;
   size_t i = 0;
   const size_t member_len = sizeof(API_KEY_MEMBER) - 1;
   if (s == NULL) n = 0;
-  if (n == 0 || is_clean(s, n, key, keylen, max, printable)) {
+  if (n == 0 || is_clean(s, n, secrets, max, printable)) {
     lua_pushlstring(L, n ? s : "", n);
     return;
   }
@@ -147,9 +161,10 @@ void sid_push_redacted(lua_State *L, const char *s, size_t n,
   o.printable = printable;
   luaL_buffinit(L, &o.b);
   while (i < n && !out_full(&o)) {
-    if (keylen && n - i >= keylen && memcmp(s + i, key, keylen) == 0) {
+    size_t len = secret_at(secrets, s, n, i);
+    if (len) {
       out_text(&o, REDACTED);
-      i += keylen;
+      i += len;
     } else if (n - i >= member_len &&
                memcmp(s + i, API_KEY_MEMBER, member_len) == 0) {
       i = hide_api_key_value(&o, s, n, i);

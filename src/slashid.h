@@ -25,12 +25,18 @@ void sid_wipe(void *p, size_t n);
 char *sid_strdup_secret(const char *s, size_t n);
 void sid_free_secret(char **p, size_t n);
 
-/* Pushes s with every occurrence of `key` and every JSON "api_key" string
-   value replaced by <redacted>, then cut to `max` bytes (0: no cut) with
-   control characters other than tab shown as '?' when `printable`. */
+/* The secrets of one exchange: the key sent, and the new key once the
+   answer is read. Either may be absent (NULL). */
+typedef struct sid_secrets {
+  const char *key[2];
+  size_t len[2];
+} sid_secrets;
+
+/* Pushes s with every occurrence of a secret and every JSON "api_key"
+   string value replaced by <redacted>, then cut to `max` bytes (0: no cut)
+   with control characters other than tab shown as '?' when `printable`. */
 void sid_push_redacted(lua_State *L, const char *s, size_t n,
-                       const char *key, size_t keylen,
-                       size_t max, int printable);
+                       const sid_secrets *secrets, size_t max, int printable);
 
 /* ---- one attempt: the state shared by request.c, answer.c, trace.c --- */
 typedef struct sid_transfer {
@@ -38,6 +44,7 @@ typedef struct sid_transfer {
   struct curl_slist *headers; /* one of them holds the key: wiped on clear */
   char *api_key;              /* copy kept for redaction, wiped on clear */
   size_t api_key_len;
+  sid_secrets secrets;        /* api_key, then the new key once known */
   sid_buf body;               /* answer body, capped */
   sid_buf head;               /* header lines of the last response */
   size_t max_bytes;           /* cap on head + body */

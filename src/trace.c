@@ -29,7 +29,7 @@ void sid_trace_emit(sid_transfer *t, const char *prefix, const char *p,
   if (!lua_checkstack(L, 6)) return;
   while (n && (p[n - 1] == '\n' || p[n - 1] == '\r')) n--;
   lua_pushstring(L, prefix);
-  sid_push_redacted(L, p, n, t->api_key, t->api_key_len, max, 1);
+  sid_push_redacted(L, p, n, &t->secrets, max, 1);
   lua_concat(L, 2);
   deliver(t, lua_gettop(L));
   lua_pop(L, 1);

@@ -20,7 +20,7 @@ local OpMT = { __index = Op, __name = "slashid.Op" }
 local function state_of(op, method)
   local st = private[op]
   if not st then
-    error("slashid: bad self to " .. method .. " (a slashid op expected)", 3)
+    error("slashid: bad self to " .. method .. " (a slashid op expected)", 0)
   end
   return st
 end
@@ -58,7 +58,7 @@ end
 function Op:wait(seconds)
   local st = state_of(self, "wait")
   if seconds ~= nil and (type(seconds) ~= "number" or not (seconds >= 0)) then
-    error("slashid: bad argument to wait (seconds >= 0 or nil expected)", 2)
+    error("slashid: bad argument to wait (seconds >= 0 or nil expected)", 0)
   end
   local deadline = seconds and core.now() + seconds
   while not self:poll() do
@@ -78,7 +78,7 @@ end
 function Op:results()
   local st = state_of(self, "results")
   if st.job.phase ~= "done" then
-    error("slashid: the operation has not finished (poll or wait until it returns true)", 2)
+    error("slashid: the operation has not finished (poll or wait until it returns true)", 0)
   end
   local v = st.job.values
   return v[1], v[2], v[3], v[4]

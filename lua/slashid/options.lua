@@ -17,6 +17,10 @@ local ENV = {
   base_url = "SLASHID_BASE_URL",
 }
 
+-- Errors are raised at level 0: the message starts with "slashid: " and
+-- carries no file:line prefix (it is for people, and a contract).
+local function raise(msg) error(msg, 0) end
+
 -- What a value was, for a message, without ever showing string content.
 local function describe(v)
   local t = type(v)
@@ -29,9 +33,9 @@ local function describe(v)
   return t
 end
 
-local function fail(level, name, expected, v)
-  error(string_format("slashid: bad option '%s' (%s expected, got %s)",
-                      name, expected, describe(v)), level + 1)
+local function fail(name, expected, v)
+  raise(string_format("slashid: bad option '%s' (%s expected, got %s)",
+                      name, expected, describe(v)))
 end
 
 local function is_integer(v)
@@ -43,10 +47,10 @@ end
 -- 5.3+ so that headers print without ".0".
 local tointeger = math.tointeger or function(v) return v end
 
-local function check_text(name, v, level)
-  if type(v) ~= "string" or v == "" then fail(level + 1, name, "non-empty string", v) end
+local function check_text(name, v)
+  if type(v) ~= "string" or v == "" then fail(name, "non-empty string", v) end
   if v:find("[%c\127]") then
-    error(string_format("slashid: bad option '%s' (control characters such as CR, LF or NUL are not allowed)", name), level + 1)
+    raise(string_format("slashid: bad option '%s' (control characters such as CR, LF or NUL are not allowed)", name))
   end
   return v
 end
@@ -54,25 +58,25 @@ end
 local function check_int(lo, hi)
   local expected = hi and string_format("integer %d..%d", lo, hi)
                        or string_format("integer >= %d", lo)
-  return function(name, v, level)
+  return function(name, v)
     if not is_integer(v) or v < lo or (hi and v > hi) then
-      fail(level + 1, name, expected, v)
+      fail(name, expected, v)
     end
     return tointeger(v)
   end
 end
 
-local function check_positive(name, v, level)
+local function check_positive(name, v)
   if type(v) ~= "number" or not (v > 0) or v == huge then
-    fail(level + 1, name, "finite number > 0", v)
+    fail(name, "finite number > 0", v)
   end
   return v
 end
 
-local function check_path(name, v, level)
-  if type(v) ~= "string" or v == "" then fail(level + 1, name, "non-empty path string", v) end
+local function check_path(name, v)
+  if type(v) ~= "string" or v == "" then fail(name, "non-empty path string", v) end
   if v:find("%z") then
-    error(string_format("slashid: bad option '%s' (NUL byte in path)", name), level + 1)
+    raise(string_format("slashid: bad option '%s' (NUL byte in path)", name))
   end
   return v
 end
@@ -97,10 +101,10 @@ local function is_loopback(host)
 end
 
 -- Returns the base URL without trailing slashes, or raises.
-local function check_base_url(name, v, level)
-  if type(v) ~= "string" or v == "" then fail(level + 1, name, "https:// URL string", v) end
+local function check_base_url(name, v)
+  if type(v) ~= "string" or v == "" then fail(name, "https:// URL string", v) end
   local function bad(why)
-    error(string_format("slashid: bad option '%s' (%s)", name, why), level + 2)
+    raise(string_format("slashid: bad option '%s' (%s)", name, why))
   end
   if v:find("[%c%s\127]") then bad("spaces and control characters are not allowed") end
   local scheme, rest = v:match("^(%a[%w+.-]*)://(.*)$")
@@ -136,31 +140,31 @@ end
 local function check_enum(...)
   local allowed, list = {}, table.concat({...}, " or ")
   for _, value in ipairs({...}) do allowed[value] = true end
-  return function(name, v, level)
+  return function(name, v)
     if type(v) ~= "string" or not allowed[v] then
       -- the two allowed values are public; anything else is not echoed
-      fail(level + 1, name, list, v)
+      fail(name, list, v)
     end
     return v
   end
 end
 
 local function check_type(expected)
-  return function(name, v, level)
-    if type(v) ~= expected then fail(level + 1, name, expected, v) end
+  return function(name, v)
+    if type(v) ~= expected then fail(name, expected, v) end
     return v
   end
 end
 
-local function check_user_agent(name, v, level)
-  if type(v) ~= "string" then fail(level + 1, name, "string", v) end
+local function check_user_agent(name, v)
+  if type(v) ~= "string" then fail(name, "string", v) end
   if v:find("[%c\127]") then
-    error(string_format("slashid: bad option '%s' (control characters are not allowed)", name), level + 1)
+    raise(string_format("slashid: bad option '%s' (control characters are not allowed)", name))
   end
   return v
 end
 
--- Every option of rotate_key: name -> checker(name, value, level).
+-- Every option of rotate_key: name -> checker(name, value) -> value.
 M.CHECKS = {
   org_id = check_text,
   api_key = check_text,
@@ -170,10 +174,10 @@ M.CHECKS = {
   connect_timeout = check_positive,
   request_timeout = check_positive,
   ca_file = check_path,
-  retries = check_int(0, 100),
+  retries = check_int(0),
   retry_delay = check_positive,
   retry_max_delay = check_positive,
-  max_response_bytes = check_int(1, 2 ^ 53),
+  max_response_bytes = check_int(1),
   save_to = check_path,
   verify = check_type("boolean"),
   user_agent = check_user_agent,
@@ -188,39 +192,51 @@ M.REQUEST_OPTIONS = {
   debug = true,
 }
 
-local function show_name(k)
+-- An unknown option's name is shown only when it looks like a misspelt
+-- option: short and identifier-like, and not the API key itself (a key
+-- used as a table key by mistake must not end up in a message).
+local function show_name(k, options)
   if type(k) ~= "string" then return "[" .. describe(k) .. "]" end
-  if #k > 40 or k:find("[%c\127]") then return "(a name that is not an option)" end
+  if #k > 24 or not k:find("^[%a_][%w_]*$") or k == rawget(options, "api_key")
+     or k == os.getenv("SLASHID_API_KEY") then
+    return "(a name that is not an option, not shown)"
+  end
   return k
+end
+
+local function check_delays(delay, max_delay)
+  if delay and max_delay and max_delay < delay then
+    raise(string_format("slashid: bad option 'retry_max_delay' (number >= retry_delay (%s) expected, got %s)",
+                        describe(delay), describe(max_delay)))
+  end
 end
 
 -- Checks a caller's table against `allowed` (a set of names, default all
 -- of CHECKS) and returns a plain copy. Reads with next/rawget only, so a
 -- metatable on the caller's table is never triggered.
-function M.check(options, allowed, level, what)
-  level = (level or 1) + 1
+function M.check(options, allowed, what)
   if options == nil then return {} end
   if type(options) ~= "table" then
-    error(string_format("slashid: %s must be a table, got %s", what or "options", describe(options)), level)
+    raise(string_format("slashid: %s must be a table, got %s", what or "options", describe(options)))
   end
   local copy = {}
   local k = next(options)
   while k ~= nil do
     local check = type(k) == "string" and M.CHECKS[k]
     if not check or (allowed and not allowed[k]) then
-      error(string_format("slashid: unknown option '%s'", show_name(k)), level)
+      raise(string_format("slashid: unknown option '%s'", show_name(k, options)))
     end
-    copy[k] = check(k, rawget(options, k), level)
+    copy[k] = check(k, rawget(options, k))
     k = next(options, k)
   end
+  check_delays(copy.retry_delay, copy.retry_max_delay)
   return copy
 end
 
 -- Merges checked per-call options over checked defaults, fills in the
 -- environment and defaults, and checks what only the whole can tell.
 -- `keep` limits the result to a set of names (check_key).
-function M.resolve(defaults, options, keep, level)
-  level = (level or 1) + 1
+function M.resolve(defaults, options, keep)
   local cfg = {}
   for k, v in next, defaults do
     if not keep or keep[k] then cfg[k] = v end
@@ -230,15 +246,15 @@ function M.resolve(defaults, options, keep, level)
     if cfg[name] == nil then
       local value = os.getenv(var)
       if value ~= nil and value ~= "" then
-        cfg[name] = M.CHECKS[name](name .. " (from " .. var .. ")", value, level)
+        cfg[name] = M.CHECKS[name](name .. " (from " .. var .. ")", value)
       end
     end
   end
   if cfg.org_id == nil then
-    error("slashid: missing option 'org_id' (or set SLASHID_ORG_ID)", level)
+    raise("slashid: missing option 'org_id' (or set SLASHID_ORG_ID)")
   end
   if cfg.api_key == nil then
-    error("slashid: missing option 'api_key' (or set SLASHID_API_KEY)", level)
+    raise("slashid: missing option 'api_key' (or set SLASHID_API_KEY)")
   end
   cfg.base_url = cfg.base_url or M.PRODUCTION
   if not keep then
@@ -251,9 +267,8 @@ function M.resolve(defaults, options, keep, level)
   cfg.retry_delay = cfg.retry_delay or 0.5
   if cfg.retry_max_delay == nil then
     cfg.retry_max_delay = cfg.retry_delay > 30 and cfg.retry_delay or 30
-  elseif cfg.retry_max_delay < cfg.retry_delay then
-    error(string_format("slashid: bad option 'retry_max_delay' (number >= retry_delay (%s) expected, got %s)",
-                        describe(cfg.retry_delay), describe(cfg.retry_max_delay)), level)
+  else
+    check_delays(cfg.retry_delay, cfg.retry_max_delay)
   end
   cfg.max_response_bytes = cfg.max_response_bytes or 1048576
   return cfg
