@@ -237,13 +237,10 @@ static int has_api_key(lua_State *L, int envelope) {
 
 /* ---- the four values ------------------------------------------------- */
 
+/* What libcurl knows about the finished attempt, then the tables. */
 int sid_answer_push(lua_State *L, sid_transfer *t, CURLcode rc) {
   long status = 0;
   double elapsed = 0;
-  int envelope = 0, list, facts, base = lua_gettop(L);
-  int complete = (rc == CURLE_OK);
-
-  luaL_checkstack(L, 12, "answer");
   curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
   curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME, &elapsed);
 #if !SID_HAVE_PREREQ
@@ -253,6 +250,17 @@ int sid_answer_push(lua_State *L, sid_transfer *t, CURLcode rc) {
     if (pre > 0 || status > 0) t->requests_sent = 1;
   }
 #endif
+  return sid_answer_build(L, t, rc, status, elapsed);
+}
+
+/* The bytes collected in `t` (headers, body, flags) become the four
+   values. Touches no libcurl state, so the fuzzer can drive it. */
+int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
+                     double elapsed) {
+  int envelope = 0, list, facts, base = lua_gettop(L);
+  int complete = (rc == CURLE_OK);
+
+  luaL_checkstack(L, 12, "answer");
 
   /* The envelope, when the whole answer is a JSON object. */
   if (complete && sid_json_decode(L, t->body.data ? t->body.data : "",

@@ -86,6 +86,8 @@ void sid_request_clear(lua_State *L, sid_transfer *t);
 size_t sid_answer_on_body(char *p, size_t size, size_t n, void *ud);
 size_t sid_answer_on_header(char *p, size_t size, size_t n, void *ud);
 int    sid_answer_push(lua_State *L, sid_transfer *t, CURLcode rc);
+int    sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc,
+                        long status, double elapsed);
 
 /* trace.c */
 int  sid_trace_on_debug(CURL *h, curl_infotype type, char *p, size_t n,
