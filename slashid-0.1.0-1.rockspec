@@ -44,6 +44,10 @@ build = {
     ["slashid"] = "lua/slashid.lua",
     ["slashid.options"] = "lua/slashid/options.lua",
     ["slashid.policy"] = "lua/slashid/policy.lua",
+    ["slashid.rotation"] = "lua/slashid/rotation.lua",
+    ["slashid.job"] = "lua/slashid/job.lua",
+    ["slashid.op"] = "lua/slashid/op.lua",
+    ["slashid.batch"] = "lua/slashid/batch.lua",
   },
 }
 test_dependencies = { "busted" }

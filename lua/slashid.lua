@@ -11,6 +11,7 @@ local options = require "slashid.options"
 local policy = require "slashid.policy"
 local rotation = require "slashid.rotation"
 local op = require "slashid.op"
+local batch = require "slashid.batch"
 
 local setmetatable, type, next, tostring, error = setmetatable, type, next, tostring, error
 
@@ -102,6 +103,33 @@ function slashid.start_rotate_key(opts)
   return op.start(cfg, DEFAULT_USER_AGENT)
 end
 
+-- Checks everything before anything starts: a bad item raises with its
+-- index, and no request has been sent.
+local function rotate_keys(defaults, list, opts, on_rotated)
+  if type(list) ~= "table" then
+    error("slashid: rotate_keys expects a list of option tables, got " .. type(list), 0)
+  end
+  local own, shared = options.check_batch(opts)
+  local merged = {}
+  for k, v in next, defaults do merged[k] = v end
+  for k, v in next, shared do merged[k] = v end
+  local cfgs, given = {}, {}
+  for i = 1, #list do
+    local where = "item " .. i
+    local item = options.locate(where, options.check, rawget(list, i))
+    given[i] = item
+    cfgs[i] = options.locate(where, options.resolve, merged, item)
+  end
+  return batch.run(cfgs, own.concurrency or 8, own.rate, own.on_progress,
+                   DEFAULT_USER_AGENT, on_rotated and function(i, result)
+                     on_rotated(given[i], cfgs[i], result)
+                   end)
+end
+
+function slashid.rotate_keys(list, opts)
+  return rotate_keys(EMPTY, list, opts)
+end
+
 -- ---- clients -----------------------------------------------------------
 
 -- Secrets live here, keyed weakly by client, never in the client table
@@ -151,6 +179,16 @@ function Client:start_rotate_key(opts)
   local adopt = given.api_key == nil and given.org_id == nil
   return op.start(cfg, DEFAULT_USER_AGENT, function(result)
     if adopt and st.handle then
+      st.defaults.api_key = result.api_key
+      st.defaults.org_id = cfg.org_id
+    end
+  end)
+end
+
+function Client:rotate_keys(list, opts)
+  local st = state_of(self, "rotate_keys")
+  return rotate_keys(st.defaults, list, opts, function(given, cfg, result)
+    if given.api_key == nil and given.org_id == nil and st.handle then
       st.defaults.api_key = result.api_key
       st.defaults.org_id = cfg.org_id
     end

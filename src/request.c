@@ -181,6 +181,9 @@ void sid_request_setup(lua_State *L, int req, sid_transfer *t) {
   SETOPT(t, CURLOPT_PREREQFUNCTION, on_prereq);
   SETOPT(t, CURLOPT_PREREQDATA, (void *)t);
 #endif
+  lua_getfield(L, req, "pipewait");
+  if (lua_toboolean(L, -1)) SETOPT(t, CURLOPT_PIPEWAIT, 1L);
+  lua_pop(L, 1);
   if (t->debug_ref != LUA_NOREF) {
     SETOPT(t, CURLOPT_DEBUGFUNCTION, sid_trace_on_debug);
     SETOPT(t, CURLOPT_DEBUGDATA, (void *)t);

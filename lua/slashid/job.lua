@@ -41,6 +41,9 @@ function Job:begin(phase, cfg)
   else
     self.request = policy.request(cfg, "GET", rotation.CHECK_PATH, self.user_agent)
   end
+  -- batches: wait for the first connection to learn whether the server
+  -- multiplexes (HTTP/2) instead of opening one connection per item
+  self.request.pipewait = self.pipewait
   self:launch()
 end
 

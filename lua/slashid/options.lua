@@ -184,6 +184,13 @@ M.CHECKS = {
   debug = check_type("function"),
 }
 
+-- The options of rotate_keys that are not per-item options.
+M.BATCH_CHECKS = {
+  concurrency = check_int(1),
+  rate = check_positive,
+  on_progress = check_type("function"),
+}
+
 -- The options of check_key: those that concern a request.
 M.REQUEST_OPTIONS = {
   org_id = true, api_key = true, base_url = true, connect_timeout = true,
@@ -231,6 +238,34 @@ function M.check(options, allowed, what)
   end
   check_delays(copy.retry_delay, copy.retry_max_delay)
   return copy
+end
+
+-- rotate_keys' options: the batch's own (concurrency, rate, on_progress)
+-- and shared per-item defaults (checked like rotate_key's).
+function M.check_batch(opts)
+  if opts == nil then return {}, {} end
+  if type(opts) ~= "table" then
+    raise(string_format("slashid: options must be a table, got %s", describe(opts)))
+  end
+  local batch, shared = {}, {}
+  local k = next(opts)
+  while k ~= nil do
+    local check = type(k) == "string" and M.BATCH_CHECKS[k]
+    if check then batch[k] = check(k, rawget(opts, k)) else shared[k] = rawget(opts, k) end
+    k = next(opts, k)
+  end
+  return batch, M.check(shared)
+end
+
+-- Runs fn(...) and re-raises its `slashid: ` error with `where` after the
+-- prefix ("slashid: item 3: bad option ...").
+function M.locate(where, fn, ...)
+  local ok, a, b = pcall(fn, ...)
+  if ok then return a, b end
+  if type(a) == "string" and a:sub(1, 9) == "slashid: " then
+    raise("slashid: " .. where .. ": " .. a:sub(10))
+  end
+  error(a, 0)
 end
 
 -- Merges checked per-call options over checked defaults, fills in the
