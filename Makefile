@@ -101,6 +101,6 @@ rockcheck: deps
 
 # Benchmarks (figures, not pass/fail): see bench/run.sh.
 bench: deps
-	@sh scripts/deps.sh nginx libnginx-mod-http-echo
+	@sh scripts/deps.sh nginx libnginx-mod-http-echo curl lua-socket
 	@$(MAKE) --no-print-directory all
 	@LUA=$(LUA) BUILD=$(BUILD) sh bench/run.sh

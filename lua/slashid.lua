@@ -6,12 +6,10 @@
 --   the answer into tables -> policy.lua decides the outcome and whether
 --   another attempt is allowed (only when the server cannot have acted).
 
-local core = require "slashid.core"
+local core = require "slashid.lazycore"
 local options = require "slashid.options"
 local policy = require "slashid.policy"
 local rotation = require "slashid.rotation"
-local op = require "slashid.op"
-local batch = require "slashid.batch"
 
 local setmetatable, type, next, tostring, error = setmetatable, type, next, tostring, error
 
@@ -21,8 +19,14 @@ local slashid = {
   SANDBOX = options.SANDBOX,
 }
 
-local DEFAULT_USER_AGENT = "slashid-lua/" .. slashid._VERSION ..
-                           " libcurl/" .. core.curl_version
+-- Built on first use: it names the libcurl version, known once the core
+-- is loaded.
+local default_user_agent
+local function user_agent()
+  default_user_agent = default_user_agent or
+    ("slashid-lua/" .. slashid._VERSION .. " libcurl/" .. core.curl_version)
+  return default_user_agent
+end
 
 local ROTATE_PATH, CHECK_PATH = rotation.ROTATE_PATH, rotation.CHECK_PATH
 
@@ -30,7 +34,7 @@ local ROTATE_PATH, CHECK_PATH = rotation.ROTATE_PATH, rotation.CHECK_PATH
 -- Returns the last attempt's result, errors, pagination, an info table
 -- (status, attempts, elapsed, retry_after, headers) and its raw facts.
 local function attempts(handle, cfg, method, path)
-  local request = policy.request(cfg, method, path, DEFAULT_USER_AGENT)
+  local request = policy.request(cfg, method, path, user_agent())
   local started = core.now()
   local attempt, last_retry_after = 0, nil
   local result, errors, pagination, facts
@@ -100,7 +104,7 @@ end
 
 function slashid.start_rotate_key(opts)
   local cfg = options.resolve(EMPTY, options.check(opts))
-  return op.start(cfg, DEFAULT_USER_AGENT)
+  return require("slashid.op").start(cfg, user_agent())
 end
 
 -- Checks everything before anything starts: a bad item raises with its
@@ -120,8 +124,8 @@ local function rotate_keys(defaults, list, opts, on_rotated)
     given[i] = item
     cfgs[i] = options.locate(where, options.resolve, merged, item)
   end
-  return batch.run(cfgs, own.concurrency or 8, own.rate, own.on_progress,
-                   DEFAULT_USER_AGENT, on_rotated and function(i, result)
+  return require("slashid.batch").run(cfgs, own.concurrency or 8, own.rate, own.on_progress,
+                   user_agent(), on_rotated and function(i, result)
                      on_rotated(given[i], cfgs[i], result)
                    end)
 end
@@ -177,7 +181,7 @@ function Client:start_rotate_key(opts)
   local given = options.check(opts)
   local cfg = options.resolve(st.defaults, given)
   local adopt = given.api_key == nil and given.org_id == nil
-  return op.start(cfg, DEFAULT_USER_AGENT, function(result)
+  return require("slashid.op").start(cfg, user_agent(), function(result)
     if adopt and st.handle then
       st.defaults.api_key = result.api_key
       st.defaults.org_id = cfg.org_id
