@@ -81,13 +81,20 @@ static void push_headers(lua_State *L, sid_transfer *t) {
     const char *colon = (const char *)memchr(p, ':', (size_t)(next - p));
     if (colon && colon > p && memcmp(p, "HTTP/", 5) != 0) {
       const char *v = colon + 1, *ve = next;
-      luaL_Buffer b;
-      const char *c;
+      char name[64];
+      size_t i, nlen = (size_t)(colon - p);
       while (v < ve && (*v == ' ' || *v == '\t')) v++;
       while (ve > v && isspace((unsigned char)ve[-1])) ve--;
-      luaL_buffinit(L, &b);
-      for (c = p; c < colon; c++) luaL_addchar(&b, (char)tolower((unsigned char)*c));
-      luaL_pushresult(&b);
+      if (nlen < sizeof name) {
+        for (i = 0; i < nlen; i++) name[i] = (char)tolower((unsigned char)p[i]);
+        lua_pushlstring(L, name, nlen);
+      } else {            /* a long name: rare, take the slow path */
+        luaL_Buffer b;
+        luaL_buffinit(L, &b);
+        for (i = 0; i < nlen; i++)
+          luaL_addchar(&b, (char)tolower((unsigned char)p[i]));
+        luaL_pushresult(&b);
+      }
       sid_push_redacted(L, v, (size_t)(ve - v), &t->secrets, 0, 1);
       lua_rawset(L, -3);
     }

@@ -101,7 +101,10 @@ local function is_loopback(host)
 end
 
 -- Returns the base URL without trailing slashes, or raises.
-local function check_base_url(name, v)
+local base_url_ok = {}    -- accepted URL -> normalized form (a small memo)
+local base_url_memo_size = 0
+
+local function check_base_url_uncached(name, v)
   if type(v) ~= "string" or v == "" then fail(name, "https:// URL string", v) end
   local function bad(why)
     raise(string_format("slashid: bad option '%s' (%s)", name, why))
@@ -135,6 +138,17 @@ local function check_base_url(name, v)
     bad("https:// URL expected")
   end
   return (v:gsub("/+$", ""))
+end
+
+-- Module-level calls pass the same base URL every time: remember the few
+-- accepted ones instead of parsing them again.
+local function check_base_url(name, v)
+  local known = type(v) == "string" and base_url_ok[v]
+  if known then return known end
+  local normalized = check_base_url_uncached(name, v)
+  if base_url_memo_size >= 32 then base_url_ok, base_url_memo_size = {}, 0 end
+  base_url_ok[v], base_url_memo_size = normalized, base_url_memo_size + 1
+  return normalized
 end
 
 local function check_enum(...)
