@@ -60,6 +60,27 @@ local function assert_printable(s)
                 ("control character in %q"):format(s))
 end
 
+-- A loopback listener whose accept queue is full: a new connection's SYN
+-- is dropped, so connecting times out (Linux). Returns base_url, close().
+local function blackhole()
+  local socket = require "socket"
+  local srv = assert(socket.tcp())
+  assert(srv:bind("127.0.0.1", 0))
+  assert(srv:listen(0))
+  local _, port = srv:getsockname()
+  local fillers = {}
+  for i = 1, 2 do
+    local c = assert(socket.tcp())
+    c:settimeout(i == 1 and 1 or 0)
+    c:connect("127.0.0.1", port)
+    fillers[i] = c
+  end
+  return "http://127.0.0.1:" .. port, function()
+    for _, c in ipairs(fillers) do c:close() end
+    srv:close()
+  end
+end
+
 local function server_errors(code, message)
   return { errors = { { httpcode = code, message = message } } }
 end
@@ -99,6 +120,38 @@ describe("outcome not_rotated", function()
     assert.is_nil(pagination)
     assert.are.equal(0, H.requests(org))
     assert.are.equal(0, H.org(org).rotations)
+  end)
+
+  it("connect timeout: httpcode 0, curl_code 28, status 0", function()
+    local org, key = H.new_org()
+    local base, close = blackhole()
+    local ok, result, errors, pagination, info = pcall(rotate, org, key, {
+      base_url = base, connect_timeout = 0.3, retries = 0 })
+    close()
+    assert(ok, result)
+    assert_failed("not_rotated", result, errors, info, 0)
+    assert_transport(errors, 28)
+    assert.is_nil(pagination)
+    assert.are.equal(0, H.requests(org))
+  end)
+
+  it("a TLS handshake failure (https to the plain HTTP port)", function()
+    local org, key = H.new_org()
+    local base = ("https://127.0.0.1:%d"):format(H.emulator.http_port)
+    local result, errors, _, info = rotate(org, key, {
+      base_url = base, ca_file = H.ca_file, retries = 0 })
+    assert_failed("not_rotated", result, errors, info, 0)
+    assert_transport(errors, 35)
+    assert.are.equal(0, H.requests(org))
+    assert.are.equal(0, H.org(org).rotations)
+  end)
+
+  it("a TLS certificate failure (no ca_file for the emulator's CA)", function()
+    local org, key = H.new_org()
+    local result, errors, _, info = rotate(org, key, { base_url = H.https_url, retries = 0 })
+    assert_failed("not_rotated", result, errors, info, 0)
+    assert_transport(errors, 60)
+    assert.are.equal(0, H.requests(org))
   end)
 
   for _, code in ipairs({ 300, 301, 302, 303, 307, 308 }) do
