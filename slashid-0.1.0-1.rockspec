@@ -50,5 +50,8 @@ build = {
     ["slashid.batch"] = "lua/slashid/batch.lua",
     ["slashid.lazycore"] = "lua/slashid/lazycore.lua",
   },
+  install = {
+    bin = { ["slashid-rotate"] = "bin/slashid-rotate" },
+  },
 }
 test_dependencies = { "busted" }

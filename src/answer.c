@@ -71,15 +71,16 @@ static void push_excerpt(lua_State *L, sid_transfer *t) {
   sid_push_redacted(L, t->body.data, t->body.len, &t->secrets, SID_EXCERPT_MAX, 1);
 }
 
-/* Lower-case header names, last value wins, values redacted. */
+/* Lower-case header names, last value wins, names and values redacted. */
 static void push_headers(lua_State *L, sid_transfer *t) {
-  const char *p = t->head.data, *end = p + t->head.len;
+  const char *p = t->head.data, *end = p ? p + t->head.len : NULL;
   lua_newtable(L);
   while (p && p < end) {
     const char *eol = (const char *)memchr(p, '\n', (size_t)(end - p));
     const char *next = eol ? eol + 1 : end;
     const char *colon = (const char *)memchr(p, ':', (size_t)(next - p));
-    if (colon && colon > p && memcmp(p, "HTTP/", 5) != 0) {
+    if (colon && colon > p &&
+        (next - p < 5 || memcmp(p, "HTTP/", 5) != 0)) {
       const char *v = colon + 1, *ve = next;
       char name[64];
       size_t i, nlen = (size_t)(colon - p);
@@ -95,6 +96,13 @@ static void push_headers(lua_State *L, sid_transfer *t) {
           luaL_addchar(&b, (char)tolower((unsigned char)p[i]));
         luaL_pushresult(&b);
       }
+      {
+        /* A name is server text like any other: it may quote a key. */
+        size_t len;
+        const char *s = lua_tolstring(L, -1, &len);
+        sid_push_redacted(L, s, len, &t->secrets, 0, 1);
+        lua_remove(L, -2);
+      }
       sid_push_redacted(L, v, (size_t)(ve - v), &t->secrets, 0, 1);
       lua_rawset(L, -3);
     }
@@ -103,7 +111,9 @@ static void push_headers(lua_State *L, sid_transfer *t) {
 }
 
 /* Server entries kept as sent, with httpcode an integer and message a
-   (redacted) string even when the server left them out or mistyped. */
+   (redacted) string even when the server left them out or mistyped. Each
+   is a fresh { httpcode, message } table: any other member a server adds
+   is left out, as it could quote a key that nothing would redact. */
 static void add_server_errors(lua_State *L, int envelope, int list,
                               sid_transfer *t, long status) {
   int i, n;
@@ -114,24 +124,22 @@ static void add_server_errors(lua_State *L, int envelope, int list,
   }
   n = (int)sid_rawlen(L, -1);
   for (i = 1; i <= n; i++) {
+    long code = status;
     lua_rawgeti(L, -1, i);
     if (lua_type(L, -1) != LUA_TTABLE) {
       lua_pop(L, 1);
       continue;
     }
     lua_getfield(L, -1, "httpcode");
-    if (lua_type(L, -1) != LUA_TNUMBER ||
-        floor(lua_tonumber(L, -1)) != lua_tonumber(L, -1) ||
-        fabs(lua_tonumber(L, -1)) > 2147483647.0) {
-      lua_pop(L, 1);
-      set_int(L, "httpcode", status);
-    } else {
-      lua_Number code = lua_tonumber(L, -1);
-      lua_pop(L, 1);
-      set_int(L, "httpcode", (long)code);
-    }
-    lua_getfield(L, -1, "message");
-    if (lua_type(L, -1) == LUA_TSTRING) {
+    if (lua_type(L, -1) == LUA_TNUMBER &&
+        floor(lua_tonumber(L, -1)) == lua_tonumber(L, -1) &&
+        fabs(lua_tonumber(L, -1)) <= 2147483647.0)
+      code = (long)lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    push_entry(L, code);                 /* server entry, new entry */
+    lua_getfield(L, -2, "message");
+    /* a number is kept as its text; lua_tolstring converts the copy */
+    if (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER) {
       size_t len;
       const char *m = lua_tolstring(L, -1, &len);
       sid_push_redacted(L, m, len, &t->secrets, 0, 0);
@@ -140,7 +148,8 @@ static void add_server_errors(lua_State *L, int envelope, int list,
       lua_pushfstring(L, "HTTP %d (the server gave no message)", (int)status);
       lua_setfield(L, -3, "message");
     }
-    lua_pop(L, 1);
+    lua_pop(L, 1);                       /* the server's message */
+    lua_remove(L, -2);                   /* the server's entry */
     append(L, list);
   }
   lua_pop(L, 1);
@@ -206,7 +215,10 @@ static void push_pagination(lua_State *L, int envelope) {
   lua_newtable(L);
   for (i = 0; i < 3; i++) {
     lua_getfield(L, -2, names[i]);   /* json.c made integral numbers ints */
-    lua_setfield(L, -2, names[i]);
+    if (lua_type(L, -1) == LUA_TNUMBER)
+      lua_setfield(L, -2, names[i]);
+    else
+      lua_pop(L, 1);                 /* not a number: could be any text */
   }
   lua_remove(L, -2);
 }

@@ -87,7 +87,31 @@ static int keyfile_write(lua_State *L) {
   return 1;
 }
 
+/* core.append_key_line(path, text) -> true | nil, message
+   For a batch's key file: each new key is appended and fsync'ed the
+   moment its answer arrives, so an interrupted batch keeps every key it
+   was given. The file is created mode 0600 if it does not exist. */
+static int keyfile_append(lua_State *L) {
+  size_t tlen;
+  const char *path = luaL_checkstring(L, 1);
+  const char *text = luaL_checklstring(L, 2, &tlen);
+  int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC,
+                S_IRUSR | S_IWUSR);
+  int err;
+  if (fd < 0) return fail(L, "cannot open", path, errno);
+  if (write_all(fd, text, tlen) != 0 || fsync(fd) != 0) {
+    err = errno;
+    close(fd);
+    return fail(L, "cannot append to", path, err);
+  }
+  if (close(fd) != 0) return fail(L, "cannot append to", path, errno);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 void sid_open_keyfile(lua_State *L) {
   lua_pushcfunction(L, keyfile_write);
   lua_setfield(L, -2, "write_key_file");
+  lua_pushcfunction(L, keyfile_append);
+  lua_setfield(L, -2, "append_key_line");
 }

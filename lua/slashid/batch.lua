@@ -14,7 +14,9 @@ local pcall, tostring = pcall, tostring
 local M = {}
 
 -- cfgs: resolved per-item configurations (already checked). Returns the
--- outcomes array, in input order.
+-- outcomes array, in input order. on_progress(done, total, index,
+-- outcome, item) runs once per item as it finishes; `item` is that item's
+-- { result, errors, pagination, info } table.
 function M.run(cfgs, concurrency, rate, on_progress, user_agent, on_rotated)
   local total = #cfgs
   local outcomes = {}
@@ -37,8 +39,10 @@ function M.run(cfgs, concurrency, rate, on_progress, user_agent, on_rotated)
     active, done = active - 1, done + 1
     -- A failing callback must not abort the batch: keys in flight would be
     -- lost. It is reported in the result instead, and not called again.
+    -- The 5th argument is the item's outcome table (the one returned in
+    -- the array), so a caller can hand its new key over at once.
     if on_progress and progress_ok then
-      local ok, err = pcall(on_progress, done, total, i, v[4].outcome)
+      local ok, err = pcall(on_progress, done, total, i, v[4].outcome, outcomes[i])
       if not ok then
         progress_ok = false
         outcomes.on_progress_error = tostring(err)
@@ -56,7 +60,10 @@ function M.run(cfgs, concurrency, rate, on_progress, user_agent, on_rotated)
                             on_rotated and function(result) on_rotated(i, result) end)
     job.index = i
     job.on_done = finish
-    job.pipewait = true
+    -- Wait for the first connection's protocol (ALPN) only where HTTP/2 can
+    -- be negotiated: over plain http:// (loopback) libcurl learns it from
+    -- the first answer's status line, so every item would wait for it.
+    job.pipewait = cfg.base_url:sub(1, 8):lower() == "https://"
     by_handle[handle] = job
     if rate then next_start = (next_start > now and next_start or now) + interval end
     job:start(multi)
