@@ -117,8 +117,11 @@ local function rotate_keys(defaults, list, opts, on_rotated)
   local merged = {}
   for k, v in next, defaults do merged[k] = v end
   for k, v in next, shared do merged[k] = v end
+  -- The raw length: a list's __len is the caller's code and may raise.
+  local n = 0
+  while rawget(list, n + 1) ~= nil do n = n + 1 end
   local cfgs, given = {}, {}
-  for i = 1, #list do
+  for i = 1, n do
     local where = "item " .. i
     local item = options.locate(where, options.check, rawget(list, i))
     given[i] = item

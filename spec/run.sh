@@ -13,7 +13,7 @@ unset SLASHID_ORG_ID SLASHID_API_KEY SLASHID_BASE_URL \
       http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY no_proxy NO_PROXY
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/slashid-spec.XXXXXX")
-python3 emulator/slashid_emulator.py --info "$tmp/emulator.json" \
+env -u LD_PRELOAD python3 emulator/slashid_emulator.py --info "$tmp/emulator.json" \
   --state-dir "$tmp/emulator" >"$tmp/emulator.log" 2>&1 &
 emulator=$!
 cleanup() {

@@ -47,10 +47,22 @@ function Op:poll()
   local st = state_of(self, "poll")
   local job = st.job
   if job.phase == "done" then return true end
+  if st.performing then
+    error("slashid: op:poll re-entered (from the op's own debug function?)", 0)
+  end
   job:due(core.now())
   if job.running then
+    -- libcurl forbids touching a transfer from inside its callbacks: a
+    -- cancel() made by a debug function during perform is applied here,
+    -- once perform has returned.
+    st.performing = true
     local finished = st.multi:perform()
-    if finished[1] then job:finished() end
+    st.performing = false
+    if st.cancel_requested then
+      job:cancel()
+    elseif finished[1] then
+      job:finished()
+    end
   end
   return job.phase == "done"
 end
@@ -86,6 +98,10 @@ end
 
 function Op:cancel()
   local st = state_of(self, "cancel")
+  if st.performing then
+    st.cancel_requested = true   -- applied by poll when perform returns
+    return
+  end
   st.job:cancel()
 end
 

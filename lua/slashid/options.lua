@@ -214,11 +214,12 @@ M.REQUEST_OPTIONS = {
 }
 
 -- An unknown option's name is shown only when it looks like a misspelt
--- option: short and identifier-like, and not the API key itself (a key
--- used as a table key by mistake must not end up in a message).
+-- option: short, letters and underscores only (option names have no
+-- digits; keys do), and not the API key itself. A key used as a table key
+-- by mistake must not end up in a message, whichever table held it.
 local function show_name(k, options)
   if type(k) ~= "string" then return "[" .. describe(k) .. "]" end
-  if #k > 24 or not k:find("^[%a_][%w_]*$") or k == rawget(options, "api_key")
+  if #k > 24 or not k:find("^[%a_]+$") or k == rawget(options, "api_key")
      or k == os.getenv("SLASHID_API_KEY") then
     return "(a name that is not an option, not shown)"
   end

@@ -1,0 +1,120 @@
+-- The C host of examples/embed: Lua 5.4 embedded in a 60 Hz frame loop,
+-- the module linked statically (libslashid.a, luaL_requiref). It rotates a
+-- key that the emulator holds for 1.5 s, polling once per frame; no frame
+-- may spend more than 20 ms in its Lua call (a real bound for a game: one
+-- frame is 16.7 ms). A blocking rotation would stall one frame for 1.5 s.
+--
+-- Builds nothing: `make test` builds build/lua5.4/embed-host (make embed).
+local H = require "helpers"
+
+local HOST = "build/lua5.4/embed-host"
+local STALL_BOUND_MS = 20
+
+local function exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+local function shell_quote(s)
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+-- Runs the host; returns its key=value lines as a table, its exit status
+-- and its raw output (stdout and stderr).
+local function run_host(env, args)
+  local out = H.tmpname("embed-out")
+  local parts = { "env -u LD_PRELOAD -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4" }
+  for k, v in pairs(env) do parts[#parts + 1] = k .. "=" .. shell_quote(v) end
+  parts[#parts + 1] = HOST
+  for _, a in ipairs(args) do parts[#parts + 1] = shell_quote(a) end
+  local cmd = table.concat(parts, " ") .. " >" .. shell_quote(out) .. " 2>&1; echo $?"
+  local p = io.popen(cmd)
+  local rc = tonumber(p:read("*a"):match("%d+"))
+  p:close()
+  local text = H.read_file(out)
+  local values = {}
+  for k, v in text:gmatch("([%w_]+)=([^\n]*)") do values[k] = v end
+  return values, rc, text
+end
+
+describe("embedding in a C frame loop (examples/embed/host.c)", function()
+  it("rotates while polling once per frame; no frame stalls over 20 ms", function()
+    if not exists(HOST) then
+      pending(HOST .. " is missing: `make embed` builds it (make test does)")
+      return
+    end
+    local org, key = H.new_org()
+    H.faults(org, { { delay = 1.5 } })
+    local save_to = H.tmpname("embed-key")
+    local v, rc, text = run_host({ SLASHID_API_KEY = key }, {
+      "--org-id", org, "--base-url", H.http_url, "--save-to", save_to,
+      "--max-seconds", "20" })
+
+    local stall = tonumber(v.longest_stall_ms)
+    io.stderr:write(("\n[embed] 60 Hz frame loop, rotation held 1.5 s: frames=%s " ..
+      "longest stall=%s ms (while pending %s ms, start %s ms, final frame with " ..
+      "save_to %s ms), mean work per frame=%s ms, late frames=%s, outcome=%s\n")
+      :format(tostring(v.frames), tostring(v.longest_stall_ms),
+              tostring(v.longest_pending_stall_ms), tostring(v.start_ms),
+              tostring(v.final_frame_ms), tostring(v.mean_work_ms),
+              tostring(v.late_frames), tostring(v.outcome)))
+
+    assert.are.equal(0, rc, text)
+    assert.are.equal("rotated", v.outcome, text)
+    assert.are.equal("200", v.status)
+    assert.are.equal("true", v.saved)
+    assert.is_number(stall, text)
+    assert.is_true(stall <= STALL_BOUND_MS,
+                   ("a frame stalled %.3f ms (bound %d ms)"):format(stall, STALL_BOUND_MS))
+    -- the loop really ran through the delay, frame after frame
+    local frames = tonumber(v.frames)
+    assert.is_true(frames >= 80 and frames <= 200, "frames: " .. tostring(v.frames))
+    assert.is_true(tonumber(v.elapsed) >= 1.45)
+    -- the new key was saved, and printed nowhere
+    local new_key = H.org(org).api_key
+    assert.are_not.equal(key, new_key)
+    assert.are.equal(new_key .. "\n", H.read_file(save_to))
+    assert.are.equal("600", H.mode(save_to))
+    H.assert_no_secret(text, key)
+    H.assert_no_secret(text, new_key)
+  end)
+
+  it("reports not_rotated (exit 1) for a refused key, and takes the key from a file", function()
+    if not exists(HOST) then
+      pending(HOST .. " is missing: `make embed` builds it (make test does)")
+      return
+    end
+    local org = H.new_org()
+    local key_file = H.tmpname("embed-old-key")
+    local f = assert(io.open(key_file, "wb"))
+    f:write("sk_not_the_key_of_this_org\n")
+    f:close()
+    local v, rc, text = run_host({ SLASHID_ORG_ID = org, SLASHID_BASE_URL = H.http_url }, {
+      "--api-key-file", key_file, "--save-to", H.tmpname("embed-never") })
+    assert.are.equal(1, rc, text)
+    assert.are.equal("not_rotated", v.outcome)
+    assert.are.equal("401", v.status)
+    assert.are.equal(0, H.org(org).rotations)
+    H.assert_no_secret(text, "sk_not_the_key_of_this_org")
+  end)
+
+  it("refuses to run without --save-to, and never takes a key from argv", function()
+    if not exists(HOST) then
+      pending(HOST .. " is missing: `make embed` builds it (make test does)")
+      return
+    end
+    local org, key = H.new_org()
+    local _, rc = run_host({ SLASHID_API_KEY = key }, { "--org-id", org, "--base-url", H.http_url })
+    assert.are.equal(64, rc)
+    local _, rc2, text2 = run_host({}, { "--org-id", org, "--api-key", key, "--save-to", "x" })
+    assert.are.equal(64, rc2)
+    H.assert_no_secret(text2, key)
+    -- a bad option raised by the library is a usage error too
+    local _, rc3, text3 = run_host({ SLASHID_API_KEY = key }, {
+      "--org-id", org, "--base-url", "ftp://127.0.0.1:1", "--save-to", H.tmpname("x") })
+    assert.are.equal(64, rc3, text3)
+    assert.matches("slashid: ", text3)
+    assert.are.equal(0, H.requests(org))
+  end)
+end)
