@@ -113,17 +113,25 @@ local function rotate_keys(defaults, list, opts, on_rotated)
   if type(list) ~= "table" then
     error("slashid: rotate_keys expects a list of option tables, got " .. type(list), 0)
   end
-  local own, shared = options.check_batch(opts)
+  -- Every key in play, so that none is ever quoted as an option name.
+  local secrets = { defaults.api_key }
+  if type(opts) == "table" then secrets[#secrets + 1] = rawget(opts, "api_key") end
+  local n = 0
+  while rawget(list, n + 1) ~= nil do
+    n = n + 1
+    local item = rawget(list, n)
+    if type(item) == "table" then secrets[#secrets + 1] = rawget(item, "api_key") end
+  end
+  local own, shared = options.check_batch(opts, secrets)
   local merged = {}
   for k, v in next, defaults do merged[k] = v end
   for k, v in next, shared do merged[k] = v end
-  -- The raw length: a list's __len is the caller's code and may raise.
-  local n = 0
-  while rawget(list, n + 1) ~= nil do n = n + 1 end
+  -- (n above is the raw length: a list's __len is the caller's code and
+  -- may raise.)
   local cfgs, given = {}, {}
   for i = 1, n do
     local where = "item " .. i
-    local item = options.locate(where, options.check, rawget(list, i))
+    local item = options.locate(where, options.check, rawget(list, i), nil, nil, secrets)
     given[i] = item
     cfgs[i] = options.locate(where, options.resolve, merged, item)
   end
@@ -167,7 +175,7 @@ end
 
 function Client:rotate_key(opts)
   local st = state_of(self, "rotate_key")
-  local given = options.check(opts)
+  local given = options.check(opts, nil, nil, { st.defaults.api_key })
   local cfg = options.resolve(st.defaults, given)
   local result, errors, pagination, info = rotate(st.handle, cfg)
   -- The client's own key was just replaced: adopt the new one so that
@@ -181,7 +189,7 @@ end
 
 function Client:start_rotate_key(opts)
   local st = state_of(self, "start_rotate_key")
-  local given = options.check(opts)
+  local given = options.check(opts, nil, nil, { st.defaults.api_key })
   local cfg = options.resolve(st.defaults, given)
   local adopt = given.api_key == nil and given.org_id == nil
   return require("slashid.op").start(cfg, user_agent(), function(result)
@@ -205,7 +213,8 @@ end
 function Client:check_key(opts)
   local st = state_of(self, "check_key")
   local keep = options.REQUEST_OPTIONS
-  local cfg = options.resolve(st.defaults, options.check(opts, keep), keep)
+  local cfg = options.resolve(st.defaults,
+                              options.check(opts, keep, nil, { st.defaults.api_key }), keep)
   return check(st.handle, cfg)
 end
 

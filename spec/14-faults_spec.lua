@@ -84,6 +84,10 @@ local TRIPWIRE = { status = 418, json = envelope(418, "TRIPWIRE: a request was r
 --   attempts      info.attempts (= requests, or given)
 --   rotations     the org's rotation count afterwards (when given)
 --   min_wall      the call must take at least this long (a timeout case)
+--   deadline      seconds the call may take before SLACK (request_timeout)
+--   traps         listening sockets that must not have been contacted
+--   via           "fresh" / "warm": on a new client's connection, or on one
+--                 just reused (see below); default: the module's handle
 --   check(result, errors, pagination, info, org, key)  extra checks
 local function run(case)
   local org, key = H.new_org()
@@ -98,8 +102,7 @@ local function run(case)
   end
   for k, v in pairs(case.opts or {}) do opts[k] = v end
 
-  local traps = {}
-  for _, t in ipairs(case.traps or {}) do traps[#traps + 1] = t end
+  local traps = case.traps or {}
 
   -- `via`: nil, the module's shared handle (whatever connection it kept);
   -- "fresh", a new client (a new connection); "warm", a new client whose

@@ -685,13 +685,15 @@ describe("bad input: ops and clients used wrongly", function()
   end)
 end)
 
--- A key of 24 characters or fewer that looks like an identifier, used as
--- an option name by mistake, must not be shown either when the key in use
--- comes from a client's defaults or from rotate_keys' shared options (the
--- check only compares the name with the api_key of the same table and of
--- SLASHID_API_KEY).
-describe("bad input: a short key used as an option name", function()
-  local SHORT = "sk_live_ab12CD34ef56"
+-- A key of 24 characters or fewer, used as an option name by mistake,
+-- must not be shown, whichever table holds the key in use: the same one,
+-- a client's defaults, rotate_keys' shared options. Names are shown only
+-- when they look like a misspelt option (<= 24 characters, letters and
+-- underscores), and are compared with the api_key of the same table and
+-- SLASHID_API_KEY; a key with a digit is never shown, but a short key made
+-- of letters and underscores only (about 3% of random 20-character
+-- base64url keys) is, unless it is the same table's valid api_key.
+local function short_key_cases(SHORT)
 
   it("in the same table as api_key", function()
     local ok, err = pcall(slashid.rotate_key, base({ api_key = SHORT, [SHORT] = true }))
@@ -719,6 +721,46 @@ describe("bad input: a short key used as an option name", function()
     assert.is_false(ok)
     assert.is_nil(err:find(SHORT, 1, true), err)
   end)
+
+  it("beside the same key with a trailing newline (read from a file)", function()
+    -- next() order follows the table's layout (sizes, insertion order,
+    -- the state's string hash seed): try many layouts and variants of the
+    -- key, so that in some the name comes before api_key
+    local valid = { { "org_id", "o" }, { "base_url", H.http_url }, { "retries", 0 },
+                    { "timeout", 30 }, { "consistency", "all_regions" },
+                    { "connect_timeout", 2 }, { "request_timeout", 3 }, { "verify", false },
+                    { "retry_delay", 0.01 }, { "retry_max_delay", 0.05 },
+                    { "max_response_bytes", 4096 }, { "user_agent", "ua" } }
+    local variants = { SHORT }
+    for v = 1, 15 do
+      -- same shape (letters, or letters and digits, as SHORT), another key
+      variants[#variants + 1] = SHORT:sub(1, -3) .. string.char(96 + v, 97 + (v * 7) % 26)
+    end
+    for _, key in ipairs(variants) do
+      for n = 1, #valid do
+        for order = 1, 3 do
+          local t = {}
+          if order == 1 then t[key] = true end
+          for k = 1, n do t[valid[k][1]] = valid[k][2] end
+          if order == 2 then t[key] = true end
+          t.api_key = key .. "\n"
+          if order == 3 then t[key] = true end
+          local ok, err = pcall(slashid.rotate_key, t)
+          assert.is_false(ok)
+          assert.is_nil(err:find(key, 1, true),
+                        ("layout %d/%d: %s"):format(n, order, err:gsub(key, "<the key>")))
+        end
+      end
+    end
+  end)
+end
+
+describe("bad input: a short key with digits used as an option name", function()
+  short_key_cases("sk_live_ab12CD34ef56")
+end)
+
+describe("bad input: a short key of letters only used as an option name", function()
+  short_key_cases("sk_live_abcdefghijklmn")
 end)
 
 describe("bad input: where the requests went", function()

@@ -213,14 +213,60 @@ M.REQUEST_OPTIONS = {
   debug = true,
 }
 
--- An unknown option's name is shown only when it looks like a misspelt
--- option: short, letters and underscores only (option names have no
--- digits; keys do), and not the API key itself. A key used as a table key
--- by mistake must not end up in a message, whichever table held it.
-local function show_name(k, options)
+-- Edit distance (insertions, deletions, substitutions), for short names.
+local function distance(a, b)
+  local prev = {}
+  for j = 0, #b do prev[j] = j end
+  for i = 1, #a do
+    local cur = { [0] = i }
+    for j = 1, #b do
+      local cost = a:byte(i) == b:byte(j) and 0 or 1
+      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+    end
+    prev = cur
+  end
+  return prev[#b]
+end
+
+-- The nearest real option name, for a "did you mean" hint.
+local function nearest(k)
+  local lower = k:lower()
+  for _, names in ipairs({ M.CHECKS, M.BATCH_CHECKS }) do
+    for name in pairs(names) do
+      if distance(lower, name) <= 2 or name:find(lower, 1, true) or
+         lower:find(name, 1, true) then
+        return name
+      end
+    end
+  end
+end
+
+-- Whether `k` could be (part of) one of the keys in play.
+local function related(k, secrets)
+  for i = 1, #secrets do
+    local key = secrets[i]
+    if type(key) == "string" and #key > 0 and
+       (key:find(k, 1, true) or (#key >= 8 and k:find(key, 1, true))) then
+      return true
+    end
+  end
+  return false
+end
+
+-- An unknown option's name is quoted (it names the mistake) unless it
+-- could be a key: too long or not identifier-like, or related to a key in
+-- play: this table's api_key (even an invalid one), the client's or the
+-- batch's default key, SLASHID_API_KEY. A key used as a table key by
+-- mistake, whichever table held it, never ends up in a message.
+local function show_name(k, options, secrets)
   if type(k) ~= "string" then return "[" .. describe(k) .. "]" end
-  if #k > 24 or not k:find("^[%a_]+$") or k == rawget(options, "api_key")
-     or k == os.getenv("SLASHID_API_KEY") then
+  local in_play = {}
+  for _, key in ipairs({ rawget(options, "api_key") or false,
+                         os.getenv("SLASHID_API_KEY") or false }) do
+    if key then in_play[#in_play + 1] = key end
+  end
+  for i = 1, #(secrets or {}) do in_play[#in_play + 1] = secrets[i] end
+  if #k > 24 or not k:find("^[%a_][%w_]*$") or related(k, in_play) then
     return "(a name that is not an option, not shown)"
   end
   return k
@@ -236,7 +282,9 @@ end
 -- Checks a caller's table against `allowed` (a set of names, default all
 -- of CHECKS) and returns a plain copy. Reads with next/rawget only, so a
 -- metatable on the caller's table is never triggered.
-function M.check(options, allowed, what)
+-- `secrets`: keys in play besides the table's own (a client's default
+-- key), never to be quoted.
+function M.check(options, allowed, what, secrets)
   if options == nil then return {} end
   if type(options) ~= "table" then
     raise(string_format("slashid: %s must be a table, got %s", what or "options", describe(options)))
@@ -246,7 +294,10 @@ function M.check(options, allowed, what)
   while k ~= nil do
     local check = type(k) == "string" and M.CHECKS[k]
     if not check or (allowed and not allowed[k]) then
-      raise(string_format("slashid: unknown option '%s'", show_name(k, options)))
+      local shown = show_name(k, options, secrets)
+      local near = shown == k and nearest(k)
+      raise(string_format("slashid: unknown option '%s'%s", shown,
+                          near and near ~= k and (" (did you mean '" .. near .. "'?)") or ""))
     end
     copy[k] = check(k, rawget(options, k))
     k = next(options, k)
@@ -257,7 +308,7 @@ end
 
 -- rotate_keys' options: the batch's own (concurrency, rate, on_progress)
 -- and shared per-item defaults (checked like rotate_key's).
-function M.check_batch(opts)
+function M.check_batch(opts, secrets)
   if opts == nil then return {}, {} end
   if type(opts) ~= "table" then
     raise(string_format("slashid: options must be a table, got %s", describe(opts)))
@@ -269,7 +320,7 @@ function M.check_batch(opts)
     if check then batch[k] = check(k, rawget(opts, k)) else shared[k] = rawget(opts, k) end
     k = next(opts, k)
   end
-  return batch, M.check(shared)
+  return batch, M.check(shared, nil, nil, secrets)
 end
 
 -- Runs fn(...) and re-raises its `slashid: ` error with `where` after the
