@@ -79,14 +79,18 @@ end
 -- it is in use (from a debug function) gets a handle of its own.
 local shared_handle, shared_busy
 
+-- Passes fn's values through unchanged (as many as it returned).
+local function release_shared(ok, ...)
+  shared_busy = false
+  if not ok then error((...), 0) end
+  return ...
+end
+
 local function with_shared_handle(fn, cfg)
   if shared_busy then return fn(core.handle(), cfg) end
   shared_handle = shared_handle or core.handle()
   shared_busy = true
-  local ok, a, b, c, d = pcall(fn, shared_handle, cfg)
-  shared_busy = false
-  if not ok then error(a, 0) end
-  return a, b, c, d
+  return release_shared(pcall(fn, shared_handle, cfg))
 end
 
 local EMPTY = {}
