@@ -27,6 +27,13 @@
 #define SID_HAS_INTEGERS 0
 #endif
 
+/* To-be-closed variables (`local x <close>`) call __close: 5.4+. */
+#if LUA_VERSION_NUM >= 504
+#define SID_HAS_CLOSE 1
+#else
+#define SID_HAS_CLOSE 0
+#endif
+
 /* lua_newuserdata became a macro over lua_newuserdatauv in 5.4; both exist. */
 #define sid_newuserdata(L, sz) lua_newuserdata(L, (sz))
 

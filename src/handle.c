@@ -112,7 +112,7 @@ void sid_open_handle(lua_State *L) {
   static const luaL_Reg meta[] = {
     {"__gc", handle_gc},
     {"__tostring", handle_tostring},
-#if LUA_VERSION_NUM >= 504
+#if SID_HAS_CLOSE
     {"__close", handle_close},
 #endif
     {NULL, NULL}

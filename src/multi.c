@@ -182,7 +182,7 @@ void sid_open_multi(lua_State *L) {
   static const luaL_Reg meta[] = {
     {"__gc", multi_gc},
     {"__tostring", multi_tostring},
-#if LUA_VERSION_NUM >= 504
+#if SID_HAS_CLOSE
     {"__close", multi_close},
 #endif
     {NULL, NULL}
