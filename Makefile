@@ -157,7 +157,9 @@ test-prereqs: deps
 #                        fails on any report (spec/asan/run.sh)
 #   make check-valgrind  spec/soak/valgrind_soak.lua under memcheck: no
 #                        invalid access, no uninitialised use, nothing
-#                        definitely lost (spec/soak/valgrind.sh)
+#                        definitely lost (spec/soak/valgrind.sh); then no
+#                        buffer freed by the module still holds a key
+#                        (spec/wipe/run.sh)
 #   make fuzz            both libFuzzer harnesses of spec/fuzz/: seed corpora
 #                        replayed, then FUZZ_SECONDS (60) of fuzzing each
 #   make check-threads   8 threads, a lua_State each, rotating at once;
@@ -192,8 +194,15 @@ check-asan: deps test-prereqs
 check-valgrind: deps
 	@sh scripts/deps.sh $(VALGRIND_PKGS)
 	@$(MAKE) --no-print-directory BUILD=$(VALGRIND_BUILD) \
-	  CFLAGS="-O1 -g -fno-omit-frame-pointer" all
+	  CFLAGS="-O1 -g -fno-omit-frame-pointer" all $(VALGRIND_BUILD)/wipecheck.so
 	@LUA=$(LUA) BUILD=$(VALGRIND_BUILD) sh spec/soak/valgrind.sh
+	@LUA=$(LUA) BUILD=$(VALGRIND_BUILD) WIPECHECK=$(VALGRIND_BUILD)/wipecheck.so \
+	  sh spec/wipe/run.sh
+
+# Preloaded by spec/wipe/run.sh: counts freed blocks still holding a key.
+$(VALGRIND_BUILD)/wipecheck.so: spec/wipe/wipecheck.c
+	@mkdir -p $(@D)
+	$(CC) -O1 -g -fPIC -shared -Wall -Wextra -o $@ spec/wipe/wipecheck.c -ldl
 
 fuzz: deps
 	@sh scripts/deps.sh $(CLANG_PKGS)

@@ -62,7 +62,7 @@ local function check_int(lo, hi)
     if not is_integer(v) or v < lo or (hi and v > hi) then
       fail(name, expected, v)
     end
-    return tointeger(v)
+    return tointeger(v) or v   -- beyond 2^63: an integral float, kept
   end
 end
 

@@ -170,8 +170,11 @@ function M.check(result, errors, pagination, facts, lines, status, rc, flags, ol
   -- server echoing it as the new key would be kept as sent)
   local where = { "errors", "pagination", "facts", "trace" }
   assert_absent(old_key, where, errors, pagination, facts, lines)
+  -- (a new key is only checked when made of the characters keys are made
+  -- of: one the server builds from '?' can be forged by the display of
+  -- control characters as '?', which is not a leak of the key)
   local new_key = type(result) == "table" and result.api_key
-  if type(new_key) == "string" and facts.complete then
+  if type(new_key) == "string" and facts.complete and new_key:find("^[%w_%-%.~+/=]+$") then
     assert_absent(new_key, where, errors, pagination, facts, lines)
   end
 

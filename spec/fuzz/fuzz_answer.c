@@ -254,8 +254,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     t.debug_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
 
-  rc = feed(&t, &in, (CURLcode)(in.rc < 0 ? -in.rc % CURL_LAST
-                                          : in.rc % CURL_LAST));
+  rc = feed(&t, &in, (CURLcode)((unsigned long)in.rc % CURL_LAST));
   if (has_flag(&in, 'm')) t.out_of_memory = 1;
 
   /* sid_answer_build under pcall: it must never raise. */

@@ -172,6 +172,11 @@ end
 
 local function finite_positive(v) return type(v) == "number" and v > 0 and v < huge end
 local function is_int(v) return mtype(v) == "integer" end
+-- retries and max_response_bytes have no upper bound: past 2^63 an
+-- integral value can only be a float, and is kept as such.
+local function is_count(v)
+  return is_int(v) or (mtype(v) == "float" and v >= 2 ^ 63 and v < huge)
+end
 local function text(v)
   return type(v) == "string" and v ~= "" and not v:find("[%c\127]")
 end
@@ -196,25 +201,15 @@ local VALID = {
   end,
   connect_timeout = finite_positive, request_timeout = finite_positive,
   ca_file = function(v) return type(v) == "string" and v ~= "" and not v:find("%z") end,
-  retries = function(v) return is_int(v) and v >= 0 end,
+  retries = function(v) return is_count(v) and v >= 0 end,
   retry_delay = finite_positive, retry_max_delay = finite_positive,
-  max_response_bytes = function(v) return is_int(v) and v >= 1 end,
+  max_response_bytes = function(v) return is_count(v) and v >= 1 end,
   save_to = function(v) return type(v) == "string" and v ~= "" and not v:find("%z") end,
   verify = function(v) return type(v) == "boolean" end,
   user_agent = function(v) return type(v) == "string" and not v:find("[%c\127]") end,
   debug = function(v) return type(v) == "function" end,
 }
 
--- KNOWN ISSUE (reported, lua/slashid/options.lua is not this harness's to
--- change): check_int accepts any integral float for an option without an
--- upper bound (retries, max_response_bytes), then math.tointeger turns one
--- of 2^63 or more into nil, so the option is silently dropped and its
--- default used. Tolerated here, narrowly, until options.lua rejects (or
--- clamps) such values; then delete this function and its one use.
-local function known_dropped(k, v)
-  return (k == "retries" or k == "max_response_bytes") and mtype(v) == "float"
-         and v >= 2 ^ 63 and v < huge
-end
 
 local function check_copy(opts, copy, allowed)
   if type(copy) ~= "table" then fail("check returned a %s", type(copy)) end
@@ -226,11 +221,9 @@ local function check_copy(opts, copy, allowed)
   for k, v in next, opts do
     if allowed and not allowed[k] then fail("option %s accepted where not allowed", tostring(k)) end
     local c = rawget(copy, k)
-    if c == nil and known_dropped(k, v) then goto continue end
     if c == nil then fail("option %s accepted but missing from the copy", tostring(k)) end
     if not VALID[k] or not VALID[k](c) then fail("option %s accepted with a bad value", tostring(k)) end
     if type(v) == "number" and c ~= v then fail("option %s changed value", k) end
-    ::continue::
   end
   for k in next, copy do
     if rawget(opts, k) == nil then fail("the copy has an option %s not given", tostring(k)) end
