@@ -40,7 +40,7 @@ while [ ! -s "$tmp/emulator.json" ]; do
   if [ $i -gt 100 ] || ! kill -0 "$emulator" 2>/dev/null; then
     echo "spec/with-emulator.sh: the emulator did not start:" >&2
     cat "$tmp/emulator.log" >&2
-    exit 1
+    exit 69   # EX_UNAVAILABLE: CMD never ran
   fi
   sleep 0.1
 done
