@@ -117,14 +117,7 @@ void sid_open_handle(lua_State *L) {
 #endif
     {NULL, NULL}
   };
-  luaL_newmetatable(L, SID_HANDLE_MT);
-  sid_setfuncs(L, meta);
-  lua_newtable(L);
-  sid_setfuncs(L, methods);
-  lua_setfield(L, -2, "__index");
-  lua_pushliteral(L, "slashid.Handle");
-  lua_setfield(L, -2, "__name");
-  lua_pop(L, 1);
+  sid_new_class(L, SID_HANDLE_MT, meta, methods);
   lua_pushcfunction(L, handle_new);
   lua_setfield(L, -2, "handle");
 }

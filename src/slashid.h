@@ -106,6 +106,10 @@ const char *sid_curlcode_name(CURLcode rc);
 /* the module's one exported symbol */
 SID_API int luaopen_slashid_core(lua_State *L);
 
+/* core.c: registers a userdata type */
+void sid_new_class(lua_State *L, const char *name, const luaL_Reg *meta,
+                   const luaL_Reg *methods);
+
 /* registration functions, one per file */
 void sid_open_handle(lua_State *L);
 void sid_open_clock(lua_State *L);
