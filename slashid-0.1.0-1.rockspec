@@ -48,6 +48,7 @@ build = {
     ["slashid.job"] = "lua/slashid/job.lua",
     ["slashid.op"] = "lua/slashid/op.lua",
     ["slashid.batch"] = "lua/slashid/batch.lua",
+    ["slashid.lazy"] = "lua/slashid/lazy.lua",
     ["slashid.lazycore"] = "lua/slashid/lazycore.lua",
   },
   install = {

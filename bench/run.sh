@@ -76,7 +76,7 @@ if [ -f bin/slashid-rotate ] && command -v curl >/dev/null 2>&1; then
 local core = require "slashid.core"
 local lua, url, n = arg[1], arg[2], tonumber(arg[3])
 local env = "SLASHID_API_KEY=bench-key SLASHID_ORG_ID=bench-org SLASHID_BASE_URL=" .. url
-local cli = env .. " " .. lua .. " bin/slashid-rotate --org-id bench-org >/dev/null"
+local cli = env .. " " .. lua .. " bin/slashid-rotate --org-id bench-org >/dev/null 2>&1"
 local curl = "curl -s -X PUT -H 'SlashID-OrgID: bench-org' -H 'SlashID-API-Key: bench-key'" ..
   " -H 'SlashID-Required-Consistency: local_region' -H 'SlashID-Required-Consistency-Timeout: 30'" ..
   " -H 'Accept: application/json' -H 'Content-Length: 0' " .. url .. "/organizations/api-keys >/dev/null"

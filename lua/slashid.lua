@@ -6,17 +6,19 @@
 --   the answer into tables -> policy.lua decides the outcome and whether
 --   another attempt is allowed (only when the server cannot have acted).
 
-local core = require "slashid.lazycore"
-local options = require "slashid.options"
-local policy = require "slashid.policy"
-local rotation = require "slashid.rotation"
+-- Loaded at the first call, not here: see slashid/lazy.lua.
+local lazy = require "slashid.lazy"
+local core = lazy "slashid.core"
+local options = lazy "slashid.options"
+local policy = lazy "slashid.policy"
+local rotation = lazy "slashid.rotation"
 
 local setmetatable, type, next, tostring, error = setmetatable, type, next, tostring, error
 
 local slashid = {
   _VERSION = "0.1.0",
-  PRODUCTION = options.PRODUCTION,
-  SANDBOX = options.SANDBOX,
+  PRODUCTION = "https://api.slashid.com",       -- options.lua's default too
+  SANDBOX = "https://api.sandbox.slashid.com",
 }
 
 -- Built on first use: it names the libcurl version, known once the core
@@ -28,7 +30,6 @@ local function user_agent()
   return default_user_agent
 end
 
-local ROTATE_PATH, CHECK_PATH = rotation.ROTATE_PATH, rotation.CHECK_PATH
 
 -- Runs attempts on `handle` until one may not be followed by another.
 -- Returns the last attempt's result, errors, pagination, an info table
@@ -52,7 +53,7 @@ local function attempts(handle, cfg, method, path)
 end
 
 local function check(handle, cfg)
-  local _, errors, _, info, facts = attempts(handle, cfg, "GET", CHECK_PATH)
+  local _, errors, _, info, facts = attempts(handle, cfg, "GET", rotation.CHECK_PATH)
   local ok = policy.accepted(facts)
   if ok then errors = {} end
   return ok, errors, info
@@ -60,7 +61,7 @@ end
 
 local function rotate(handle, cfg)
   local result, errors, pagination, info =
-    rotation.settle(attempts(handle, cfg, "PUT", ROTATE_PATH))
+    rotation.settle(attempts(handle, cfg, "PUT", rotation.ROTATE_PATH))
   if result then
     -- From here on the old key is dead: nothing may lose the new one.
     rotation.save(cfg, result, errors, info)
