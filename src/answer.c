@@ -10,6 +10,7 @@
  *               curl_code, too_large, headers, elapsed, excerpt
  */
 #include <ctype.h>
+#include <stdio.h>
 #include <math.h>
 #include <string.h>
 #include "slashid.h"
@@ -161,9 +162,12 @@ static void add_transport_error(lua_State *L, int list, sid_transfer *t,
   if (t->cancelled)
     lua_pushfstring(L, "%s: the operation was cancelled (op:cancel)",
                     sid_curlcode_name(rc));
-  else if (t->too_large)
+  else if (t->too_large || rc == CURLE_FILESIZE_EXCEEDED) {
+    char cap[32];   /* size_t does not fit lua_pushfstring's %d */
+    snprintf(cap, sizeof cap, "%zu", t->max_bytes);
     lua_pushfstring(L, "%s: the answer is larger than max_response_bytes "
-                    "(%d bytes)", sid_curlcode_name(rc), (int)t->max_bytes);
+                    "(%s bytes)", sid_curlcode_name(rc), cap);
+  }
   else if (t->out_of_memory)
     lua_pushfstring(L, "%s: out of memory while receiving the answer",
                     sid_curlcode_name(rc));
