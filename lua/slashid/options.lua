@@ -228,17 +228,21 @@ local function distance(a, b)
   return prev[#b]
 end
 
--- The nearest real option name, for a "did you mean" hint.
+-- The nearest real option name, for a "did you mean" hint: the closest
+-- by edit distance among near misses and containments, ties broken by
+-- name so that the message is the same every time.
 local function nearest(k)
-  local lower = k:lower()
+  local lower, best, best_d = k:lower(), nil, math.huge
   for _, names in ipairs({ M.CHECKS, M.BATCH_CHECKS }) do
     for name in pairs(names) do
-      if distance(lower, name) <= 2 or name:find(lower, 1, true) or
-         lower:find(name, 1, true) then
-        return name
+      local d = distance(lower, name)
+      if (d <= 2 or name:find(lower, 1, true) or lower:find(name, 1, true)) and
+         (d < best_d or (d == best_d and name < best)) then
+        best, best_d = name, d
       end
     end
   end
+  return best
 end
 
 -- Whether `k` could be (part of) one of the keys in play.
