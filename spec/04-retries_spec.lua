@@ -16,26 +16,7 @@ local function closed_url()
   return "http://127.0.0.1:" .. H.closed_port()
 end
 
--- A loopback listener whose accept queue is full: a new connection's SYN
--- is dropped, so connecting times out (Linux). Returns base_url, close().
-local function blackhole()
-  local socket = require "socket"
-  local srv = assert(socket.tcp())
-  assert(srv:bind("127.0.0.1", 0))
-  assert(srv:listen(0))
-  local _, port = srv:getsockname()
-  local fillers = {}
-  for i = 1, 2 do
-    local c = assert(socket.tcp())
-    c:settimeout(i == 1 and 1 or 0)
-    c:connect("127.0.0.1", port)
-    fillers[i] = c
-  end
-  return "http://127.0.0.1:" .. port, function()
-    for _, c in ipairs(fillers) do c:close() end
-    srv:close()
-  end
-end
+local blackhole = H.blackhole
 
 local function envelope(code, message)
   return { errors = { { httpcode = code, message = message } } }

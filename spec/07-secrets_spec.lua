@@ -10,11 +10,8 @@ local serial = 0
 -- the call, so that a fault can quote it literally, e.g. in a header).
 local function org_with_known_key()
   serial = serial + 1
-  local key = ("sk_OLDSECRET_%d_%d_%06d_zq"):format(os.time(), serial, math.random(0, 999999))
-  local status, org = H.control("POST", "/_emulator/orgs", { api_key = key })
-  assert(status == 201, "emulator: cannot create an organization")
-  assert(org.api_key == key)
-  return org.org_id, key
+  return H.new_org_with_key(("sk_OLDSECRET_%d_%d_%06d_zq")
+    :format(os.time(), serial, math.random(0, 999999)))
 end
 
 -- A debug function and the lines it received.

@@ -154,9 +154,8 @@ describe("memory", function()
       return
     end
     local big = "sk_" .. string.rep("K", 32 * 1024)
-    local status, org = H.control("POST", "/_emulator/orgs", { api_key = big })
-    assert(status == 201, "emulator: cannot create an organization")
-    local client = slashid.new(H.opts(org.org_id, big))
+    local org = H.new_org_with_key(big)
+    local client = slashid.new(H.opts(org, big))
     local function step()
       local ok, errors = client:check_key()
       assert(ok == true, errors[1] and errors[1].message)

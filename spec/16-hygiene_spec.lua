@@ -26,10 +26,8 @@ local serial = 0
 -- An organization whose current key is recognizable.
 local function org_with_key()
   serial = serial + 1
-  local key = ("%s%d_%d_%06d_Zq9Lx"):format(PREFIX, os.time(), serial, math.random(0, 999999))
-  local status, org = H.control("POST", "/_emulator/orgs", { api_key = key })
-  assert(status == 201, "emulator: cannot create an organization")
-  return org.org_id, key
+  return H.new_org_with_key(("%s%d_%d_%06d_Zq9Lx")
+    :format(PREFIX, os.time(), serial, math.random(0, 999999)))
 end
 
 local function tracer()

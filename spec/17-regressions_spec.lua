@@ -11,10 +11,8 @@ local serial = 0
 -- sent and answer.c lowers).
 local function org_with_known_key()
   serial = serial + 1
-  local key = ("sk_regression_%d_%d_%06d_key"):format(os.time(), serial, math.random(0, 999999))
-  local status, org = H.control("POST", "/_emulator/orgs", { api_key = key })
-  assert(status == 201, "emulator: cannot create an organization")
-  return org.org_id, key
+  return H.new_org_with_key(("sk_regression_%d_%d_%06d_key")
+    :format(os.time(), serial, math.random(0, 999999)))
 end
 
 describe("regressions found by fuzzing", function()

@@ -51,6 +51,35 @@ function H.new_org()
   return org.org_id, org.api_key
 end
 
+-- A fresh organization whose key is chosen by the test (recognizable,
+-- and known before the call so that a fault can quote it literally).
+function H.new_org_with_key(key)
+  local status, org = control("POST", "/_emulator/orgs", { api_key = key })
+  assert(status == 201, "emulator: cannot create an organization")
+  assert(org.api_key == key)
+  return org.org_id, key
+end
+
+-- A loopback listener whose accept queue is full: a new connection's SYN
+-- is dropped, so connecting times out (Linux). Returns base_url, close().
+function H.blackhole()
+  local srv = assert(socket.tcp())
+  assert(srv:bind("127.0.0.1", 0))
+  assert(srv:listen(0))
+  local _, port = srv:getsockname()
+  local fillers = {}
+  for i = 1, 2 do
+    local c = assert(socket.tcp())
+    c:settimeout(i == 1 and 1 or 0)
+    c:connect("127.0.0.1", port)
+    fillers[i] = c
+  end
+  return "http://127.0.0.1:" .. port, function()
+    for _, c in ipairs(fillers) do c:close() end
+    srv:close()
+  end
+end
+
 -- Queue faults (a list of fault objects) for the org's next requests.
 function H.faults(org_id, list)
   local status = control("POST", "/_emulator/orgs/" .. org_id .. "/faults", list)

@@ -14,9 +14,7 @@ local dir = H.mkdir(H.tmpname("wipe"))
 local failures = 0
 
 local function org_with(key)
-  local status, org = H.control("POST", "/_emulator/orgs", { api_key = key })
-  assert(status == 201, "emulator: cannot create an organization")
-  return org.org_id
+  return (H.new_org_with_key(key))
 end
 
 local function expect(what, outcome, result, errors, _, info)
