@@ -49,7 +49,6 @@ build = {
     ["slashid.op"] = "lua/slashid/op.lua",
     ["slashid.batch"] = "lua/slashid/batch.lua",
     ["slashid.lazy"] = "lua/slashid/lazy.lua",
-    ["slashid.lazycore"] = "lua/slashid/lazycore.lua",
   },
   install = {
     bin = { ["slashid-rotate"] = "bin/slashid-rotate" },

@@ -4,7 +4,7 @@
 -- ops from several clients can be pending at once; a dropped op is
 -- cleaned up by the garbage collector (the C handles have __gc).
 
-local core = require "slashid.lazycore"
+local core = require("slashid.lazy")("slashid.core")
 local job_mod = require "slashid.job"
 
 local setmetatable, type, error = setmetatable, type, error
