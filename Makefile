@@ -114,7 +114,9 @@ bench: deps
 #                     60 Hz frame-loop host; always against Lua 5.4
 #   make test-prereqs what the host specs need whatever LUA is tested:
 #                     nginx + its lua module, the module built for LuaJIT
-#                     (nginx's lua module embeds luajit2), the embed host
+#                     (nginx's lua module embeds luajit2), the embed host,
+#                     and the module for Lua 5.4 (spec/20-alloc_spec.lua's
+#                     allocator-failure host loads it)
 STATIC_OBJECTS = $(patsubst src/%.c,$(BUILD)/static/%.o,$(SOURCES))
 LIBSLASHID     = $(BUILD)/libslashid.a
 EMBED_HOST     = build/lua5.4/embed-host
@@ -150,6 +152,8 @@ test-prereqs: deps
 	@$(MAKE) --no-print-directory LUA=luajit LUA_VERSION=5.1 \
 	  LUA_INCDIR=/usr/include/luajit-2.1 all
 	@$(MAKE) --no-print-directory embed
+	@$(MAKE) --no-print-directory LUA=lua5.4 LUA_VERSION=5.4 \
+	  LUA_INCDIR=/usr/include/lua5.4 all
 
 # ---- gates: sanitizers, valgrind, fuzzing, many states (issue 3) ---------
 #   make check-asan      the whole spec suite against the module built with
@@ -183,7 +187,20 @@ FUZZ_CFLAGS   = -g -O1 -fno-omit-frame-pointer -std=gnu99 -Wall -Wextra \
                 -Isrc -Ispec/fuzz -I/usr/include/lua5.4 -I$(CURL_INCDIR)
 FUZZ_LIBS     = -llua5.4 -lcurl -lm -ldl -lpthread
 
-.PHONY: check-asan check-valgrind fuzz check-threads
+.PHONY: check-asan check-valgrind fuzz check-threads check-noprereq
+
+# libcurl < 7.80 has no CURLOPT_PREREQFUNCTION: the PUT then takes a fresh
+# connection and "sent" comes from the request bytes libcurl reports.
+# This builds that path on today's libcurl (-DSID_NO_PREREQ) and runs the
+# outcome, retry and fault-matrix specs against it.
+NOPREREQ_BUILD = build/noprereq-$(notdir $(LUA))
+NOPREREQ_SPECS = spec/03-outcomes_spec.lua spec/04-retries_spec.lua \
+                 spec/14-faults_spec.lua spec/21-library_holes_spec.lua
+check-noprereq: deps
+	@$(MAKE) --no-print-directory BUILD=$(NOPREREQ_BUILD) \
+	  CFLAGS="-O2 -g -DSID_NO_PREREQ" all
+	@LUA=$(LUA) BUILD=$(NOPREREQ_BUILD) SPECS="$(NOPREREQ_SPECS)" \
+	  SLASHID_SPEC_NO_PREREQ=1 sh spec/run.sh
 
 check-asan: deps test-prereqs
 	@sh scripts/deps.sh $(ASAN_PKGS)

@@ -48,7 +48,6 @@ build = {
     ["slashid.job"] = "lua/slashid/job.lua",
     ["slashid.op"] = "lua/slashid/op.lua",
     ["slashid.batch"] = "lua/slashid/batch.lua",
-    ["slashid.lazy"] = "lua/slashid/lazy.lua",
   },
   install = {
     bin = { ["slashid-rotate"] = "bin/slashid-rotate" },

@@ -124,3 +124,7 @@ if [ -n "$cli_line" ]; then
   echo "curl_ms=${cli_line#* }"
   echo "cli_ratio=$(ratio "${cli_line% *}" "${cli_line#* }")"
 fi
+
+# ---- start-up against the peer (Lua-cURLv3 + lua-cjson): bench/startup.sh
+# prints its own table and startup_median_*/startup_rss_* figures.
+LUA="$LUA" BUILD="$BUILD" sh bench/startup.sh

@@ -6,12 +6,13 @@
 --   the answer into tables -> policy.lua decides the outcome and whether
 --   another attempt is allowed (only when the server cannot have acted).
 
--- Loaded at the first call, not here: see slashid/lazy.lua.
-local lazy = require "slashid.lazy"
-local core = lazy "slashid.core"
-local options = lazy "slashid.options"
-local policy = lazy "slashid.policy"
-local rotation = lazy "slashid.rotation"
+-- The C core is loaded here, not at the first call: a missing or broken
+-- core fails `require "slashid"` itself, with the loader's own message,
+-- as LuaSocket and LuaSec do.
+local core = require "slashid.core"
+local options = require "slashid.options"
+local policy = require "slashid.policy"
+local rotation = require "slashid.rotation"
 
 local setmetatable, type, next, tostring, error = setmetatable, type, next, tostring, error
 
@@ -21,14 +22,9 @@ local slashid = {
   SANDBOX = "https://api.sandbox.slashid.com",
 }
 
--- Built on first use: it names the libcurl version, known once the core
--- is loaded.
-local default_user_agent
-local function user_agent()
-  default_user_agent = default_user_agent or
-    ("slashid-lua/" .. slashid._VERSION .. " libcurl/" .. core.curl_version)
-  return default_user_agent
-end
+local default_user_agent =
+  "slashid-lua/" .. slashid._VERSION .. " libcurl/" .. core.curl_version
+local function user_agent() return default_user_agent end
 
 
 -- Runs attempts on `handle` until one may not be followed by another.
@@ -114,7 +110,7 @@ end
 
 -- Checks everything before anything starts: a bad item raises with its
 -- index, and no request has been sent.
-local function rotate_keys(defaults, list, opts, on_rotated)
+local function rotate_keys(defaults, list, opts, on_rotated, on_resolved)
   if type(list) ~= "table" then
     error("slashid: rotate_keys expects a list of option tables, got " .. type(list), 0)
   end
@@ -139,6 +135,7 @@ local function rotate_keys(defaults, list, opts, on_rotated)
     local item = options.locate(where, options.check, rawget(list, i), nil, nil, secrets)
     given[i] = item
     cfgs[i] = options.locate(where, options.resolve, merged, item)
+    if on_resolved then on_resolved(cfgs[i]) end
   end
   return require("slashid.batch").run(cfgs, own.concurrency or 8, own.rate, own.on_progress,
                    user_agent(), on_rotated and function(i, result)
@@ -178,17 +175,31 @@ function slashid.new(defaults)
   return setmetatable(client, ClientMT)
 end
 
+-- Whether a call with this resolved configuration presents the client's
+-- own key for the client's own organization (named explicitly or not):
+-- if it rotates, the key the client holds is dead.
+local function holds(st, cfg)
+  local d = st.defaults
+  return cfg.api_key == (d.api_key or os.getenv("SLASHID_API_KEY")) and
+         cfg.org_id == (d.org_id or os.getenv("SLASHID_ORG_ID"))
+end
+
+-- The client's key was just replaced: adopt the new one so that later
+-- calls never present a dead key.
+local function adopt(st, cfg, result)
+  if st.handle then
+    st.defaults.api_key = result.api_key
+    st.defaults.org_id = cfg.org_id
+  end
+end
+
 function Client:rotate_key(opts)
   local st = state_of(self, "rotate_key")
   local given = options.check(opts, nil, nil, { st.defaults.api_key })
   local cfg = options.resolve(st.defaults, given)
+  local own = holds(st, cfg)
   local result, errors, pagination, info = rotate(st.handle, cfg)
-  -- The client's own key was just replaced: adopt the new one so that
-  -- later calls never present a dead key.
-  if result and given.api_key == nil and given.org_id == nil then
-    st.defaults.api_key = result.api_key
-    st.defaults.org_id = cfg.org_id
-  end
+  if result and own then adopt(st, cfg, result) end
   return result, errors, pagination, info
 end
 
@@ -196,23 +207,18 @@ function Client:start_rotate_key(opts)
   local st = state_of(self, "start_rotate_key")
   local given = options.check(opts, nil, nil, { st.defaults.api_key })
   local cfg = options.resolve(st.defaults, given)
-  local adopt = given.api_key == nil and given.org_id == nil
+  local own = holds(st, cfg)
   return require("slashid.op").start(cfg, user_agent(), function(result)
-    if adopt and st.handle then
-      st.defaults.api_key = result.api_key
-      st.defaults.org_id = cfg.org_id
-    end
+    if own then adopt(st, cfg, result) end
   end)
 end
 
 function Client:rotate_keys(list, opts)
   local st = state_of(self, "rotate_keys")
-  return rotate_keys(st.defaults, list, opts, function(given, cfg, result)
-    if given.api_key == nil and given.org_id == nil and st.handle then
-      st.defaults.api_key = result.api_key
-      st.defaults.org_id = cfg.org_id
-    end
-  end)
+  local own = {}   -- per item, decided before anything rotates
+  return rotate_keys(st.defaults, list, opts, function(_, cfg, result)
+    if own[cfg] then adopt(st, cfg, result) end
+  end, function(cfg) own[cfg] = holds(st, cfg) or nil end)
 end
 
 function Client:check_key(opts)

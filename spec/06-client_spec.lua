@@ -162,32 +162,42 @@ describe("a client adopting its new key", function()
     client:close()
   end)
 
-  it("does not adopt when the call passed its own api_key", function()
+  -- API.md: the client adopts whenever the call presented its own key for
+  -- its own organization, whether or not it also named them.
+  it("adopts when the call passed its own api_key explicitly", function()
     local org, key = H.new_org()
     local client = slashid.new(H.opts(org, key))
     local result, errors, _, info = client:rotate_key{ api_key = key }
     assert.are.equal("rotated", info.outcome, messages(errors))
-    -- the default is still the (now dead) old key
+    local r2, e2, _, i2 = client:rotate_key()
+    assert.are.equal("rotated", i2.outcome, messages(e2))
+    local state = H.org(org)
+    assert.are.equal("current", state.requests[2].key)
+    assert.are_not.equal(result.api_key, r2.api_key)
+    assert.are.equal(r2.api_key, state.api_key)
+    client:close()
+  end)
+
+  it("adopts when the call passed its own org_id explicitly", function()
+    local org, key = H.new_org()
+    local client = slashid.new(H.opts(org, key))
+    local _, errors, _, info = client:rotate_key{ org_id = org }
+    assert.are.equal("rotated", info.outcome, messages(errors))
+    local _, e2, _, i2 = client:rotate_key()
+    assert.are.equal("rotated", i2.outcome, messages(e2))
+    assert.are.equal("current", H.org(org).requests[2].key)
+    client:close()
+  end)
+
+  it("does not adopt when the call presented another key for its organization", function()
+    local org, key = H.new_org()
+    local client = slashid.new(H.opts(org, "sk_a_key_the_server_does_not_know_0"))
+    local _, errors, _, info = client:rotate_key{ api_key = key }
+    assert.are.equal("rotated", info.outcome, messages(errors))
     local r2, _, _, i2 = client:rotate_key()
     assert.is_nil(r2)
     assert.are.equal("not_rotated", i2.outcome)
     assert.are.equal(401, i2.status)
-    local state = H.org(org)
-    assert.are.equal("previous", state.requests[2].key)
-    assert.are.equal(result.api_key, state.api_key)
-    client:close()
-  end)
-
-  it("does not adopt when the call passed its own org_id", function()
-    local org, key = H.new_org()
-    local client = slashid.new(H.opts(org, key))
-    local result, errors, _, info = client:rotate_key{ org_id = org }
-    assert.are.equal("rotated", info.outcome, messages(errors))
-    local _, _, _, i2 = client:rotate_key()
-    assert.are.equal("not_rotated", i2.outcome)
-    local state = H.org(org)
-    assert.are.equal("previous", state.requests[2].key)
-    assert.are.equal(result.api_key, state.api_key)
     client:close()
   end)
 

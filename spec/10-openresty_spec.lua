@@ -114,6 +114,8 @@ describe("OpenResty example", function()
     f = assert(io.open(key_file, "wb"))
     f:write(key, "\n")
     f:close()
+    -- as an operator keeps a key file; a replaced file keeps its mode
+    assert(os.execute("chmod 600 '" .. key_file .. "'"))
 
     local pid_file = prefix .. "/launcher.pid"
     -- the spec runner's Lua paths (maybe another Lua's build) stay out of nginx

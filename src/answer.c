@@ -17,19 +17,15 @@
 
 /* ---- callbacks (run inside libcurl: never raise) --------------------- */
 
-static int over_cap(sid_transfer *t, size_t n) {
-  if (n > t->max_bytes || t->received > t->max_bytes - n) {
-    t->too_large = 1;
-    return 1;
-  }
-  t->received += n;
-  return 0;
-}
-
 size_t sid_answer_on_body(char *p, size_t size, size_t n, void *ud) {
   sid_transfer *t = (sid_transfer *)ud;
   size_t len = size * n;
-  if (over_cap(t, len)) return 0;         /* aborts: CURLE_WRITE_ERROR */
+  /* max_response_bytes caps the body alone */
+  if (len > t->max_bytes || t->received > t->max_bytes - len) {
+    t->too_large = 1;
+    return 0;                             /* aborts: CURLE_WRITE_ERROR */
+  }
+  t->received += len;
   if (!sid_buf_append(&t->body, p, len)) {
     t->out_of_memory = 1;
     return 0;
@@ -40,7 +36,14 @@ size_t sid_answer_on_body(char *p, size_t size, size_t n, void *ud) {
 size_t sid_answer_on_header(char *p, size_t size, size_t n, void *ud) {
   sid_transfer *t = (sid_transfer *)ud;
   size_t len = size * n;
-  if (over_cap(t, len)) return 0;
+  /* Headers have their own fixed cap: proxies and CDNs add lines the
+     caller cannot foresee, and those must not turn a rotation that
+     succeeded into "unknown" through max_response_bytes. */
+  if (len > SID_HEAD_MAX || t->head_received > SID_HEAD_MAX - len) {
+    t->head_too_large = 1;
+    return 0;
+  }
+  t->head_received += len;
   /* A new status line starts a new header block (100 Continue, or an
      interim answer): only the last response's headers are kept. */
   if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) sid_buf_reset(&t->head);
@@ -168,6 +171,9 @@ static void add_transport_error(lua_State *L, int list, sid_transfer *t,
     lua_pushfstring(L, "%s: the answer is larger than max_response_bytes "
                     "(%s bytes)", sid_curlcode_name(rc), cap);
   }
+  else if (t->head_too_large)
+    lua_pushfstring(L, "%s: the answer's headers are larger than %d bytes",
+                    sid_curlcode_name(rc), (int)SID_HEAD_MAX);
   else if (t->out_of_memory)
     lua_pushfstring(L, "%s: out of memory while receiving the answer",
                     sid_curlcode_name(rc));
@@ -231,14 +237,14 @@ static void push_pagination(lua_State *L, int envelope) {
    stack) so that every text handed back can hide it too: a server might
    quote the new key in a message or a header. */
 static void learn_new_key(lua_State *L, int envelope, sid_transfer *t) {
-  t->secrets.key[1] = NULL;
-  t->secrets.len[1] = 0;
+  t->secrets.key[SID_SECRET_NEW_KEY] = NULL;
+  t->secrets.len[SID_SECRET_NEW_KEY] = 0;
   if (lua_type(L, envelope) != LUA_TTABLE) return;
   lua_getfield(L, envelope, "result");
   if (lua_type(L, -1) == LUA_TTABLE) {
     lua_getfield(L, -1, "api_key");
     if (lua_type(L, -1) == LUA_TSTRING)
-      t->secrets.key[1] = lua_tolstring(L, -1, &t->secrets.len[1]);
+      t->secrets.key[SID_SECRET_NEW_KEY] = lua_tolstring(L, -1, &t->secrets.len[SID_SECRET_NEW_KEY]);
     lua_pop(L, 1);   /* still referenced by the envelope */
   }
   lua_pop(L, 1);
@@ -268,9 +274,11 @@ int sid_answer_push(lua_State *L, sid_transfer *t, CURLcode rc) {
   curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME, &elapsed);
 #if !SID_HAVE_PREREQ
   {
-    double pre = 0;
-    curl_easy_getinfo(t->easy, CURLINFO_PRETRANSFER_TIME, &pre);
-    if (pre > 0 || status > 0) t->requests_sent = 1;
+    /* No pre-request callback: what libcurl reports it sent. The PUT ran
+       on a fresh connection (request.c), so there was no silent re-send. */
+    long request_bytes = 0;
+    curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &request_bytes);
+    if (request_bytes > 0 || status > 0) t->requests_sent = 1;
   }
 #endif
   return sid_answer_build(L, t, rc, status, elapsed);
@@ -298,7 +306,8 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
   learn_new_key(L, envelope, t);
 
   /* Traced once whole, now that the new key is known and can be hidden
-     wherever the body quotes it. */
+     wherever the headers or the body quote it. */
+  if (t->debug_ref != LUA_NOREF) sid_trace_headers(t);
   if (t->body.len && t->debug_ref != LUA_NOREF)
     sid_trace_emit(t, "< body: ", t->body.data, t->body.len,
                    SID_TRACE_BODY_MAX);
@@ -345,7 +354,7 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
   lua_setfield(L, facts, "sent");
   lua_pushboolean(L, complete && t->setup_rc == CURLE_OK);
   lua_setfield(L, facts, "complete");
-  lua_pushboolean(L, t->too_large);
+  lua_pushboolean(L, t->too_large || t->head_too_large);
   lua_setfield(L, facts, "too_large");
   lua_pushboolean(L, lua_type(L, envelope) == LUA_TTABLE);
   lua_setfield(L, facts, "envelope");
@@ -360,8 +369,8 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
   }
 
   /* The new key pointed into the envelope, which is about to go. */
-  t->secrets.key[1] = NULL;
-  t->secrets.len[1] = 0;
+  t->secrets.key[SID_SECRET_NEW_KEY] = NULL;
+  t->secrets.len[SID_SECRET_NEW_KEY] = 0;
   lua_remove(L, envelope);
   (void)base;
   return 4;

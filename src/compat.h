@@ -61,6 +61,25 @@ static inline void *sid_testudata(lua_State *L, int idx, const char *tname) {
   (((i) > 0 || (i) <= LUA_REGISTRYINDEX) ? (i) : lua_gettop(L) + (i) + 1)
 #endif
 
+/* Runs f(L) with `ud` as its only argument (a light userdata) in protected
+   mode, leaving the stack as it was; 0 when f returned normally. Used from
+   inside libcurl callbacks, where an error must never escape: nothing
+   here allocates outside the protection (5.2+: a light C function and a
+   light userdata; 5.1/LuaJIT: lua_cpcall builds its closure protected). */
+static inline int sid_protected_call(lua_State *L, lua_CFunction f, void *ud) {
+  int top = lua_gettop(L), rc;
+#if LUA_VERSION_NUM >= 502
+  if (!lua_checkstack(L, 2)) return -1;   /* never raises on 5.2+ */
+  lua_pushcfunction(L, f);
+  lua_pushlightuserdata(L, ud);
+  rc = lua_pcall(L, 1, 0, 0);
+#else
+  rc = lua_cpcall(L, f, ud);
+#endif
+  lua_settop(L, top);
+  return rc;
+}
+
 /* ---- libcurl -------------------------------------------------------- */
 
 /* True when the libcurl we compile against is at least x.y.z. */
@@ -68,9 +87,26 @@ static inline void *sid_testudata(lua_State *L, int idx, const char *tname) {
   (LIBCURL_VERSION_NUM >= (((x) << 16) | ((y) << 8) | (z)))
 
 /* CURLOPT_PREREQFUNCTION (7.80) tells us the exact moment a request is
-   about to go out on a connection; without it we fall back to the
-   pretransfer time, which is a coarser but still conservative signal. */
-#define SID_HAVE_PREREQ SID_CURL_AT_LEAST(7, 80, 0)
+   about to go out on a connection, and lets us refuse libcurl's own
+   re-send of the PUT on a reused connection that died. Without it (or
+   built with -DSID_NO_PREREQ, which the specs use to test this path on a
+   newer libcurl) the PUT always takes a fresh connection, so there is no
+   re-send, and "sent" comes from the request bytes libcurl reports. */
+#if SID_CURL_AT_LEAST(7, 80, 0) && !defined(SID_NO_PREREQ)
+#define SID_HAVE_PREREQ 1
+#else
+#define SID_HAVE_PREREQ 0
+#endif
+
+/* CURLOPT_SUPPRESS_CONNECT_HEADERS (7.54): a proxy's CONNECT answer is
+   not the server's answer; keep it out of `headers`. */
+#define SID_HAVE_SUPPRESS_CONNECT SID_CURL_AT_LEAST(7, 54, 0)
+
+/* CURLOPT_MAXFILESIZE_LARGE counts the body only; fine from 7.11. The
+   module's floor is 7.61 (README). */
+#if !SID_CURL_AT_LEAST(7, 61, 0)
+#error "slashid needs libcurl 7.61 or later"
+#endif
 
 /* CURLOPT_PROTOCOLS_STR replaced the bitmask in 7.85. */
 #define SID_HAVE_PROTOCOLS_STR SID_CURL_AT_LEAST(7, 85, 0)

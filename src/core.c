@@ -15,6 +15,16 @@ static void global_init(void) {
   global_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
+/* Run by the first handle or multi, not by luaopen: the TLS library's
+   set-up is ~0.6 ms that `require "slashid"` need not pay (the libraries
+   themselves are loaded, and a missing one fails, at require). */
+void sid_global_init(lua_State *L) {
+  pthread_once(&global_once, global_init);
+  if (global_rc != CURLE_OK)
+    luaL_error(L, "slashid: curl_global_init failed: %s",
+               curl_easy_strerror(global_rc));
+}
+
 /* A userdata type: its metatable in the registry under `name` (also its
    __name, for error messages), with `meta` and an __index of `methods`. */
 void sid_new_class(lua_State *L, const char *name, const luaL_Reg *meta,
@@ -31,10 +41,6 @@ void sid_new_class(lua_State *L, const char *name, const luaL_Reg *meta,
 
 SID_API int luaopen_slashid_core(lua_State *L) {
   curl_version_info_data *info;
-  pthread_once(&global_once, global_init);
-  if (global_rc != CURLE_OK)
-    return luaL_error(L, "slashid: curl_global_init failed: %s",
-                      curl_easy_strerror(global_rc));
   sid_json_init(L);
 
   lua_newtable(L);

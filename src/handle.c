@@ -12,7 +12,9 @@ sid_handle *sid_check_handle(lua_State *L, int idx) {
 }
 
 static int handle_new(lua_State *L) {
-  sid_handle *h = (sid_handle *)sid_newuserdata(L, sizeof *h);
+  sid_handle *h;
+  sid_global_init(L);
+  h = (sid_handle *)sid_newuserdata(L, sizeof *h);
   /* Zeroed before the metatable is set: __gc on a half-built handle is
      harmless. */
   memset(h, 0, sizeof *h);
@@ -39,13 +41,14 @@ static int handle_perform(lua_State *L) {
   check_idle(L, h);
   sid_request_clear(L, &h->t);   /* leftovers of a setup that raised */
   sid_request_setup(L, 2, &h->t);
-  h->t.L = L;
+  sid_callbacks_on(&h->t, L);
   if (h->t.setup_rc == CURLE_OK) {
     h->busy = 1;
     rc = curl_easy_perform(h->t.easy);
     h->busy = 0;
   }
   n = sid_answer_push(L, &h->t, rc);
+  sid_callbacks_off(&h->t);
   sid_request_clear(L, &h->t);
   return n;
 }
@@ -59,11 +62,13 @@ static int handle_collect(lua_State *L) {
   CURLcode rc;
   int n;
   if (h->t.easy == NULL) return luaL_error(L, "slashid: handle is closed");
+  sid_callbacks_off(&h->t);        /* detaching calls no Lua */
   if (h->multi) sid_multi_detach(L, h);
   rc = h->finished ? h->finished_rc : CURLE_ABORTED_BY_CALLBACK;
   if (!h->finished) h->t.cancelled = 1;
-  h->t.L = L;
+  sid_callbacks_on(&h->t, L);      /* the answer's trace, if any */
   n = sid_answer_push(L, &h->t, rc);
+  sid_callbacks_off(&h->t);
   sid_request_clear(L, &h->t);
   h->finished = 0;
   return n;
@@ -72,6 +77,7 @@ static int handle_collect(lua_State *L) {
 static int handle_close(lua_State *L) {
   sid_handle *h = sid_check_handle(L, 1);
   if (h->busy) return luaL_error(L, "slashid: handle is busy");
+  sid_callbacks_off(&h->t);        /* cleanup traces nothing */
   if (h->multi) sid_multi_detach(L, h);
   sid_request_clear(L, &h->t);
   sid_buf_free(&h->t.body);

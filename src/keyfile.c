@@ -1,17 +1,23 @@
 /*
  * keyfile.c - the `save_to` write: the new key lands in a temp file in
- * the same directory (mode 0600 from creation), is fsync'ed, renamed over
- * the target, and the directory is fsync'ed, so after a crash the file
- * holds either the old content or the whole new key. Lua's io library
+ * the target's directory (mode 0600 from creation), is fsync'ed, renamed
+ * over the target, and the directory is fsync'ed, so after a crash the
+ * file holds either the old content or the whole new key. A symbolic link
+ * is followed to the file it names, which is the one replaced; a file
+ * that is replaced keeps its owner and group (where the process may set
+ * them) and its permission bits less those for others. Lua's io library
  * can neither fsync nor set a mode, hence C.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include "slashid.h"
+
+#define SID_MAX_LINKS 40        /* the kernel's own limit for a path */
 
 static int fail(lua_State *L, const char *what, const char *path, int err) {
   lua_pushnil(L);
@@ -32,52 +38,171 @@ static int write_all(int fd, const char *p, size_t n) {
   return 0;
 }
 
+/* Pushes how a message names the file: the path given, plus the file it
+   leads to when that is another name ("a (-> b)"). */
+static const char *push_name(lua_State *L, const char *path,
+                             const char *target) {
+  if (strcmp(path, target) == 0) lua_pushstring(L, path);
+  else lua_pushfstring(L, "%s (-> %s)", path, target);
+  return lua_tostring(L, -1);
+}
+
+/* Pushes nil and "cannot save to <name>: <why>"; returns 2. */
+static int refuse(lua_State *L, const char *path, const char *target,
+                  const char *why) {
+  const char *name = push_name(L, path, target);
+  lua_pushnil(L);
+  lua_pushfstring(L, "cannot save to %s: %s", name, why);
+  return 2;
+}
+
+/* Follows `path` through symbolic links (a chain, absolute or relative
+   targets) to the name that will be replaced, and pushes that name.
+   *st is filled and *exists set when a file is there; a dangling link
+   leads to the name it holds, which does not exist (yet). Returns 0, or
+   pushes nil, message and returns 2. */
+static int resolve_target(lua_State *L, const char *path, struct stat *st,
+                          int *exists) {
+  char link[PATH_MAX];
+  int hops = 0;
+  lua_pushstring(L, path);
+  for (;;) {
+    const char *cur = lua_tostring(L, -1);
+    const char *slash;
+    ssize_t n;
+    if (lstat(cur, st) != 0) {
+      if (errno != ENOENT) {
+        int err = errno;
+        return fail(L, "cannot save to", push_name(L, path, cur), err);
+      }
+      *exists = 0;
+      return 0;
+    }
+    if (!S_ISLNK(st->st_mode)) {
+      *exists = 1;
+      return 0;
+    }
+    if (++hops > SID_MAX_LINKS)
+      return fail(L, "cannot save to", path, ELOOP);
+    n = readlink(cur, link, sizeof link);
+    if (n < 0 || (size_t)n >= sizeof link) {
+      int err = n < 0 ? errno : ENAMETOOLONG;
+      return fail(L, "cannot read the symbolic link",
+                  push_name(L, path, cur), err);
+    }
+    /* A relative target is relative to the link's own directory. */
+    slash = strrchr(cur, '/');
+    if (link[0] != '/' && slash) {
+      lua_pushlstring(L, cur, (size_t)(slash - cur) + 1);
+      lua_pushlstring(L, link, (size_t)n);
+      lua_concat(L, 2);
+    } else {
+      lua_pushlstring(L, link, (size_t)n);
+    }
+    lua_remove(L, -2);
+  }
+}
+
+/* Gives the temp file the owner, group and mode of the file it replaces:
+   its bits for owner and group only (no setuid, setgid, sticky, nor any
+   bit for others). Not root, the process may be unable to give a file
+   away (EPERM): it keeps its own user, and the group where it may set
+   it; the group's bits are dropped when the group could not be kept, so
+   no group gets a right it did not have. Returns 0 or -1 (errno). */
+static int keep_owner_and_mode(int fd, const struct stat *old) {
+  struct stat now;
+  mode_t mode = old->st_mode & (S_IRWXU | S_IRWXG);
+  if (fchown(fd, old->st_uid, old->st_gid) != 0) {
+    if (errno != EPERM || geteuid() == 0) return -1;
+    if (fchown(fd, (uid_t)-1, old->st_gid) != 0 && errno != EPERM)
+      return -1;
+  }
+  if (fstat(fd, &now) != 0) return -1;
+  if (now.st_gid != old->st_gid) mode &= (mode_t)~S_IRWXG;
+  return fchmod(fd, mode);
+}
+
 /* core.write_key_file(path, content) -> true | nil, message */
 static int keyfile_write(lua_State *L) {
   size_t plen, clen;
   const char *path = luaL_checklstring(L, 1, &plen);
   const char *content = luaL_checklstring(L, 2, &clen);
-  const char *slash = strrchr(path, '/');
-  luaL_Buffer b;
+  const char *target, *slash, *name;
+  struct stat old;
+  int exists, fd, err, r;
   char *tmp;
-  int fd, err;
+  luaL_Buffer b;
 
-  /* "<dir>/.<name>.XXXXXX": same directory, so rename is atomic. */
+  lua_settop(L, 2);
+  if (plen == 0 || strlen(path) != plen) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "cannot save: the path is empty or holds a NUL byte");
+    return 2;
+  }
+  r = resolve_target(L, path, &old, &exists);
+  if (r) return r;
+  target = lua_tostring(L, 3);                         /* index 3 */
+  slash = strrchr(target, '/');
+  name = slash ? slash + 1 : target;
+  if (exists && S_ISDIR(old.st_mode)) {
+    return refuse(L, path, target, "it is a directory");
+  }
+  if (exists && !S_ISREG(old.st_mode)) {
+    return refuse(L, path, target, "not a regular file");
+  }
+  if (*name == '\0') {
+    return refuse(L, path, target, "it names a directory");
+  }
+
+  /* "<dir>/.<name>.XXXXXX" in the target's directory, so rename is
+     atomic. mkstemp opens with O_EXCL: it never follows a link. */
   luaL_buffinit(L, &b);
-  if (slash) luaL_addlstring(&b, path, (size_t)(slash - path) + 1);
+  luaL_addlstring(&b, target, (size_t)(name - target));
   luaL_addchar(&b, '.');
-  luaL_addstring(&b, slash ? slash + 1 : path);
+  luaL_addstring(&b, name);
   luaL_addstring(&b, ".XXXXXX");
-  luaL_pushresult(&b);
-  tmp = (char *)lua_newuserdata(L, sid_rawlen(L, -1) + 1);
-  memcpy(tmp, lua_tostring(L, -2), sid_rawlen(L, -2) + 1);
+  luaL_pushresult(&b);                                 /* index 4 */
+  tmp = (char *)lua_newuserdata(L, sid_rawlen(L, 4) + 1); /* index 5 */
+  memcpy(tmp, lua_tostring(L, 4), sid_rawlen(L, 4) + 1);
 
   fd = mkstemp(tmp);                       /* created 0600 */
-  if (fd < 0) return fail(L, "cannot create a temporary file for", path,
-                          errno);
-  if (fchmod(fd, S_IRUSR | S_IWUSR) != 0 || write_all(fd, content, clen) ||
-      fsync(fd) != 0) {
+  if (fd < 0) {
+    err = errno;
+    return fail(L, "cannot create a temporary file for",
+                push_name(L, path, target), err);
+  }
+  (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
+  if (exists ? keep_owner_and_mode(fd, &old) != 0
+             : fchmod(fd, S_IRUSR | S_IWUSR) != 0) {
     err = errno;
     close(fd);
     unlink(tmp);
-    return fail(L, "cannot write", path, err);
+    return fail(L, "cannot give the new file the owner and mode of",
+                push_name(L, path, target), err);
+  }
+  if (write_all(fd, content, clen) != 0 || fsync(fd) != 0) {
+    err = errno;
+    close(fd);
+    unlink(tmp);
+    return fail(L, "cannot write", push_name(L, path, target), err);
   }
   if (close(fd) != 0) {
     err = errno;
     unlink(tmp);
-    return fail(L, "cannot write", path, err);
+    return fail(L, "cannot write", push_name(L, path, target), err);
   }
-  if (rename(tmp, path) != 0) {
+  if (rename(tmp, target) != 0) {
     err = errno;
     unlink(tmp);
-    return fail(L, "cannot rename the temporary file onto", path, err);
+    return fail(L, "cannot rename the temporary file onto",
+                push_name(L, path, target), err);
   }
   /* Make the rename itself durable. */
   if (slash) {
-    lua_pushlstring(L, path, (size_t)(slash - path) + 1);
-    fd = open(lua_tostring(L, -1), O_RDONLY | O_DIRECTORY);
+    lua_pushlstring(L, target, (size_t)(name - target));
+    fd = open(lua_tostring(L, -1), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   } else {
-    fd = open(".", O_RDONLY | O_DIRECTORY);
+    fd = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   }
   if (fd >= 0) {
     fsync(fd);

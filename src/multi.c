@@ -27,6 +27,7 @@ static sid_multi *check_multi(lua_State *L, int idx) {
 void sid_multi_detach(lua_State *L, sid_handle *h) {
   sid_multi *m = h->multi;
   if (m == NULL) return;
+  sid_callbacks_off(&h->t);   /* removal may trace: no Lua from here */
   curl_multi_remove_handle(m->multi, h->t.easy);
   if (h->prev) h->prev->next = h->next;
   else m->attached = h->next;
@@ -39,7 +40,9 @@ void sid_multi_detach(lua_State *L, sid_handle *h) {
 }
 
 static int multi_new(lua_State *L) {
-  sid_multi *m = (sid_multi *)sid_newuserdata(L, sizeof *m);
+  sid_multi *m;
+  sid_global_init(L);
+  m = (sid_multi *)sid_newuserdata(L, sizeof *m);
   memset(m, 0, sizeof *m);
   sid_setmetatable(L, SID_MULTI_MT);
   m->multi = curl_multi_init();
@@ -60,7 +63,6 @@ static int multi_add(lua_State *L) {
   sid_request_clear(L, &h->t);
   h->finished = 0;
   sid_request_setup(L, 3, &h->t);
-  h->t.L = L;
   if (h->t.setup_rc != CURLE_OK) {
     h->finished = 1;
     h->finished_rc = h->t.setup_rc;
@@ -94,10 +96,11 @@ static int multi_perform(lua_State *L) {
   int running = 0, left = 0, n = 0;
   if (m->busy) return luaL_error(L, "slashid: multi is busy (re-entered "
                                     "from a debug function?)");
-  for (h = m->attached; h; h = h->next) h->t.L = L;
+  for (h = m->attached; h; h = h->next) sid_callbacks_on(&h->t, L);
   m->busy = 1;
   curl_multi_perform(m->multi, &running);
   m->busy = 0;
+  for (h = m->attached; h; h = h->next) sid_callbacks_off(&h->t);
   lua_newtable(L);
   while ((msg = curl_multi_info_read(m->multi, &left)) != NULL) {
     void *p = NULL;

@@ -92,13 +92,47 @@ static int on_prereq(void *ud, char *primary_ip, char *local_ip,
   sid_transfer *t = (sid_transfer *)ud;
   (void)primary_ip; (void)local_ip; (void)primary_port; (void)local_port;
   t->requests_sent++;
-  return t->requests_sent > 1 ? CURL_PREREQFUNC_ABORT : CURL_PREREQFUNC_OK;
+  /* A GET (check_key) changes nothing: libcurl may send it again, for
+     instance after an HTTP/2 REFUSED_STREAM, which the server never
+     processed. */
+  return t->requests_sent > 1 && t->single_send ? CURL_PREREQFUNC_ABORT
+                                                : CURL_PREREQFUNC_OK;
 }
 #endif
 
+/* request.proxy_secrets: proxy credentials (user, password, both) that
+   every text handed back must hide, like the key. Copied and wiped. */
+static void take_extra_secrets(lua_State *L, int req, sid_transfer *t) {
+  int i, n;
+  lua_getfield(L, req, "proxy_secrets");
+  if (lua_type(L, -1) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return;
+  }
+  n = (int)sid_rawlen(L, -1);
+  if (n > SID_SECRETS - SID_SECRET_EXTRA) n = SID_SECRETS - SID_SECRET_EXTRA;
+  for (i = 0; i < n; i++) {
+    size_t len;
+    const char *s;
+    lua_rawgeti(L, -1, i + 1);
+    s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+    if (s && len) {
+      t->extra_secret[i] = sid_strdup_secret(s, len);
+      t->extra_secret_len[i] = t->extra_secret[i] ? len : 0;
+      if (t->extra_secret[i] == NULL && t->setup_rc == CURLE_OK)
+        t->setup_rc = CURLE_OUT_OF_MEMORY;
+      t->secrets.key[SID_SECRET_EXTRA + i] = t->extra_secret[i];
+      t->secrets.len[SID_SECRET_EXTRA + i] = t->extra_secret_len[i];
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
 void sid_request_setup(lua_State *L, int req, sid_transfer *t) {
   size_t len;
-  const char *method, *url, *org_id, *api_key, *consistency, *agent, *ca;
+  const char *method, *url, *org_id, *api_key, *consistency, *agent, *ca,
+             *proxy;
   double timeout, max_bytes;
   char line[64];
 
@@ -111,8 +145,8 @@ void sid_request_setup(lua_State *L, int req, sid_transfer *t) {
   api_key = field_string(L, req, "api_key", &len, 1);
   t->api_key = sid_strdup_secret(api_key, len);
   t->api_key_len = t->api_key ? len : 0;
-  t->secrets.key[0] = t->api_key;
-  t->secrets.len[0] = t->api_key_len;
+  t->secrets.key[SID_SECRET_KEY] = t->api_key;
+  t->secrets.len[SID_SECRET_KEY] = t->api_key_len;
   add_header_kv(t, "SlashID-API-Key", api_key, len);
   consistency = field_string(L, req, "consistency", &len, 0);
   if (consistency) add_header_kv(t, "SlashID-Required-Consistency",
@@ -133,6 +167,9 @@ void sid_request_setup(lua_State *L, int req, sid_transfer *t) {
                : max_bytes >= 9007199254740992.0 ? (size_t)9007199254740992ULL
                : (size_t)max_bytes;
 
+  proxy = field_string(L, req, "proxy", &len, 0);
+  take_extra_secrets(L, req, t);
+
   lua_getfield(L, req, "debug");
   if (lua_isfunction(L, -1)) {
     t->debug_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -147,10 +184,22 @@ void sid_request_setup(lua_State *L, int req, sid_transfer *t) {
   if (strcmp(method, "GET") == 0) {
     SETOPT(t, CURLOPT_HTTPGET, 1L);
   } else {
+    t->single_send = 1;
     SETOPT(t, CURLOPT_CUSTOMREQUEST, method);
     /* No body, but proxies and load balancers want a length on a PUT. */
     add_header(t, "Content-Length: 0");
+#if !SID_HAVE_PREREQ
+    /* Nothing could refuse libcurl's silent re-send on a reused
+       connection that died: never reuse one for the PUT. */
+    SETOPT(t, CURLOPT_FRESH_CONNECT, 1L);
+#endif
   }
+  /* The Lua layer decides: a URL, "" for no proxy at all (environment
+     ignored), or absent: the environment, as curl reads it. */
+  if (proxy) SETOPT(t, CURLOPT_PROXY, proxy);
+#if SID_HAVE_SUPPRESS_CONNECT
+  SETOPT(t, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
+#endif
   SETOPT(t, CURLOPT_HTTPHEADER, t->headers);
   if (agent) SETOPT(t, CURLOPT_USERAGENT, agent);
   SETOPT(t, CURLOPT_NOSIGNAL, 1L);
@@ -193,18 +242,24 @@ void sid_request_setup(lua_State *L, int req, sid_transfer *t) {
 
 void sid_request_clear(lua_State *L, sid_transfer *t) {
   struct curl_slist *h;
+  int i;
   for (h = t->headers; h != NULL; h = h->next)
     if (h->data) sid_wipe(h->data, strlen(h->data));
   curl_slist_free_all(t->headers);
   t->headers = NULL;
   sid_free_secret(&t->api_key, t->api_key_len);
   t->api_key_len = 0;
+  for (i = 0; i < SID_SECRETS - SID_SECRET_EXTRA; i++) {
+    sid_free_secret(&t->extra_secret[i], t->extra_secret_len[i]);
+    t->extra_secret_len[i] = 0;
+  }
   memset(&t->secrets, 0, sizeof t->secrets);
   sid_buf_reset(&t->body);
   sid_buf_reset(&t->head);
-  t->received = 0;
-  t->too_large = t->out_of_memory = 0;
+  t->received = t->head_received = 0;
+  t->too_large = t->head_too_large = t->out_of_memory = 0;
   t->requests_sent = 0;
+  t->single_send = 0;
   t->setup_rc = CURLE_OK;
   t->debug_failed = 0;
   t->cancelled = 0;
@@ -212,5 +267,5 @@ void sid_request_clear(lua_State *L, sid_transfer *t) {
     luaL_unref(L, LUA_REGISTRYINDEX, t->debug_ref);
     t->debug_ref = LUA_NOREF;
   }
-  t->L = NULL;
+  sid_callbacks_off(t);
 }

@@ -114,26 +114,28 @@ static size_t hide_api_key_value(out_t *o, const char *s, size_t n, size_t i) {
   return j;
 }
 
-/* True when s needs no change at all: the common case for headers and
-   short messages, pushed without copying byte by byte. */
-/* Length of the secret starting at s[i..n), or 0. */
+/* Length of the longest secret starting at s[i..n), or 0 (one secret may
+   hold another: a proxy's "user:password" and its password alone). */
 static size_t secret_at(const sid_secrets *k, const char *s, size_t n,
                         size_t i) {
+  size_t best = 0;
   int j;
   if (k == NULL) return 0;
-  for (j = 0; j < 2; j++)
-    if (k->key[j] && k->len[j] && n - i >= k->len[j] &&
+  for (j = 0; j < SID_SECRETS; j++)
+    if (k->key[j] && k->len[j] > best && n - i >= k->len[j] &&
         memcmp(s + i, k->key[j], k->len[j]) == 0)
-      return k->len[j];
-  return 0;
+      best = k->len[j];
+  return best;
 }
 
+/* True when s needs no change at all: the common case for headers and
+   short messages, pushed without copying byte by byte. */
 static int is_clean(const char *s, size_t n, const sid_secrets *k,
                     size_t max, int printable) {
   size_t i;
   int j;
   if (max && n > max) return 0;
-  for (j = 0; k && j < 2; j++)
+  for (j = 0; k && j < SID_SECRETS; j++)
     if (k->key[j] && k->len[j] && memmem(s, n, k->key[j], k->len[j]) != NULL)
       return 0;
   if (memmem(s, n, API_KEY_MEMBER, sizeof(API_KEY_MEMBER) - 1) != NULL)

@@ -11,6 +11,9 @@
 #define SID_HANDLE_MT "slashid.Handle"
 #define SID_EXCERPT_MAX 200   /* bytes of a body quoted in an errors entry */
 #define SID_TRACE_BODY_MAX 2048
+/* Fixed cap on the header bytes of one attempt (every header block,
+   interim answers included). max_response_bytes caps the body only. */
+#define SID_HEAD_MAX (64 * 1024)
 
 /* ---- secret.c: growable buffers that are wiped before release -------- */
 typedef struct sid_buf {
@@ -25,11 +28,16 @@ void sid_wipe(void *p, size_t n);
 char *sid_strdup_secret(const char *s, size_t n);
 void sid_free_secret(char **p, size_t n);
 
-/* The secrets of one exchange: the key sent, and the new key once the
-   answer is read. Either may be absent (NULL). */
+/* The secrets of one exchange: the key sent (slot 0), the new key once
+   the answer is read (slot 1), and proxy credentials (the rest). Any slot
+   may be empty (NULL). */
+#define SID_SECRETS 8
+#define SID_SECRET_KEY 0
+#define SID_SECRET_NEW_KEY 1
+#define SID_SECRET_EXTRA 2       /* first slot for proxy credentials */
 typedef struct sid_secrets {
-  const char *key[2];
-  size_t len[2];
+  const char *key[SID_SECRETS];
+  size_t len[SID_SECRETS];
 } sid_secrets;
 
 /* Pushes s with every occurrence of a secret and every JSON "api_key"
@@ -47,13 +55,19 @@ typedef struct sid_transfer {
   sid_secrets secrets;        /* api_key, then the new key once known */
   sid_buf body;               /* answer body, capped */
   sid_buf head;               /* header lines of the last response */
-  size_t max_bytes;           /* cap on head + body */
-  size_t received;
-  int too_large;
+  size_t max_bytes;           /* cap on the body (max_response_bytes) */
+  size_t received;            /* body bytes so far */
+  size_t head_received;       /* header bytes so far, every block */
+  int too_large;              /* the body went over max_bytes */
+  int head_too_large;         /* the headers went over SID_HEAD_MAX */
   int out_of_memory;
   int requests_sent;          /* how many times libcurl was about to send */
+  int single_send;            /* refuse libcurl's own re-send (the PUT) */
+  char *extra_secret[SID_SECRETS - SID_SECRET_EXTRA]; /* owned, wiped */
+  size_t extra_secret_len[SID_SECRETS - SID_SECRET_EXTRA];
   CURLcode setup_rc;          /* first refused setopt, or CURLE_OK */
-  lua_State *L;               /* state running the transfer (for trace) */
+  lua_State *L;               /* the state whose call is driving libcurl
+                                 right now, NULL otherwise: see trace.c */
   int debug_ref;              /* registry ref of the debug function or NOREF */
   int debug_failed;
   int cancelled;              /* collected before it finished */
@@ -89,11 +103,14 @@ int    sid_answer_push(lua_State *L, sid_transfer *t, CURLcode rc);
 int    sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc,
                         long status, double elapsed);
 
-/* trace.c */
+/* trace.c: the one place that decides when callbacks may call into Lua */
+void sid_callbacks_on(sid_transfer *t, lua_State *L);
+void sid_callbacks_off(sid_transfer *t);
 int  sid_trace_on_debug(CURL *h, curl_infotype type, char *p, size_t n,
                         void *ud);
 void sid_trace_emit(sid_transfer *t, const char *prefix,
                     const char *p, size_t n, size_t max);
+void sid_trace_headers(sid_transfer *t);   /* the answer's, once known */
 
 /* json.c: decode with lua-cjson, JSON null -> nil, integral -> integer.
    Pushes the value and returns 1, or pushes nothing and returns 0. */
@@ -105,6 +122,9 @@ const char *sid_curlcode_name(CURLcode rc);
 
 /* the module's one exported symbol */
 SID_API int luaopen_slashid_core(lua_State *L);
+
+/* core.c: curl_global_init, once per process (raises if it failed) */
+void sid_global_init(lua_State *L);
 
 /* core.c: registers a userdata type */
 void sid_new_class(lua_State *L, const char *name, const luaL_Reg *meta,

@@ -1,49 +1,85 @@
 /*
  * trace.c - the `debug` option: libcurl's debug callback turned into text
- * lines handed to a Lua function, with the API key header redacted and
- * bodies left out (the answer body is traced once complete, by answer.c,
- * so that a new key split across reads can still be found and hidden).
+ * lines handed to a Lua function, with the key headers redacted and
+ * bodies left out; and the one rule for every callback that calls into
+ * Lua.
+ *
+ * Which lua_State a callback may use, and when: only the state whose Lua
+ * call is driving libcurl at that moment (handle:perform, multi:perform,
+ * the building of an answer), set by sid_callbacks_on just before and
+ * cleared by sid_callbacks_off just after. That state is running, so it
+ * is alive; a coroutine that once polled an op may be long dead by the
+ * time the op is cancelled or collected. Outside those windows (detach,
+ * cleanup, __gc: libcurl still emits "Closing connection" lines there)
+ * t->L is NULL and nothing calls into Lua. Inside a window, all Lua work
+ * of a callback runs in one protected call: a memory error or a raising
+ * debug function switches the trace off instead of unwinding through
+ * libcurl.
+ *
+ * Answer headers are not traced as they arrive but once the answer is
+ * read (sid_trace_headers, called by answer.c), because only then is the
+ * new key known, and a server may echo it in a header.
  */
 #include <string.h>
 #include <strings.h>
 #include "slashid.h"
 
-static const char KEY_HEADER[] = "slashid-api-key:";
+void sid_callbacks_on(sid_transfer *t, lua_State *L) { t->L = L; }
+void sid_callbacks_off(sid_transfer *t) { t->L = NULL; }
 
-/* Calls the debug function with one line. It runs inside a libcurl
-   callback, so it must never raise: an error stops the trace instead. */
-static void deliver(sid_transfer *t, int pushed_line_idx) {
-  lua_State *L = t->L;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->debug_ref);
-  lua_pushvalue(L, pushed_line_idx);
-  if (lua_pcall(L, 1, 0, 0) != 0) {
-    t->debug_failed = 1;
-    lua_pop(L, 1);
-  }
+/* Header names whose value is a credential: the key, and the proxy's or
+   server's authorization (proxy credentials are secrets too). */
+static const char *const SECRET_HEADERS[] = {
+  "slashid-api-key:", "proxy-authorization:", "authorization:", NULL
+};
+
+typedef struct emit_args {
+  sid_transfer *t;
+  const char *prefix, *p;
+  size_t n, max;
+} emit_args;
+
+/* Protected: builds the redacted line and calls the debug function. */
+static int emit_protected(lua_State *L) {
+  emit_args *a = (emit_args *)lua_touserdata(L, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, a->t->debug_ref);
+  lua_pushstring(L, a->prefix);
+  sid_push_redacted(L, a->p, a->n, &a->t->secrets, a->max, 1);
+  lua_concat(L, 2);
+  lua_call(L, 1, 0);
+  return 0;
 }
 
 void sid_trace_emit(sid_transfer *t, const char *prefix, const char *p,
                     size_t n, size_t max) {
-  lua_State *L = t->L;
-  if (L == NULL || t->debug_ref == LUA_NOREF || t->debug_failed) return;
-  if (!lua_checkstack(L, 6)) return;
+  emit_args a;
+  if (t->L == NULL || t->debug_ref == LUA_NOREF || t->debug_failed) return;
   while (n && (p[n - 1] == '\n' || p[n - 1] == '\r')) n--;
-  lua_pushstring(L, prefix);
-  sid_push_redacted(L, p, n, &t->secrets, max, 1);
-  lua_concat(L, 2);
-  deliver(t, lua_gettop(L));
-  lua_pop(L, 1);
+  a.t = t;
+  a.prefix = prefix;
+  a.p = p;
+  a.n = n;
+  a.max = max;
+  if (sid_protected_call(t->L, emit_protected, &a) != 0)
+    t->debug_failed = 1;   /* the trace stops; the exchange goes on */
 }
 
-/* One header line: the key header loses its value before anything else
-   looks at it. */
+/* One header line: a credential header loses its value before anything
+   else looks at it. */
 static void emit_header_line(sid_transfer *t, const char *prefix,
                              const char *p, size_t n) {
-  size_t hl = sizeof(KEY_HEADER) - 1;
-  if (n >= hl && strncasecmp(p, KEY_HEADER, hl) == 0) {
-    static const char shown[] = "SlashID-API-Key: <redacted>";
-    sid_trace_emit(t, prefix, shown, sizeof(shown) - 1, 0);
-    return;
+  int i;
+  for (i = 0; SECRET_HEADERS[i]; i++) {
+    size_t hl = strlen(SECRET_HEADERS[i]);
+    if (n >= hl && strncasecmp(p, SECRET_HEADERS[i], hl) == 0) {
+      char shown[64];
+      /* the name as sent, then the placeholder */
+      size_t keep = hl < sizeof shown - 13 ? hl : sizeof shown - 13;
+      memcpy(shown, p, keep);
+      memcpy(shown + keep, " <redacted>", 11);
+      sid_trace_emit(t, prefix, shown, keep + 11, 0);
+      return;
+    }
   }
   sid_trace_emit(t, prefix, p, n, 0);
 }
@@ -63,6 +99,10 @@ static void emit_header_block(sid_transfer *t, const char *prefix,
   }
 }
 
+void sid_trace_headers(sid_transfer *t) {
+  if (t->head.len) emit_header_block(t, "< ", t->head.data, t->head.len);
+}
+
 int sid_trace_on_debug(CURL *h, curl_infotype type, char *p, size_t n,
                        void *ud) {
   sid_transfer *t = (sid_transfer *)ud;
@@ -70,8 +110,9 @@ int sid_trace_on_debug(CURL *h, curl_infotype type, char *p, size_t n,
   switch (type) {
     case CURLINFO_TEXT:       sid_trace_emit(t, "* ", p, n, 0); break;
     case CURLINFO_HEADER_OUT: emit_header_block(t, "> ", p, n); break;
-    case CURLINFO_HEADER_IN:  emit_header_block(t, "< ", p, n); break;
-    default: break;           /* bodies and TLS records: see answer.c */
+    /* answer headers and bodies: traced by answer.c once the answer is
+       read and the new key known; TLS records: never */
+    default: break;
   }
   return 0;
 }

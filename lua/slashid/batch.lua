@@ -6,7 +6,7 @@
 -- across items (the multi's connection pool; HTTP/2 streams are
 -- multiplexed on one connection when the server offers it).
 
-local core = require("slashid.lazy")("slashid.core")
+local core = require "slashid.core"
 local job_mod = require "slashid.job"
 
 local pcall, tostring = pcall, tostring

@@ -6,7 +6,7 @@
 --
 -- phases: "rotate" -> ["verify"] -> "done", or "check" -> "done".
 
-local core = require("slashid.lazy")("slashid.core")
+local core = require "slashid.core"
 local policy = require "slashid.policy"
 local rotation = require "slashid.rotation"
 

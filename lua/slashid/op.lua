@@ -4,7 +4,7 @@
 -- ops from several clients can be pending at once; a dropped op is
 -- cleaned up by the garbage collector (the C handles have __gc).
 
-local core = require("slashid.lazy")("slashid.core")
+local core = require "slashid.core"
 local job_mod = require "slashid.job"
 
 local setmetatable, type, error = setmetatable, type, error
@@ -102,7 +102,16 @@ function Op:cancel()
     st.cancel_requested = true   -- applied by poll when perform returns
     return
   end
-  st.job:cancel()
+  local job = st.job
+  if job.running then
+    -- One last non-blocking look: an answer already complete in the
+    -- socket is kept, not thrown away as "unknown".
+    st.performing = true
+    local finished = st.multi:perform()
+    st.performing = false
+    if finished[1] then job:finished() end
+  end
+  job:cancel()
 end
 
 OpMT.__tostring = function(self)

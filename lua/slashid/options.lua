@@ -100,6 +100,25 @@ local function is_loopback(host)
       or is_loopback_v4(host)
 end
 
+-- The host of a URL's authority ("host", "host:port", "[v6]:port"),
+-- checking the port; raises through bad(no_host or bad_port).
+local function host_of(authority, bad, no_host, bad_port)
+  local host, port
+  if authority:sub(1, 1) == "[" then
+    host, port = authority:match("^%[([^%]]+)%](.*)$")
+  else
+    host, port = authority:match("^([^:]*)(.*)$")
+  end
+  if not host or host == "" then bad(no_host) end
+  if port ~= "" then
+    local digits = port:match("^:(%d+)$")
+    if not digits or tonumber(digits) < 1 or tonumber(digits) > 65535 then
+      bad(bad_port)
+    end
+  end
+  return host
+end
+
 -- Returns the base URL without trailing slashes, or raises.
 local base_url_ok = {}    -- accepted URL -> normalized form (a small memo)
 local base_url_memo_size = 0
@@ -117,19 +136,7 @@ local function check_base_url_uncached(name, v)
   local path = rest:sub(#authority + 1)
   if authority:find("@", 1, true) then bad("user information in the URL is not allowed") end
   if path:find("[?#]") then bad("a query or fragment is not allowed") end
-  local host, port
-  if authority:sub(1, 1) == "[" then
-    host, port = authority:match("^%[([^%]]+)%](.*)$")
-  else
-    host, port = authority:match("^([^:]*)(.*)$")
-  end
-  if not host or host == "" then bad("the URL has no host") end
-  if port ~= "" then
-    local digits = port:match("^:(%d+)$")
-    if not digits or tonumber(digits) < 1 or tonumber(digits) > 65535 then
-      bad("bad port")
-    end
-  end
+  local host = host_of(authority, bad, "the URL has no host", "bad port")
   if scheme == "http" then
     if not is_loopback(host) then
       bad("https:// is required; http:// is only allowed for loopback hosts (127.0.0.0/8, ::1, localhost)")
@@ -149,6 +156,26 @@ local function check_base_url(name, v)
   if base_url_memo_size >= 32 then base_url_ok, base_url_memo_size = {}, 0 end
   base_url_ok[v], base_url_memo_size = normalized, base_url_memo_size + 1
   return normalized
+end
+
+-- A proxy URL (its credentials are secrets: never quoted), or false for
+-- no proxy at all.
+local PROXY_SCHEMES = { http = true, https = true, socks5h = true }
+local function check_proxy(name, v)
+  if v == false then return false end
+  if type(v) ~= "string" or v == "" then fail(name, "proxy URL string or false", v) end
+  local function bad(why)
+    raise(string_format("slashid: bad option '%s' (%s)", name, why))
+  end
+  if v:find("[%c%s\127]") then bad("spaces and control characters are not allowed") end
+  local scheme, rest = v:match("^(%a[%w+.-]*)://(.*)$")
+  if not scheme or not PROXY_SCHEMES[scheme:lower()] then
+    bad("http://, https:// or socks5h:// proxy URL expected")
+  end
+  local authority = rest:match("^[^/?#]*")
+  host_of(authority:match("@([^@]*)$") or authority, bad,
+          "the proxy URL has no host", "bad proxy port")
+  return v
 end
 
 local function check_enum(...)
@@ -192,6 +219,7 @@ M.CHECKS = {
   retry_delay = check_positive,
   retry_max_delay = check_positive,
   max_response_bytes = check_int(1),
+  proxy = check_proxy,
   save_to = check_path,
   verify = check_type("boolean"),
   user_agent = check_user_agent,
@@ -210,7 +238,7 @@ M.REQUEST_OPTIONS = {
   org_id = true, api_key = true, base_url = true, connect_timeout = true,
   request_timeout = true, ca_file = true, retries = true, retry_delay = true,
   retry_max_delay = true, max_response_bytes = true, user_agent = true,
-  debug = true,
+  debug = true, proxy = true,
 }
 
 -- Edit distance (insertions, deletions, substitutions), for short names.

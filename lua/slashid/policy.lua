@@ -82,9 +82,51 @@ function M.next_delay(cfg, facts, attempt, retry_after, random)
   return random() * cap
 end
 
+-- Proxy credentials found in a proxy URL: the user-info, the password
+-- and the user, as written and percent-decoded. The C core hides them in
+-- every text it hands back, like the key.
+local function unescape(s)
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+local function proxy_secrets(url, into)
+  local userinfo = url and url:match("^[%a][%w+.-]*://([^/?#]*)@")
+  if not userinfo or userinfo == "" then return into end
+  into = into or {}
+  local user, pass = userinfo:match("^([^:]*):?(.*)$")
+  for _, s in ipairs({ userinfo, pass, unescape(pass), user, unescape(user) }) do
+    if s ~= "" then into[#into + 1] = s end
+  end
+  return into
+end
+
+-- The environment variables libcurl reads for an https:// URL.
+local PROXY_ENV = { "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY" }
+
+-- What the C core gets as `proxy`: a URL, "" for none at all (libcurl
+-- then ignores the environment too), or nil: the environment decides.
+-- A plain http:// base URL (loopback only) never goes through a proxy:
+-- the key would travel to it in clear text.
+local function proxy_of(cfg)
+  if cfg.base_url:sub(1, 7):lower() == "http://" or cfg.proxy == false then
+    return ""
+  end
+  return cfg.proxy
+end
+
 -- The request table the C core reads for one attempt.
 function M.request(cfg, method, path, default_user_agent)
+  local proxy = proxy_of(cfg)
+  local secrets
+  if proxy == nil then
+    for _, name in ipairs(PROXY_ENV) do
+      secrets = proxy_secrets(os.getenv(name), secrets)
+    end
+  else
+    secrets = proxy_secrets(proxy)
+  end
   return {
+    proxy = proxy,
+    proxy_secrets = secrets,
     method = method,
     url = cfg.base_url .. path,
     org_id = cfg.org_id,

@@ -2,7 +2,7 @@
 -- calls, ops and batches: naming the outcome, completing `errors`, saving
 -- the new key, and reporting a verification.
 
-local core = require("slashid.lazy")("slashid.core")
+local core = require "slashid.core"
 local policy = require "slashid.policy"
 
 local M = {}

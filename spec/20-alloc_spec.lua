@@ -1,0 +1,130 @@
+-- A memory error inside the module's libcurl callbacks. The `debug` trace
+-- runs Lua code (building a line, redacting it, calling the debug
+-- function) inside libcurl's debug callback; a memory error there must
+-- not unwind through libcurl (which would leave the handle busy forever
+-- and raise to the caller although the server may have rotated, losing
+-- the new key): it only switches the trace off.
+--
+-- Proved with a Lua 5.4 host whose allocator fails on demand
+-- (spec/alloc/host.c, built here into build/alloc-host) running scripts
+-- against the real module (build/lua5.4/slashid/core.so, whatever LUA
+-- the suite runs under) and the emulator. See spec/alloc/trace.lua for
+-- what is swept and asserted.
+local H = require "helpers"
+
+local HOST = "build/alloc-host"
+local HOST_SRC = "spec/alloc/host.c"
+local LUA_HEADER = "/usr/include/lua5.4/lua.h"
+local MODULE = "build/lua5.4/slashid/core.so"
+local CFLAGS = "-std=gnu99 -O1 -g -Wall -Wextra -Wshadow -Wpointer-arith -Wcast-align " ..
+               "-Wstrict-prototypes -Wmissing-prototypes -Wformat=2 -Werror -I/usr/include/lua5.4"
+local LIBS = "-llua5.4 -ldl -lm"
+
+local function exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+local function q(s)
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+-- Runs a shell command; returns its exit status and output (both streams).
+local function sh(cmd)
+  local out = H.tmpname("alloc-out")
+  local p = io.popen("( " .. cmd .. " ) >" .. q(out) .. " 2>&1; echo $?")
+  local rc = tonumber(p:read("*a"):match("%d+"))
+  p:close()
+  local text = exists(out) and H.read_file(out) or ""
+  os.remove(out)
+  return rc, text
+end
+
+-- Why the host cannot run here, or nil. Builds it when missing or older
+-- than its source (nothing preloaded: the suite may run under ASan).
+local why_not
+local function ensure_host()
+  if why_not ~= nil then return why_not or nil end
+  why_not = false
+  if not exists(LUA_HEADER) then
+    why_not = LUA_HEADER .. " is missing (liblua5.4-dev: `make test-prereqs` installs it)"
+  elseif not exists(MODULE) then
+    why_not = MODULE .. " is missing: build it with `make LUA=lua5.4 all`"
+  else
+    local _, newer = sh("find src -name '*.[ch]' -newer " .. q(MODULE))
+    if newer:match("%S") then
+      why_not = MODULE .. " is older than src/: rebuild it with `make LUA=lua5.4 all`"
+    end
+  end
+  if why_not then return why_not end
+  local rc, text = sh("[ " .. HOST .. " -nt " .. HOST_SRC .. " ] || " ..
+                      "{ mkdir -p build && env -u LD_PRELOAD cc " .. CFLAGS ..
+                      " -o " .. HOST .. ".tmp " .. HOST_SRC .. " " .. LIBS ..
+                      " && mv -f " .. HOST .. ".tmp " .. HOST .. "; }")
+  assert(rc == 0, "building " .. HOST .. " failed:\n" .. text)
+  return nil
+end
+
+-- Runs one script of spec/alloc under the host: exit status and output.
+local function run(script, ...)
+  local path = "lua/?.lua;spec/?.lua;;"
+  local cpath = "build/lua5.4/?.so;;"
+  local parts = {
+    "env -u LD_PRELOAD -u SLASHID_ORG_ID -u SLASHID_API_KEY -u SLASHID_BASE_URL",
+    "LUA_PATH=" .. q(path), "LUA_PATH_5_4=" .. q(path),
+    "LUA_CPATH=" .. q(cpath), "LUA_CPATH_5_4=" .. q(cpath),
+    "timeout -k 5 300", HOST, "spec/alloc/" .. script,
+  }
+  for _, a in ipairs({ ... }) do parts[#parts + 1] = q(a) end
+  return sh(table.concat(parts, " "))
+end
+
+-- The emulator's keys are "sk_" and 40 url-safe characters: none may be
+-- printed.
+local function assert_no_key_shaped(text)
+  for word in text:gmatch("sk_[%w_%-]+") do
+    assert(#word < 20, "the output quotes something shaped like an API key")
+  end
+end
+
+local function summary(text)
+  for line in text:gmatch("[^\n]+") do
+    if line:find("^alloc %S+: %d+ trace lines") or line:find("^alloc selftest") then
+      io.stderr:write("\n[alloc] ", line, "\n")
+    end
+  end
+end
+
+describe("memory errors in libcurl callbacks (spec/alloc, a failing allocator)", function()
+  it("the failing allocator and its classifier work (selftest)", function()
+    local skip = ensure_host()
+    if skip then pending(skip) return end
+    local rc, text = run("selftest.lua")
+    summary(text)
+    assert_no_key_shaped(text)
+    assert.are.equal(0, rc, text)
+    assert.truthy(text:find("alloc selftest: ok", 1, true), text)
+  end)
+
+  local modes = {
+    { "client", "client:rotate_key" },
+    { "module", "slashid.rotate_key" },
+    { "client_op", "client:start_rotate_key + op:wait" },
+    { "module_op", "slashid.start_rotate_key + op:wait" },
+  }
+  for _, m in ipairs(modes) do
+    local mode, what = m[1], m[2]
+    it(what .. ": a memory error in the trace only stops the trace; the new key is kept " ..
+       "and the next rotation works", function()
+      local skip = ensure_host()
+      if skip then pending(skip) return end
+      local rc, text = run("trace.lua", mode)
+      summary(text)
+      assert_no_key_shaped(text)
+      assert.are.equal(0, rc, text)
+      assert.truthy(text:find("alloc " .. mode .. ": ok", 1, true), text)
+      assert.falsy(text:find("FAIL", 1, true), text)
+    end)
+  end
+end)
