@@ -46,23 +46,6 @@ raw=$(median <"$tmp/raw"); client=$(median <"$tmp/client"); module=$(median <"$t
 rawm=$(median <"$tmp/rawm"); batch=$(median <"$tmp/batch")
 ratio() { echo "$1 $2" | awk '{printf "%.3f", $1/$2}'; }
 
-# Start-up: `require "slashid"` over a bare interpreter, many runs each,
-# interleaved; the difference of the means is the cost of loading.
-STARTS=${STARTS:-300}
-start_ms=$("$LUA" - "$LUA" "$STARTS" <<'LUA'
-local core = require "slashid.core"
-local lua, n = arg[1], tonumber(arg[2])
-local bare, with = 0, 0
-for _ = 1, n do
-  local t = core.now(); os.execute(lua .. " -e '' "); bare = bare + core.now() - t
-  t = core.now(); os.execute(lua .. " -e 'require\"slashid\"'"); with = with + core.now() - t
-end
-print(("%.3f %.3f"):format(bare / n * 1000, with / n * 1000))
-LUA
-)
-bare_ms=${start_ms% *}; with_ms=${start_ms#* }
-extra_ms=$(echo "$with_ms $bare_ms" | awk '{printf "%.3f", $1-$2}')
-
 # Memory after 1,000 and after MEM_N calls.
 MEM_N=${MEM_N:-100000}
 "$LUA" bench/memory.lua "$url" "$MEM_N" >"$tmp/mem"
@@ -98,8 +81,6 @@ printf '%-44s %11s us %9s\n' "client:rotate_key, per call" "$client" "$(ratio "$
 printf '%-44s %11s us %9s\n' "slashid.rotate_key, per call" "$module" "$(ratio "$module" "$raw")"
 printf '%-44s %12s s %9s\n' "raw curl multi, $BATCH_N at $BATCH_C, 20 ms server" "$rawm" "1.00"
 printf '%-44s %12s s %9s\n' "rotate_keys, $BATCH_N at $BATCH_C, 20 ms server" "$batch" "$(ratio "$batch" "$rawm")"
-printf '%-44s %11s ms %9s\n' "$LUA -e '' (start-up)" "$bare_ms" ""
-printf '%-44s %11s ms %9s\n' "$LUA -e 'require\"slashid\"'" "$with_ms" "+$extra_ms ms"
 printf '%-44s %11s KB %9s\n' "Lua memory after 1,000 / $MEM_N calls" "$(mem after_1000_lua_kb) / $(mem after_${MEM_N}_lua_kb)" ""
 printf '%-44s %11s KB %9s\n' "RSS after 1,000 / $MEM_N calls" "$(mem after_1000_rss_kb) / $(mem after_${MEM_N}_rss_kb)" ""
 if [ -n "$cli_line" ]; then
@@ -115,9 +96,6 @@ echo "module_rotate_key_ratio=$(ratio "$module" "$raw")"
 echo "raw_multi_seconds=$rawm"
 echo "rotate_keys_seconds=$batch"
 echo "rotate_keys_ratio=$(ratio "$batch" "$rawm")"
-echo "startup_bare_ms=$bare_ms"
-echo "startup_require_ms=$with_ms"
-echo "startup_extra_ms=$extra_ms"
 cat "$tmp/mem"
 if [ -n "$cli_line" ]; then
   echo "cli_ms=${cli_line% *}"
