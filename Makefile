@@ -51,7 +51,7 @@ HEADERS = $(wildcard src/*.h)
 # Debian packages each target needs (installed only when missing).
 BUILD_PKGS  = gcc libc6-dev $(LUA_PKGS) libcurl4-openssl-dev lua-cjson ca-certificates
 RUN_PKGS    = python3 openssl
-TEST_PKGS   = lua-busted lua-socket
+TEST_PKGS   = lua-busted lua-socket python3-yaml tinyproxy-bin valgrind
 
 .PHONY: all deps test demo emulator install uninstall clean rockcheck bench
 

@@ -38,10 +38,11 @@ ROTATE, CONFIG = "/organizations/api-keys", "/organizations/config"
 ROUTES = {ROTATE: "PUT", CONFIG: "GET"}
 ACTIONS = {"close", "reset", "reset_before_read", "truncate", "truncate_chunked", "drip",
            "stall_after_headers", "huge", "huge_header"}
-FAULT_FIELDS = {"delay", "rotate", "status", "reason", "headers", "body", "json", "content_type",
-                "chunked", "action", "interval", "stall", "size", "repeat"}
+FAULT_FIELDS = {"delay", "rotate", "status", "reason", "headers", "body", "json", "message",
+                "content_type", "chunked", "action", "interval", "stall", "size", "repeat"}
 # A fault with none of these only delays the request, which is then answered normally.
-SHAPING = {"status", "reason", "headers", "body", "json", "content_type", "chunked", "action"}
+SHAPING = {"status", "reason", "headers", "body", "json", "message", "content_type", "chunked",
+           "action"}
 
 STOP = threading.Event()   # set on SIGTERM/SIGINT: ends the main loop and any sleeping fault
 LOCK = threading.Lock()    # guards ORGS, GLOBAL_FAULTS, STATS and every Org
@@ -63,8 +64,21 @@ class Org:
         self.faults = deque()      # entries are [fault, remaining uses]
 
 
+# Answers follow SlashID's OpenAPI document (spec/openapi/, checked by spec/18-openapi_spec.lua):
+# an error is the bare APIResponseBase envelope (no `result` member), the organization config
+# has every member OrganizationConfig requires.
 def error_envelope(code, message):
-    return {"errors": [{"httpcode": code, "message": message}], "result": None}
+    return {"errors": [{"httpcode": code, "message": message}]}
+
+
+def org_config():
+    """An OrganizationConfig at plausible defaults (the emulator keeps no real settings)."""
+    return {"pricing_tier": "free-trial", "from_email": "", "from_phone_number_sms": "",
+            "token_duration": 86400, "groups_claim_name": "groups",
+            "requires_manual_approval": False, "deny_self_registration": False,
+            "allowed_factor_methods": [], "authn_link_allowed_redirect_uris": [],
+            "new_person_handle_patterns": [], "sudo_mode_duration": 300,
+            "authn_redirect_page_ui_config": {}, "canonical_identity_ai_matching_enabled": True}
 
 
 def pop_fault(queue):
@@ -96,9 +110,11 @@ def check_fault(f):
             return name + " must be a number >= 0"
     if "headers" in f and not isinstance(f["headers"], dict):
         return "headers must be an object"
-    for name in ("body", "reason", "content_type"):
+    for name in ("body", "reason", "content_type", "message"):
         if name in f and not isinstance(f[name], str):
             return name + " must be a string"
+    if "message" in f and ("body" in f or "json" in f):
+        return "message builds the body: it excludes body and json"
     return None
 
 
@@ -408,8 +424,7 @@ class Handler(BaseHTTPRequestHandler):
             if org is None or org.key != key:
                 return 401, error_envelope(401, "invalid API key"), {}, None
             if path == CONFIG:
-                return 200, {"result": {"id": org.id, "name": "emulated organization",
-                                        "tenant_name": "emulator"}, "errors": []}, {}, None
+                return 200, {"errors": [], "result": org_config()}, {}, None
             new = new_key()
             if not dry:   # check and swap under one lock: two racing rotations cannot both win
                 org.old_keys.add(org.key)
@@ -431,7 +446,9 @@ class Handler(BaseHTTPRequestHandler):
             body = substitute(fault["body"], table).encode()
         elif "json" in fault:
             body = json.dumps(substitute(fault["json"], table)).encode()
-        extra = dict(extra, **fault.get("headers", {}))
+        elif "message" in fault:   # SlashID's error envelope for the status sent
+            body = json.dumps(error_envelope(status, substitute(fault["message"], table))).encode()
+        extra = dict(extra, **substitute(fault.get("headers", {}), table))
         if action == "huge_header":
             extra["X-Huge"] = "x" * int(fault.get("size", 200000))
         pieces, length = [body], len(body)
