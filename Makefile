@@ -195,7 +195,8 @@ FUZZ_LIBS     = -llua5.4 -lcurl -lm -ldl -lpthread
 # outcome, retry and fault-matrix specs against it.
 NOPREREQ_BUILD = build/noprereq-$(notdir $(LUA))
 NOPREREQ_SPECS = spec/03-outcomes_spec.lua spec/04-retries_spec.lua \
-                 spec/14-faults_spec.lua spec/21-library_holes_spec.lua
+                 spec/14-faults_spec.lua spec/19-proxy_spec.lua \
+                 spec/21-library_holes_spec.lua
 check-noprereq: deps
 	@$(MAKE) --no-print-directory BUILD=$(NOPREREQ_BUILD) \
 	  CFLAGS="-O2 -g -DSID_NO_PREREQ" all

@@ -108,39 +108,84 @@ function slashid.start_rotate_key(opts)
   return require("slashid.op").start(cfg, user_agent())
 end
 
--- Checks everything before anything starts: a bad item raises with its
--- index, and no request has been sent.
+-- A batch item checked and resolved; a problem raises `slashid: item N: ...`.
+local function resolve_item(i, merged, item, secrets)
+  local where = "item " .. i
+  local given = options.locate(where, options.check, item, nil, nil, secrets)
+  return options.locate(where, options.resolve, merged, given)
+end
+
+-- `list`: an array of option tables, checked whole before anything starts
+-- (a bad item raises with its index, and no request has been sent), or an
+-- iterator function called with no arguments each time an item is about
+-- to start, returning one option table or nil at the end. An iterator's
+-- item is checked as it is pulled: a bad one (a non-table included) does
+-- not raise, which would abandon the requests in flight and their keys,
+-- but becomes that item's outcome, not_rotated, its errors entry holding
+-- the `slashid: item N: ...` message.
+-- on_resolved(cfg) sees each item's resolved configuration before it can
+-- start; on_rotated(cfg, result) runs the moment that item's key is known.
 local function rotate_keys(defaults, list, opts, on_rotated, on_resolved)
-  if type(list) ~= "table" then
-    error("slashid: rotate_keys expects a list of option tables, got " .. type(list), 0)
+  local kind = type(list)
+  if kind ~= "table" and kind ~= "function" then
+    error("slashid: rotate_keys expects a list of option tables or an iterator function, got " ..
+          kind, 0)
   end
-  -- Every key in play, so that none is ever quoted as an option name.
+  -- Every key in play, so that none is ever quoted as an option name (an
+  -- iterator's items are known one at a time: each table's own key counts
+  -- for it, see options.check).
   local secrets = { defaults.api_key }
   if type(opts) == "table" then secrets[#secrets + 1] = rawget(opts, "api_key") end
   local n = 0
-  while rawget(list, n + 1) ~= nil do
-    n = n + 1
-    local item = rawget(list, n)
-    if type(item) == "table" then secrets[#secrets + 1] = rawget(item, "api_key") end
+  if kind == "table" then
+    while rawget(list, n + 1) ~= nil do
+      n = n + 1
+      local item = rawget(list, n)
+      if type(item) == "table" then secrets[#secrets + 1] = rawget(item, "api_key") end
+    end
   end
   local own, shared = options.check_batch(opts, secrets)
+  -- The batch's defaults are taken once, as it starts, for every item.
   local merged = {}
   for k, v in next, defaults do merged[k] = v end
   for k, v in next, shared do merged[k] = v end
-  -- (n above is the raw length: a list's __len is the caller's code and
-  -- may raise.)
-  local cfgs, given = {}, {}
-  for i = 1, n do
-    local where = "item " .. i
-    local item = options.locate(where, options.check, rawget(list, i), nil, nil, secrets)
-    given[i] = item
-    cfgs[i] = options.locate(where, options.resolve, merged, item)
-    if on_resolved then on_resolved(cfgs[i]) end
+  local pull
+  if kind == "table" then
+    -- (n above is the raw length: a list's __len is the caller's code and
+    -- may raise.) Each configuration is released as its item starts.
+    local cfgs = {}
+    for i = 1, n do
+      cfgs[i] = resolve_item(i, merged, rawget(list, i), secrets)
+      if on_resolved then on_resolved(cfgs[i]) end
+    end
+    pull = function(i)
+      local cfg = cfgs[i]
+      cfgs[i] = nil
+      return cfg
+    end
+  else
+    n = nil
+    local iterator = list
+    pull = function(i)
+      local item = iterator()          -- may raise: the batch re-raises it
+      if item == nil then return nil end
+      local ok, cfg = pcall(resolve_item, i, merged, item, secrets)
+      if not ok then
+        return false, type(cfg) == "string" and cfg or ("slashid: item " .. i .. ": bad item")
+      end
+      if on_resolved then on_resolved(cfg) end
+      return cfg
+    end
   end
-  return require("slashid.batch").run(cfgs, own.concurrency or 8, own.rate, own.on_progress,
-                   user_agent(), on_rotated and function(i, result)
-                     on_rotated(given[i], cfgs[i], result)
-                   end)
+  return require("slashid.batch").run(pull, n, {
+    concurrency = own.concurrency or 8,
+    rate = own.rate,
+    on_progress = own.on_progress,
+    on_result = own.on_result,
+    keep_results = own.keep_results,
+    user_agent = user_agent(),
+    on_rotated = on_rotated,
+  })
 end
 
 function slashid.rotate_keys(list, opts)
@@ -215,8 +260,10 @@ end
 
 function Client:rotate_keys(list, opts)
   local st = state_of(self, "rotate_keys")
-  local own = {}   -- per item, decided before anything rotates
-  return rotate_keys(st.defaults, list, opts, function(_, cfg, result)
+  -- per item, decided before it can rotate; weak, so that a long batch
+  -- keeps nothing of the items that are over
+  local own = setmetatable({}, { __mode = "k" })
+  return rotate_keys(st.defaults, list, opts, function(cfg, result)
     if own[cfg] then adopt(st, cfg, result) end
   end, function(cfg) own[cfg] = holds(st, cfg) or nil end)
 end

@@ -271,14 +271,20 @@ int sid_answer_push(lua_State *L, sid_transfer *t, CURLcode rc) {
   long status = 0;
   double elapsed = 0;
   curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+  curl_easy_getinfo(t->easy, CURLINFO_HTTP_CONNECTCODE, &t->connect_status);
   curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME, &elapsed);
 #if !SID_HAVE_PREREQ
   {
     /* No pre-request callback: what libcurl reports it sent. The PUT ran
        on a fresh connection (request.c), so there was no silent re-send. */
     long request_bytes = 0;
+    double pretransfer = 0;
     curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &request_bytes);
-    if (request_bytes > 0 || status > 0) t->requests_sent = 1;
+    curl_easy_getinfo(t->easy, CURLINFO_PRETRANSFER_TIME, &pretransfer);
+    /* the size counts a proxy's CONNECT too: a request only went out to
+       the server once the tunnel and TLS were up (pretransfer) */
+    if ((request_bytes > 0 && pretransfer > 0) || status > 0)
+      t->requests_sent = 1;
   }
 #endif
   return sid_answer_build(L, t, rc, status, elapsed);
@@ -349,6 +355,7 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
   lua_newtable(L);
   facts = lua_gettop(L);
   set_int(L, "status", status);
+  set_int(L, "connect_status", t->connect_status);
   set_int(L, "curl_code", (long)(t->setup_rc != CURLE_OK ? t->setup_rc : rc));
   lua_pushboolean(L, t->requests_sent > 0);
   lua_setfield(L, facts, "sent");

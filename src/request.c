@@ -259,6 +259,7 @@ void sid_request_clear(lua_State *L, sid_transfer *t) {
   t->received = t->head_received = 0;
   t->too_large = t->head_too_large = t->out_of_memory = 0;
   t->requests_sent = 0;
+  t->connect_status = 0;
   t->single_send = 0;
   t->setup_rc = CURLE_OK;
   t->debug_failed = 0;

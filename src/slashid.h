@@ -62,6 +62,7 @@ typedef struct sid_transfer {
   int head_too_large;         /* the headers went over SID_HEAD_MAX */
   int out_of_memory;
   int requests_sent;          /* how many times libcurl was about to send */
+  long connect_status;        /* a proxy's answer to CONNECT, 0 if none */
   int single_send;            /* refuse libcurl's own re-send (the PUT) */
   char *extra_secret[SID_SECRETS - SID_SECRET_EXTRA]; /* owned, wiped */
   size_t extra_secret_len[SID_SECRETS - SID_SECRET_EXTRA];

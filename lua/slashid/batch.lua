@@ -5,59 +5,117 @@
 -- honoured without sleeping past socket activity. Connections are reused
 -- across items (the multi's connection pool; HTTP/2 streams are
 -- multiplexed on one connection when the server offers it).
+--
+-- Items are pulled one at a time, only when one is about to start (a
+-- free slot, the rate allowing it), never ahead: an iterator that returns
+-- nil stops the batch from starting more, and nothing per item outlives
+-- its delivery unless the caller keeps results. Whatever happens to the
+-- caller's callbacks, items already in flight are finished, saved and
+-- delivered before an error is passed on: their new keys exist nowhere
+-- else.
 
 local core = require "slashid.core"
 local job_mod = require "slashid.job"
 
-local pcall, tostring = pcall, tostring
+local pcall, tostring, type, error, pairs = pcall, tostring, type, error, pairs
+local table_remove = table.remove
 
 local M = {}
 
--- cfgs: resolved per-item configurations (already checked). Returns the
--- outcomes array, in input order. on_progress(done, total, index,
--- outcome, item) runs once per item as it finishes; `item` is that item's
--- { result, errors, pagination, info } table.
-function M.run(cfgs, concurrency, rate, on_progress, user_agent, on_rotated)
-  local total = #cfgs
-  local outcomes = {}
-  if total == 0 then return outcomes end
-  local multi = core.multi()
+local NOT_STARTED = "not started: the batch was stopped before this item " ..
+                    "(on_progress returned false); nothing was sent"
+
+-- The outcome table of an item that sent nothing: not_rotated, and why.
+local function unsent(message)
+  return {
+    errors = { { httpcode = 0, message = message } },
+    info = { outcome = "not_rotated", status = 0, attempts = 0, elapsed = 0,
+             headers = {} },
+  }
+end
+
+-- An error value as text for on_progress_error, even when its
+-- __tostring raises.
+local function describe_error(err)
+  local ok, s = pcall(tostring, err)
+  return ok and type(s) == "string" and s or "(an error value that cannot be shown)"
+end
+
+-- pull(i) -> cfg to start item i; false, message for an item that cannot
+-- start (it becomes that item's not_rotated outcome); nil at the end. It
+-- may raise (the caller's iterator did): the batch then stops pulling,
+-- finishes what is in flight and re-raises.
+-- total: the number of items, or nil when unknown (an iterator).
+-- s: concurrency, rate, on_progress, on_result, keep_results, user_agent,
+-- on_rotated(cfg, result) (runs the moment a key is known, after saving).
+--
+-- Returns the outcomes array (index order), or with keep_results == false
+-- the summary { rotated, not_rotated, unknown, not_saved }; either carries
+-- on_progress_error when on_progress raised.
+function M.run(pull, total, s)
+  local concurrency, rate = s.concurrency, s.rate
+  local on_progress, on_result, on_rotated = s.on_progress, s.on_result, s.on_rotated
+  local user_agent = s.user_agent
+  local keep = s.keep_results ~= false
+  local outcomes = keep and {} or nil
+  local counts = { rotated = 0, not_rotated = 0, unknown = 0, not_saved = 0 }
+  local multi
   local by_handle = {}     -- handle -> job in flight
   local spare = {}         -- handles of finished items, reused
   local waiting = {}       -- jobs in back-off: job -> true
   local next_index, active, done = 1, 0, 0
   local interval = rate and 1 / rate or 0
   local next_start = core.now()
-  local progress_ok = true
+  local progress_ok, progress_error = true, nil
+  local stopping = false   -- no item starts any more
+  local failed, failure = false, nil   -- the first error to pass on
 
-  local function finish(job)
-    local i = job.index
-    local v = job.values
-    outcomes[i] = { result = v[1], errors = v[2], pagination = v[3], info = v[4] }
-    by_handle[job.handle] = nil
-    spare[#spare + 1] = job.handle
-    active, done = active - 1, done + 1
-    -- A failing callback must not abort the batch: keys in flight would be
-    -- lost. It is reported in the result instead, and not called again.
-    -- The 5th argument is the item's outcome table (the one returned in
-    -- the array), so a caller can hand its new key over at once.
-    if on_progress and progress_ok then
-      local ok, err = pcall(on_progress, done, total, i, v[4].outcome, outcomes[i])
+  local function fail(err)
+    if not failed then failed, failure = true, err end
+    stopping = true
+  end
+
+  -- One item is over: count it, keep it if asked, hand it to on_result,
+  -- then on_progress. Neither callback can abort the batch here: an error
+  -- from on_result stops new starts and is re-raised once the items in
+  -- flight are delivered; one from on_progress is reported and on_progress
+  -- is not called again (it is a display: the batch goes on).
+  local function deliver(i, item, progress)
+    local outcome = item.info.outcome
+    counts[outcome] = (counts[outcome] or 0) + 1
+    if outcome == "rotated" and item.info.saved == false then
+      counts.not_saved = counts.not_saved + 1
+    end
+    if keep then outcomes[i] = item end
+    done = done + 1
+    if on_result then
+      local ok, err = pcall(on_result, i, item)
+      if not ok then fail(err) end
+    end
+    if progress and on_progress and progress_ok then
+      local ok, ret = pcall(on_progress, done, total, i, outcome, item)
       if not ok then
-        progress_ok = false
-        outcomes.on_progress_error = tostring(err)
+        progress_ok, progress_error = false, describe_error(ret)
+      elseif ret == false then
+        stopping = true
       end
     end
   end
 
-  local function start_next(now)
-    local i = next_index
-    next_index = i + 1
+  local function finish(job)
+    local v = job.values
+    by_handle[job.handle] = nil
+    spare[#spare + 1] = job.handle
+    active = active - 1
+    deliver(job.index, { result = v[1], errors = v[2], pagination = v[3], info = v[4] }, true)
+  end
+
+  local function start(i, cfg, now)
+    multi = multi or core.multi()
     active = active + 1
-    local handle = table.remove(spare) or core.handle()
-    local cfg = cfgs[i]
+    local handle = table_remove(spare) or core.handle()
     local job = job_mod.new(cfg, handle, "rotate", user_agent,
-                            on_rotated and function(result) on_rotated(i, result) end)
+                            on_rotated and function(result) on_rotated(cfg, result) end)
     job.index = i
     job.on_done = finish
     -- Wait for the first connection's protocol (ALPN) only where HTTP/2 can
@@ -66,15 +124,25 @@ function M.run(cfgs, concurrency, rate, on_progress, user_agent, on_rotated)
     job.pipewait = cfg.base_url:sub(1, 8):lower() == "https://"
     by_handle[handle] = job
     if rate then next_start = (next_start > now and next_start or now) + interval end
-    job:start(multi)
+    job:start(multi)     -- may finish at once (a request that cannot be set up)
   end
 
-  while done < total do
+  while true do
     local now = core.now()
-    while next_index <= total and active < concurrency and
-          (not rate or now >= next_start) do
-      start_next(now)
+    -- Start what may start; pull an item only for a slot that is free now.
+    while not stopping and active < concurrency and (not rate or now >= next_start) do
+      local i = next_index
+      local ok, cfg, why = pcall(pull, i)
+      if not ok then
+        fail(cfg)
+      elseif cfg == nil then
+        stopping = true
+      else
+        next_index = i + 1
+        if cfg then start(i, cfg, now) else deliver(i, unsent(why), true) end
+      end
     end
+    if active == 0 and stopping then break end
     for job in pairs(waiting) do
       if job.phase == "done" then
         waiting[job] = nil
@@ -83,32 +151,44 @@ function M.run(cfgs, concurrency, rate, on_progress, user_agent, on_rotated)
         job:due(now)
       end
     end
-    local finished = multi:perform()
-    for k = 1, #finished do
+    local finished = multi and multi:perform()
+    local n = finished and #finished or 0
+    for k = 1, n do
       local job = by_handle[finished[k]]
       if job then
         job:finished()
         if job.wait_until then waiting[job] = true end
       end
     end
-    if done < total then
+    if not (active == 0 and stopping) and n == 0 then
       -- Sleep until socket activity, the next allowed start, or the next
       -- retry deadline, whichever is first.
       now = core.now()
       local limit = 1
-      if next_index <= total and active < concurrency and rate then
+      if not stopping and active < concurrency and rate then
         limit = next_start - now
       end
       for job in pairs(waiting) do
         local d = job.wait_until and job.wait_until - now
         if d and d < limit then limit = d end
       end
-      if limit > 0 and #finished == 0 then multi:wait(limit) end
+      if limit > 0 then
+        if multi then multi:wait(limit) else core.sleep(limit) end
+      end
     end
   end
-  multi:close()
+  if multi then multi:close() end
   for k = 1, #spare do spare[k]:close() end
-  return outcomes
+
+  -- Stopped by on_progress with items of an array never started: each is
+  -- reported, not_rotated (on_progress, which asked to stop, is not called).
+  if total and not failed then
+    for i = next_index, total do deliver(i, unsent(NOT_STARTED), false) end
+  end
+  if failed then error(failure, 0) end
+  local ret = keep and outcomes or counts
+  if progress_error then ret.on_progress_error = progress_error end
+  return ret
 end
 
 return M

@@ -231,6 +231,8 @@ M.BATCH_CHECKS = {
   concurrency = check_int(1),
   rate = check_positive,
   on_progress = check_type("function"),
+  on_result = check_type("function"),
+  keep_results = check_type("boolean"),
 }
 
 -- The options of check_key: those that concern a request.
@@ -338,7 +340,8 @@ function M.check(options, allowed, what, secrets)
   return copy
 end
 
--- rotate_keys' options: the batch's own (concurrency, rate, on_progress)
+-- rotate_keys' options: the batch's own (concurrency, rate, on_progress,
+-- on_result, keep_results)
 -- and shared per-item defaults (checked like rotate_key's).
 function M.check_batch(opts, secrets)
   if opts == nil then return {}, {} end

@@ -63,6 +63,10 @@ end
 -- may succeed.
 function M.retryable(facts)
   if facts.complete then return facts.status == 429 end
+  -- a proxy that refused the tunnel for good (403, 401/407 credentials)
+  -- will refuse it again; 408, 429 and 5xx may pass
+  local cs = facts.connect_status
+  if cs and cs >= 400 and cs <= 499 and cs ~= 408 and cs ~= 429 then return false end
   return not facts.sent and PASSABLE[facts.curl_code] == true
 end
 
@@ -93,8 +97,10 @@ local function proxy_secrets(url, into)
   if not userinfo or userinfo == "" then return into end
   into = into or {}
   local user, pass = userinfo:match("^([^:]*):?(.*)$")
-  for _, s in ipairs({ userinfo, pass, unescape(pass), user, unescape(user) }) do
-    if s ~= "" then into[#into + 1] = s end
+  -- A user name of one or two characters is left alone: hiding every "u"
+  -- of a message protects nothing. The password is always hidden.
+  for i, s in ipairs({ userinfo, pass, unescape(pass), user, unescape(user) }) do
+    if s ~= "" and (i <= 3 or #s >= 3) then into[#into + 1] = s end
   end
   return into
 end
