@@ -3,11 +3,11 @@
 #   make demo       set up, start the local emulator, rotate a key
 #   make test       set up, build with -Werror, run every spec
 #   make emulator   run the local SlashID emulator in the foreground
-#   make install    PREFIX=/usr/local DESTDIR=
+#   make install    PREFIX=/usr/local DESTDIR= (module, slashid-rotate, its man page)
 #   make test LUA=lua5.1   (lua5.1 lua5.2 lua5.3 lua5.4 luajit)
 #
 # Variables: LUA (interpreter, lua5.4), LUA_VERSION, LUA_INCDIR, CURL_INCDIR,
-# PREFIX, DESTDIR, CFLAGS, WERROR (-Werror; empty to relax).
+# PREFIX, DESTDIR, MANDIR, CFLAGS, WERROR (-Werror; empty to relax).
 
 # Pick an interpreter with LUA=lua5.1|lua5.2|lua5.3|lua5.4|luajit (or
 # LUA_VERSION=5.x); everything else follows from it.
@@ -31,6 +31,7 @@ DESTDIR     ?=
 LUA_LIBDIR  ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
 LUA_SHAREDIR?= $(PREFIX)/share/lua/$(LUA_VERSION)
 BINDIR      ?= $(PREFIX)/bin
+MANDIR      ?= $(PREFIX)/share/man
 
 CC      ?= cc
 CFLAGS  ?= -O2 -g
@@ -51,7 +52,7 @@ HEADERS = $(wildcard src/*.h)
 # Debian packages each target needs (installed only when missing).
 BUILD_PKGS  = gcc libc6-dev $(LUA_PKGS) libcurl4-openssl-dev lua-cjson ca-certificates
 RUN_PKGS    = python3 openssl
-TEST_PKGS   = lua-busted lua-socket python3-yaml tinyproxy-bin valgrind
+TEST_PKGS   = lua-busted lua-socket python3-yaml tinyproxy-bin valgrind lua-argparse
 
 .PHONY: all deps test demo emulator install uninstall clean rockcheck bench
 
@@ -86,11 +87,13 @@ install: $(MODULE)
 	install -m 0644 lua/slashid.lua $(DESTDIR)$(LUA_SHAREDIR)/slashid.lua
 	install -m 0644 lua/slashid/*.lua $(DESTDIR)$(LUA_SHAREDIR)/slashid/
 	install -d $(DESTDIR)$(BINDIR) && sed '1s|^#!.*|#!/usr/bin/env $(LUA)|' bin/slashid-rotate >$(DESTDIR)$(BINDIR)/slashid-rotate && chmod 0755 $(DESTDIR)$(BINDIR)/slashid-rotate
+	install -d $(DESTDIR)$(MANDIR)/man1 && install -m 0644 slashid-rotate.1 $(DESTDIR)$(MANDIR)/man1/slashid-rotate.1
 
 uninstall:
 	rm -f $(DESTDIR)$(LUA_LIBDIR)/slashid/core.so $(DESTDIR)$(LUA_SHAREDIR)/slashid.lua
 	rm -rf $(DESTDIR)$(LUA_SHAREDIR)/slashid
 	rm -f $(DESTDIR)$(BINDIR)/slashid-rotate
+	rm -f $(DESTDIR)$(MANDIR)/man1/slashid-rotate.1
 
 clean:
 	rm -rf build

@@ -20,6 +20,7 @@ atomically (mode 0600) before the call returns.
 dependencies = {
   "lua >= 5.1, < 5.5",
   "lua-cjson >= 2.1",
+  "argparse >= 0.6",   -- slashid-rotate's command line (Debian: lua-argparse)
 }
 -- Only the library is declared: on Debian curl.h lives in a multiarch
 -- folder (/usr/include/x86_64-linux-gnu) that LuaRocks' header search
@@ -35,7 +36,7 @@ build = {
       sources = {
         "src/core.c", "src/handle.c", "src/request.c", "src/answer.c",
         "src/json.c", "src/trace.c", "src/secret.c", "src/keyfile.c",
-        "src/clock.c", "src/curlcode.c", "src/multi.c",
+        "src/clock.c", "src/curlcode.c", "src/multi.c", "src/signal.c",
       },
       libraries = { "curl", "pthread" },
       incdirs = { "$(CURL_INCDIR)" },
@@ -48,9 +49,14 @@ build = {
     ["slashid.job"] = "lua/slashid/job.lua",
     ["slashid.op"] = "lua/slashid/op.lua",
     ["slashid.batch"] = "lua/slashid/batch.lua",
+    ["slashid.cli"] = "lua/slashid/cli.lua",
   },
   install = {
     bin = { ["slashid-rotate"] = "bin/slashid-rotate" },
+    -- LuaRocks has no place for man pages: the page goes to the rock's
+    -- conf folder (`man -l $(luarocks show --rock-dir slashid)/conf/man/man1/slashid-rotate.1`);
+    -- `make install` puts it in share/man/man1.
+    conf = { ["man/man1/slashid-rotate.1"] = "slashid-rotate.1" },
   },
 }
 test_dependencies = { "busted" }

@@ -103,6 +103,13 @@ if [ -n "$cli_line" ]; then
   echo "cli_ratio=$(ratio "${cli_line% *}" "${cli_line#* }")"
 fi
 
+# ---- streaming batches: STREAM_N organizations through rotate_keys, array
+# (results kept) vs iterator with keep_results = false (bench/stream.lua).
+STREAM_N=${STREAM_N:-100000}
+"$LUA" bench/stream.lua "$url" "$STREAM_N" 8 >"$tmp/stream"
+sed -n '/^rotate_keys of/,/^$/p' "$tmp/stream"
+grep '=' "$tmp/stream"
+
 # ---- start-up against the peer (Lua-cURLv3 + lua-cjson): bench/startup.sh
 # prints its own table and startup_median_*/startup_rss_* figures.
 LUA="$LUA" BUILD="$BUILD" sh bench/startup.sh

@@ -108,11 +108,18 @@ function slashid.start_rotate_key(opts)
   return require("slashid.op").start(cfg, user_agent())
 end
 
--- A batch item checked and resolved; a problem raises `slashid: item N: ...`.
-local function resolve_item(i, merged, item, secrets)
-  local where = "item " .. i
-  local given = options.locate(where, options.check, item, nil, nil, secrets)
-  return options.locate(where, options.resolve, merged, given)
+-- A batch item checked (a plain copy); a problem raises `slashid: item N: ...`.
+local function check_item(i, item, secrets)
+  return options.locate("item " .. i, options.check, item, nil, nil, secrets)
+end
+
+local function resolve_item(i, merged, given)
+  return options.locate("item " .. i, options.resolve, merged, given)
+end
+
+-- Both checked and resolved.
+local function prepare_item(i, merged, item, secrets)
+  return resolve_item(i, merged, check_item(i, item, secrets))
 end
 
 -- `list`: an array of option tables, checked whole before anything starts
@@ -123,8 +130,23 @@ end
 -- not raise, which would abandon the requests in flight and their keys,
 -- but becomes that item's outcome, not_rotated, its errors entry holding
 -- the `slashid: item N: ...` message.
--- on_resolved(cfg) sees each item's resolved configuration before it can
--- start; on_rotated(cfg, result) runs the moment that item's key is known.
+-- on_resolved(cfg) sees each item's resolved configuration before it
+-- starts; on_rotated(cfg, result) runs the moment that item's key is known.
+-- Two items of a batch writing the same save_to file would each report
+-- their key saved while the second replaced the first: refused. (Paths
+-- are compared as written; two spellings of one file are not caught.)
+local function same_save_to(saved_by, i, cfg)
+  local path = cfg.save_to
+  if path == nil then return nil end
+  local first = saved_by[path]
+  if first then
+    return ("slashid: item %d: save_to is item %d's save_to too (each item needs a file " ..
+            "of its own, or the second key would replace the first)"):format(i, first)
+  end
+  saved_by[path] = i
+  return nil
+end
+
 local function rotate_keys(defaults, list, opts, on_rotated, on_resolved)
   local kind = type(list)
   if kind ~= "table" and kind ~= "function" then
@@ -152,27 +174,48 @@ local function rotate_keys(defaults, list, opts, on_rotated, on_resolved)
   local pull
   if kind == "table" then
     -- (n above is the raw length: a list's __len is the caller's code and
-    -- may raise.) Each configuration is released as its item starts.
-    local cfgs = {}
+    -- may raise.) All or nothing: every item is checked and resolved
+    -- before the first starts. What waits for its start is the resolved
+    -- configuration, or with keep_results = false the checked copy (a
+    -- fraction of the size), resolved again as it starts.
+    local lean = own.keep_results == false
+    local waiting, saved_by = {}, {}
     for i = 1, n do
-      cfgs[i] = resolve_item(i, merged, rawget(list, i), secrets)
-      if on_resolved then on_resolved(cfgs[i]) end
+      local given = check_item(i, rawget(list, i), secrets)
+      local cfg = resolve_item(i, merged, given)
+      local clash = same_save_to(saved_by, i, cfg)
+      if clash then error(clash, 0) end
+      waiting[i] = lean and given or cfg
     end
     pull = function(i)
-      local cfg = cfgs[i]
-      cfgs[i] = nil
+      local cfg = waiting[i]
+      if cfg == nil then return nil end
+      waiting[i] = nil
+      if lean then
+        -- (cannot fail: it was resolved once above; guarded all the same:
+        -- a raise here would end the batch, a bad item only this item)
+        local ok
+        ok, cfg = pcall(resolve_item, i, merged, cfg)
+        if not ok then
+          return false, type(cfg) == "string" and cfg or ("slashid: item " .. i .. ": bad item")
+        end
+      end
+      if on_resolved then on_resolved(cfg) end
       return cfg
     end
   else
     n = nil
     local iterator = list
+    local saved_by = {}
     pull = function(i)
-      local item = iterator()          -- may raise: the batch re-raises it
+      local item = iterator()          -- may raise: the batch stops pulling
       if item == nil then return nil end
-      local ok, cfg = pcall(resolve_item, i, merged, item, secrets)
+      local ok, cfg = pcall(prepare_item, i, merged, item, secrets)
       if not ok then
         return false, type(cfg) == "string" and cfg or ("slashid: item " .. i .. ": bad item")
       end
+      local clash = same_save_to(saved_by, i, cfg)
+      if clash then return false, clash end
       if on_resolved then on_resolved(cfg) end
       return cfg
     end

@@ -14,7 +14,7 @@ trap '[ -z "$emulator" ] || kill $emulator 2>/dev/null; rm -rf "$tmp"' EXIT
 luarocks lint "$rockspec"
 # LuaRocks builds in place: copy the checkout so no build output lands in it.
 mkdir "$tmp/src"
-cp -R "$top/src" "$top/lua" "$top/bin" "$rockspec" "$tmp/src/"
+cp -R "$top/src" "$top/lua" "$top/bin" "$top/slashid-rotate.1" "$rockspec" "$tmp/src/"
 (cd "$tmp/src" && luarocks --lua-version="$LUA_VERSION" make --deps-mode=none \
    --tree "$tmp/tree" "$(basename "$rockspec")") >"$tmp/build.log" 2>&1 ||
   { cat "$tmp/build.log" >&2; exit 1; }

@@ -1,8 +1,10 @@
--- bin/slashid-rotate, driven as a subprocess against the emulator: every
--- exit status, --help, --json, --api-key-file, --save-to (one and many),
--- --verify, --orgs with mixed outcomes, progress lines, secrets never
--- printed where they must not be, and a batch interrupted by SIGTERM or
--- SIGINT whose already-issued keys are all in the --save-to file.
+-- bin/slashid-rotate (the module slashid.cli), driven as a subprocess
+-- against the emulator: every exit status, --help, --json (valid UTF-8
+-- whatever the server sends), --api-key-file (a path or -), --save-to (one
+-- and many), --verify, --check, --orgs (a file or -) with mixed outcomes,
+-- --sandbox, --proxy / --no-proxy, progress lines and the bar on a
+-- terminal, secrets never printed where they must not be, and main()
+-- in-process. Signals, broken outputs and full disks: spec 24.
 local H = require "helpers"
 local cjson = require "cjson"
 local socket = require "socket"
@@ -33,19 +35,62 @@ local function lines_of(text)
   return t
 end
 
--- Runs the command with `env` (name -> value, set on the command line
--- only) and `args` (a list, each quoted). Returns status, stdout, stderr.
-local function run(args, env)
-  local dir = H.mkdir(H.tmpname("cli"))
+local function sh(cmd)
+  local a, _, c = os.execute(cmd)
+  return a == true or a == 0 or (a == nil and false) or c == 0
+end
+
+local function command(args, env, program)
   local parts = {}
   for name, value in pairs(env or {}) do parts[#parts + 1] = name .. "=" .. q(value) end
-  parts[#parts + 1] = H.lua
-  parts[#parts + 1] = CLI
+  parts[#parts + 1] = program or (H.lua .. " " .. CLI)
   for _, a in ipairs(args) do parts[#parts + 1] = q(a) end
-  local cmd = table.concat(parts, " ")
-  os.execute(("%s >%s/out 2>%s/err </dev/null; echo $? >%s/rc"):format(cmd, dir, dir, dir))
+  return table.concat(parts, " ")
+end
+
+-- Runs the command with `env` (name -> value, set on the command line
+-- only) and `args` (a list, each quoted). `feed`: standard input, either
+-- "<FILE" or a pipe's first half ("cat FILE |"); /dev/null otherwise.
+-- Returns status, stdout, stderr.
+local function run(args, env, feed, program)
+  local dir = H.mkdir(H.tmpname("cli"))
+  local cmd = command(args, env, program)
+  local input = "</dev/null"
+  if feed and feed:sub(1, 1) == "<" then input = feed
+  elseif feed then cmd = feed .. " " .. cmd input = "" end
+  os.execute(("(%s >%s/out 2>%s/err %s); echo $? >%s/rc"):format(cmd, dir, dir, input, dir))
   local status = tonumber((H.read_file(dir .. "/rc"):gsub("%s+$", "")))
   return status, H.read_file(dir .. "/out"), H.read_file(dir .. "/err")
+end
+
+-- A Lua script run by the interpreter under test (LUA_PATH/LUA_CPATH as
+-- for the specs): status, stdout, stderr.
+local function run_lua(script, env)
+  return run({}, env, nil, H.lua .. " " .. q(script))
+end
+
+-- Starts the command in the background: job.dir holds out, err, then rc.
+local function spawn(args, env)
+  local dir = H.mkdir(H.tmpname("spawn"))
+  os.execute(("(%s >%s/out 2>%s/err </dev/null; echo $? >%s/rc.tmp; mv %s/rc.tmp %s/rc) &")
+    :format(command(args, env), dir, dir, dir, dir, dir))
+  return { dir = dir }
+end
+
+local function wait_file(path, seconds)
+  local deadline = socket.gettime() + seconds
+  while not exists(path) do
+    if socket.gettime() > deadline then return false end
+    socket.sleep(0.02)
+  end
+  return true
+end
+
+-- Strict UTF-8, by a decoder that is not ours (python3's).
+local function valid_utf8(text)
+  local path = write(H.tmpname("utf8"), text)
+  return sh(("python3 -c %s <%s"):format(
+    q("import sys; sys.stdin.buffer.read().decode('utf-8', 'strict')"), q(path)))
 end
 
 -- The usual arguments for one organization against the emulator.
@@ -324,15 +369,20 @@ describe("slashid-rotate, one organization", function()
     it("refuses unknown flags, stray arguments, missing values, repeated flags", function()
       local org, key = H.new_org()
       local env = { SLASHID_API_KEY = key }
-      assert.matches("unknown option %-%-bogus", usage(one(org, { "--bogus" }), env, org))
+      assert.matches("unknown option '%-%-bogus'", usage(one(org, { "--bogus" }), env, org))
       local err = usage(one(org, { "--apikey=" .. key }), env, org)
-      assert.matches("unknown option %-%-apikey", err)
+      assert.matches("unknown option '%-%-apikey'", err)
       H.assert_no_secret(err, key)
       err = usage(one(org, { key }), env, org)
       H.assert_no_secret(err, key)
-      assert.matches("%-%-timeout needs a value", usage(one(org, { "--timeout" }), env, org))
-      assert.matches("more than once", usage(one(org, { "--org-id", org }), env, org))
-      assert.matches("takes no value", usage(one(org, { "--json=yes" }), env, org))
+      -- a key pasted as if it were a flag is not quoted back
+      err = usage(one(org, { "-" .. key }), env, org)
+      H.assert_no_secret(err, key)
+      err = usage(one(org, { "--" .. key }), env, org)
+      H.assert_no_secret(err, key)
+      assert.matches("'%-%-timeout' requires an argument", usage(one(org, { "--timeout" }), env, org))
+      assert.matches("at most 1 time", usage(one(org, { "--org-id", org }), env, org))
+      assert.matches("does not take arguments", usage(one(org, { "--json=yes" }), env, org))
     end)
 
     it("refuses a bad --timeout, --consistency, --base-url, --request-timeout", function()
@@ -358,6 +408,18 @@ describe("slashid-rotate, one organization", function()
       local bad = write(H.tmpname("key"), key .. "\0tail\n")
       H.assert_no_secret(usage(one(org, { "--api-key-file", bad }), nil, org), key)
     end)
+
+    it("refuses flags that cannot go together", function()
+      local org, key = H.new_org()
+      local env = { SLASHID_API_KEY = key }
+      assert.matches("%-%-sandbox", usage(one(org, { "--sandbox" }), env, org))
+      assert.matches("%-%-no%-proxy", usage(one(org, { "--no-proxy", "--proxy", "http://127.0.0.1:1" }), env, org))
+      local save = H.tmpname("key")
+      assert.matches("%-%-check", usage(one(org, { "--check", "--save-to", save }), env, org))
+      assert.is_false(exists(save))
+      assert.matches("%-%-check", usage(one(org, { "--check", "--verify" }), env, org))
+      assert.matches("proxy", usage(one(org, { "--proxy", "ftp://127.0.0.1:1" }), env, org))
+    end)
   end)
 
   it("--help prints usage on stdout and exits 0", function()
@@ -366,7 +428,8 @@ describe("slashid-rotate, one organization", function()
     assert.matches("^Usage", out)
     for _, flag in ipairs({ "--org-id", "--api-key-file", "--consistency", "--timeout",
                             "--base-url", "--request-timeout", "--ca-file", "--save-to",
-                            "--verify", "--json", "--orgs", "--concurrency", "--rate" }) do
+                            "--verify", "--json", "--orgs", "--concurrency", "--rate",
+                            "--check", "--sandbox", "--proxy", "--no-proxy" }) do
       assert.is_truthy(out:find(flag, 1, true), flag)
     end
     assert.are.equal("", err)
@@ -430,7 +493,7 @@ describe("slashid-rotate --orgs", function()
     for _, target in ipairs({ dir, "/dev/null" }) do
       local status, out, err = run({ "--orgs", path, "--base-url", H.http_url, "--save-to", target })
       assert.are.equal(64, status, err)
-      assert.matches("regular file", err)
+      assert.is_truthy(err:find("regular file", 1, true) or err:find("directory", 1, true), err)
       assert.are.equal("", out)
     end
     assert.are.equal(0, H.requests(list[1].org_id))
@@ -503,7 +566,7 @@ describe("slashid-rotate --orgs", function()
     assert.are.equal(2, select(2, key_lines(H.read_file(save))))
   end)
 
-  it("exit 64 for a malformed line, a repeated org, bad options, --org-id with --orgs", function()
+  it("exit 64 for a malformed line (checked before anything is sent), bad options, --org-id with --orgs", function()
     local org, key = H.new_org()
     local function usage(content, extra)
       local path = write(H.tmpname("orgs"), content)
@@ -518,116 +581,290 @@ describe("slashid-rotate --orgs", function()
     end
     local good = org .. "\t" .. key .. "\n"
     assert.matches("line 2", usage("other-org\tother-key\n" .. org .. " " .. key .. "\n"))
-    assert.matches("line 3", usage(good .. "# c\n" .. good))
+    assert.matches("line 3", usage(good .. "# c\n" .. org .. "\t\n"))
     assert.matches("concurrency", usage(good, { "--concurrency", "0" }))
     assert.matches("rate", usage(good, { "--rate", "0" }))
     assert.matches("timeout", usage(good, { "--timeout", "500" }))
     assert.matches("%-%-org%-id", usage(good, { "--org-id", org }))
     assert.matches("line 1", usage(org .. "\t" .. key .. "\1x\n"))
     assert.matches("orgs", usage(good, { "--orgs", "again" }))
+    assert.matches("%-%-api%-key%-file", usage(good, { "--api-key-file", "-" }))
+  end)
+
+  it("a repeated organization is never rotated twice at once: not sent while the first is in flight", function()
+    local org, key = H.new_org()
+    H.faults(org, { { delay = 0.5 } })
+    local path = write(H.tmpname("orgs"), org .. "\t" .. key .. "\n" .. org .. "\t" .. key .. "\n")
+    local status, out, err = run({ "--orgs", path, "--base-url", H.http_url, "--json" })
+    assert.are.equal(1, status, err)
+    assert.are.equal(1, H.requests(org))
+    assert.are.equal(1, H.org(org).rotations)
+    local objs = decode_lines(out)
+    assert.are.equal(2, #objs)
+    local outcomes = { objs[1].outcome, objs[2].outcome }
+    table.sort(outcomes)
+    assert.are.same({ "not_rotated", "rotated" }, outcomes)
+    assert.matches("line 1 again", err)
+    -- one after the other (--concurrency 1): the second presents a dead key, refused
+    org, key = H.new_org()
+    path = write(H.tmpname("orgs"), org .. "\t" .. key .. "\n" .. org .. "\t" .. key .. "\n")
+    status, out, err = run({ "--orgs", path, "--base-url", H.http_url, "--concurrency", "1" })
+    assert.are.equal(1, status, err)
+    assert.are.equal(1, H.org(org).rotations)
+    assert.are.equal("previous", H.org(org).requests[2].key)
+    assert.are.equal(H.org(org).api_key, (key_lines(out))[org])
+  end)
+
+  it("a bad line in a stream (--orgs -) is reported not rotated; the others go on", function()
+    local list = {}
+    local text = {}
+    for i = 1, 3 do
+      local org, key = H.new_org()
+      list[i] = { org_id = org, api_key = key }
+      text[#text + 1] = org .. "\t" .. key .. "\n"
+      if i == 1 then text[#text + 1] = "no tab on this line " .. key .. "\n" end
+    end
+    local input = write(H.tmpname("orgs"), table.concat(text))
+    local status, out, err = run({ "--orgs", "-", "--base-url", H.http_url, "--json" },
+                                 nil, "cat " .. q(input) .. " |")
+    assert.are.equal(1, status, err)
+    local objs = decode_lines(out)
+    assert.are.equal(4, #objs)
+    for _, o in ipairs(list) do
+      assert.are.equal(1, H.org(o.org_id).rotations)
+      no_secrets(o.api_key, out, err)
+    end
+    assert.matches("line 2", err)
   end)
 end)
 
--- Starts an --orgs batch in the background; returns its pid and a folder
--- holding out, err and (once it ended) rc.
-local function spawn(args)
-  local dir = H.mkdir(H.tmpname("spawn"))
-  local parts = { H.lua, CLI }
-  for _, a in ipairs(args) do parts[#parts + 1] = q(a) end
-  write(dir .. "/run.sh", ("%s >%s/out 2>%s/err </dev/null &\necho $! >%s/pid.tmp\n" ..
-                           "mv %s/pid.tmp %s/pid\nwait $!\necho $? >%s/rc.tmp\nmv %s/rc.tmp %s/rc\n")
-    :format(table.concat(parts, " "), dir, dir, dir, dir, dir, dir, dir, dir))
-  assert(os.execute("sh " .. dir .. "/run.sh >/dev/null 2>&1 &"))
-  local deadline = socket.gettime() + 10
-  while not exists(dir .. "/pid") do
-    assert(socket.gettime() < deadline, "the command did not start")
-    socket.sleep(0.01)
-  end
-  return tonumber((H.read_file(dir .. "/pid"):gsub("%s+$", ""))), dir
-end
-
-local function wait_file(path, seconds)
-  local deadline = socket.gettime() + seconds
-  while not exists(path) do
-    if socket.gettime() > deadline then return false end
-    socket.sleep(0.02)
-  end
-  return true
-end
-
-local function count_lines(path)
-  if not exists(path) then return 0 end
-  return #lines_of(H.read_file(path))
-end
-
-describe("slashid-rotate --orgs interrupted", function()
-  -- 20 orgs: 6 answered at once, 4 after 0.5 s, 10 after 2.5..3.4 s. The
-  -- signal comes once the 10 quick answers are in the file (about 0.6 s).
-  local function setup()
-    local path, list = orgs_file(20)
-    for i, o in ipairs(list) do
-      if i > 10 then
-        H.faults(o.org_id, { { delay = 2.5 + (i - 10) / 10 } })
-      elseif i > 6 then
-        H.faults(o.org_id, { { delay = 0.5 } })
-      end
+describe("slashid-rotate, standard input", function()
+  it("--api-key-file -: the key from standard input (first line)", function()
+    local org, key = H.new_org()
+    local input = write(H.tmpname("key"), key .. "\nsecond line\n")
+    for _, feed in ipairs({ "<" .. q(input), "cat " .. q(input) .. " |" }) do
+      local status, out, err = run(one(org, { "--api-key-file", "-" }),
+                                   { SLASHID_API_KEY = "sk_not_this_one_from_the_environment" }, feed)
+      assert.are.equal(0, status, err)
+      assert.are.equal(H.org(org).api_key .. "\n", out)
+      assert.are.equal("current", H.org(org).requests[#H.org(org).requests].key)
+      no_secrets(key, out, err, H.org(org).api_key)
+      key = H.org(org).api_key
+      write(input, key .. "\n")
     end
-    return path, list
-  end
-
-  local function interrupt(signal)
-    local path, list = setup()
-    local save = H.mkdir(H.tmpname("save")) .. "/keys.tsv"
-    local pid, dir = spawn({ "--orgs", path, "--base-url", H.http_url, "--concurrency", "20",
-                             "--save-to", save })
-    local deadline = socket.gettime() + 2.3
-    while count_lines(save) < 10 and socket.gettime() < deadline do socket.sleep(0.02) end
-    assert(os.execute("kill -" .. signal .. " " .. pid))
-    -- keys the server had issued when the signal was sent
-    local issued = {}
-    for _, o in ipairs(list) do
-      if H.org(o.org_id).rotations == 1 then issued[#issued + 1] = o.org_id end
-    end
-    assert.is_true(wait_file(dir .. "/rc", 10), "the command did not end")
-    local rc = tonumber((H.read_file(dir .. "/rc"):gsub("%s+$", "")))
-    local saved, n = key_lines(H.read_file(save))
-    -- every line holds the org's current key (each org is rotated once)
-    for org, key in pairs(saved) do assert.are.equal(H.org(org).api_key, key) end
-    -- every key issued before the signal is in the file
-    for _, org in ipairs(issued) do assert.is_truthy(saved[org], "issued key missing") end
-    -- in particular every quick one
-    for i = 1, 10 do assert.is_truthy(saved[list[i].org_id], "quick org " .. i .. " missing") end
-    local out, err = H.read_file(dir .. "/out"), H.read_file(dir .. "/err")
+    -- nothing on standard input: a usage error, nothing sent
+    local org2 = H.new_org()
+    local status, out, err = run({ "--org-id", org2, "--base-url", H.http_url, "--api-key-file", "-" })
+    assert.are.equal(64, status, err)
     assert.are.equal("", out)
-    for _, o in ipairs(list) do no_secrets(o.api_key, out, err, saved[o.org_id]) end
-    return rc, #issued, n, saved, list, err
-  end
-
-  it("by SIGTERM: every key issued before the signal is in the --save-to file", function()
-    local rc, issued, n = interrupt("TERM")
-    assert.are.equal(143, rc)          -- killed by the signal
-    assert.are.equal(10, issued)
-    assert.are.equal(issued, n)
+    assert.are.equal(0, H.requests(org2))
   end)
 
-  it("by SIGINT: keys in the file, exit 2, unfinished organizations named", function()
-    local rc, issued, n, saved, list, err = interrupt("INT")
-    if _VERSION == "Lua 5.1" and not rawget(_G, "jit") then
-      -- PUC 5.1 cannot yield across the batch's pcall: the interrupt waits
-      -- for the end of the batch, every key is saved
-      assert.are.equal(0, rc, err)
-      assert.are.equal(20, n)
+  it("--orgs -: read from a pipe as it comes, or from a redirected file", function()
+    local path, list = orgs_file(3)
+    for _, feed in ipairs({ "cat " .. q(path) .. " |", "<" .. q(path) }) do
+      local status, out, err = run({ "--orgs", "-", "--base-url", H.http_url }, nil, feed)
+      assert.are.equal(0, status, err)
+      local keys, n = key_lines(out)
+      assert.are.equal(3, n)
+      for _, o in ipairs(list) do
+        assert.are.equal(H.org(o.org_id).api_key, keys[o.org_id])
+        no_secrets(o.api_key, out, err, keys[o.org_id])
+      end
+      -- the next round presents the new keys
+      local text = {}
+      for _, o in ipairs(list) do
+        o.api_key = keys[o.org_id]
+        text[#text + 1] = o.org_id .. "\t" .. o.api_key .. "\n"
+      end
+      write(path, table.concat(text))
+    end
+  end)
+end)
+
+describe("slashid-rotate --check (the recovery step after an unknown outcome)", function()
+  it("exit 0 accepted, 1 refused, 2 cannot tell; nothing is changed", function()
+    local org, key = H.new_org()
+    local env = { SLASHID_API_KEY = key }
+    local status, out, err = run(one(org, { "--check" }), env)
+    assert.are.equal(0, status, err)
+    assert.are.equal("", out)
+    assert.matches("accepted", err)
+    local req = H.org(org).requests[1]
+    assert.are.equal("GET", req.method)
+    assert.are.equal(0, H.org(org).rotations)
+
+    -- after a rotation whose answer was lost, the old key is refused
+    H.faults(org, { { status = 500, rotate = true } })
+    status = run(one(org), env)
+    assert.are.equal(2, status)
+    status, out, err = run(one(org, { "--check", "--json" }), env)
+    assert.are.equal(1, status, err)
+    local obj = cjson.decode(out)
+    assert.are.equal("refused", obj.outcome)
+    assert.are.equal(401, obj.status)
+
+    -- the server cannot say
+    local org2, key2 = H.new_org()
+    H.faults(org2, { { status = 503 } })
+    status, out, err = run(one(org2, { "--check", "--json" }), { SLASHID_API_KEY = key2 })
+    assert.are.equal(2, status, err)
+    assert.are.equal("unknown", cjson.decode(out).outcome)
+    status = run({ "--org-id", org2, "--check", "--base-url", "http://127.0.0.1:" .. H.closed_port() },
+                 { SLASHID_API_KEY = key2 })
+    assert.are.equal(2, status)
+    no_secrets(key2, out, err)
+  end)
+
+  it("--orgs: one result per line; 2 if any cannot tell, else 1 if any refused, else 0", function()
+    local path, list = orgs_file(3)
+    local status, out, err = run({ "--orgs", path, "--check", "--base-url", H.http_url })
+    assert.are.equal(0, status, err)
+    for i, line in ipairs(lines_of(out)) do
+      assert.are.equal(list[i].org_id .. "\taccepted", line)
+    end
+    for _, o in ipairs(list) do assert.are.equal(0, H.org(o.org_id).rotations) end
+
+    H.faults(list[2].org_id, { { status = 403 } })
+    status, out, err = run({ "--orgs", path, "--check", "--base-url", H.http_url })
+    assert.are.equal(1, status, err)
+    assert.are.equal(list[2].org_id .. "\trefused", lines_of(out)[2])
+
+    H.faults(list[2].org_id, { { status = 403 } })
+    H.faults(list[3].org_id, { { status = 500 } })
+    status, out, err = run({ "--orgs", path, "--check", "--base-url", H.http_url, "--json", "--rate", "100" })
+    assert.are.equal(2, status, err)
+    local objs = decode_lines(out)
+    assert.are.same({ "accepted", "refused", "unknown" }, { objs[1].outcome, objs[2].outcome, objs[3].outcome })
+    for _, o in ipairs(list) do no_secrets(o.api_key, out, err) end
+  end)
+end)
+
+describe("slashid-rotate, where requests go", function()
+  it("--sandbox: the sandbox's base URL (seen by a local proxy that refuses the tunnel)", function()
+    local srv = assert(socket.bind("127.0.0.1", 0))
+    local _, port = srv:getsockname()
+    srv:settimeout(10)
+    local job = spawn({ "--org-id", "some-org", "--sandbox", "--proxy", "http://127.0.0.1:" .. port },
+                      { SLASHID_API_KEY = "sk_sandbox_test_key_never_sent" })
+    local c = srv:accept()
+    assert.is_truthy(c, "the command did not reach the proxy")
+    c:settimeout(10)
+    local line = c:receive("*l")
+    c:send("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    c:close()
+    srv:close()
+    assert.is_true(wait_file(job.dir .. "/rc", 20))
+    assert.are.equal("CONNECT api.sandbox.slashid.com:443 HTTP/1.1", line)
+    assert.are.equal(1, tonumber((H.read_file(job.dir .. "/rc"):gsub("%s+$", ""))))
+  end)
+
+  it("--proxy URL is used for https; --no-proxy ignores the environment's proxy", function()
+    local org, key = H.new_org()
+    local dead = "http://127.0.0.1:" .. H.closed_port()
+    local status, out, err = run({ "--org-id", org, "--base-url", H.https_url, "--ca-file", H.ca_file,
+                                   "--proxy", dead }, { SLASHID_API_KEY = key })
+    assert.are.equal(1, status, err)
+    assert.are.equal("", out)
+    assert.are.equal(0, H.requests(org))
+    status, out, err = run({ "--org-id", org, "--base-url", H.https_url, "--ca-file", H.ca_file,
+                             "--no-proxy" }, { SLASHID_API_KEY = key, https_proxy = dead, HTTPS_PROXY = dead })
+    assert.are.equal(0, status, err)
+    assert.are.equal(H.org(org).api_key .. "\n", out)
+  end)
+end)
+
+describe("slashid-rotate output", function()
+  it("--json stays valid UTF-8 when a server's message is not (each bad sequence becomes U+FFFD)", function()
+    local org, key = H.new_org()
+    -- 100 euro signs: the 200-byte excerpt ends inside the 67th
+    H.faults(org, { { status = 500, body = ("\226\130\172"):rep(100) } })
+    local status, out, err = run(one(org, { "--json" }), { SLASHID_API_KEY = key })
+    assert.are.equal(2, status, err)
+    assert.is_truthy(valid_utf8(out), "the output is not valid UTF-8")
+    local obj = cjson.decode(out)
+    local msg = obj.errors[1].message
+    assert.is_truthy(msg:find("\239\191\189", 1, true), "no U+FFFD in the message")
+    assert.is_truthy(msg:find(("\226\130\172"):rep(60), 1, true))
+  end)
+
+  it("utf8_clean: valid text unchanged; overlong, surrogate, out-of-range, cut and stray bytes replaced", function()
+    local clean = require("slashid.cli").utf8_clean
+    local R = "\239\191\189"
+    assert.are.equal("plain ascii", clean("plain ascii"))
+    assert.are.equal("h\195\169 \226\130\172 \240\159\152\128", clean("h\195\169 \226\130\172 \240\159\152\128"))
+    assert.are.equal(R .. R, clean("\192\175"))                 -- overlong '/'
+    assert.are.equal(R .. R .. R, clean("\237\160\128"))       -- a surrogate
+    assert.are.equal(R .. R .. R .. R, clean("\244\144\128\128")) -- above U+10FFFF
+    assert.are.equal("a" .. R, clean("a\226\130"))              -- cut: one replacement
+    assert.are.equal(R .. "x", clean("\255x"))
+    assert.are.equal(R .. "x" .. R, clean("\128x\191"))
+    for _, s in ipairs({ "\192\175", "\237\160\128", "a\226\130", "\255x\254" }) do
+      assert.is_truthy(valid_utf8(clean(s)))
+    end
+  end)
+
+  it("a progress bar on a terminal (stderr a tty), plain lines otherwise", function()
+    if not sh("command -v script >/dev/null 2>&1") then
+      pending("script(1) is needed to give the command a terminal")
       return
     end
-    assert.are.equal(2, rc, err)
-    assert.are.equal(10, issued)
-    assert.is_true(n >= issued and n < 20, n .. " lines")
-    assert.matches("interrupted", err)
-    -- every organization without a line is named as not finished
-    for _, o in ipairs(list) do
-      if not saved[o.org_id] then
-        assert.is_truthy(err:find("  " .. o.org_id, 1, true), "unfinished org not named")
+    local path = orgs_file(3)
+    local dir = H.mkdir(H.tmpname("tty"))
+    local cmd = ("%s %s --orgs %s --base-url %s --save-to %s/keys"):format(H.lua, CLI, q(path),
+                                                                        H.http_url, dir)
+    os.execute(("script -qec %s /dev/null >%s/tty </dev/null 2>&1"):format(q(cmd), dir))
+    local tty = H.read_file(dir .. "/tty")
+    assert.is_truthy(tty:find("\r", 1, true), "no carriage return: no bar")
+    assert.is_truthy(tty:find("[###", 1, true), "no bar")
+    assert.is_truthy(tty:find("3/3", 1, true))
+    assert.matches("3 rotated", tty)
+    assert.are.equal(3, select(2, key_lines(H.read_file(dir .. "/keys"))))
+  end)
+end)
+
+describe("slashid.cli in-process", function()
+  -- A host that records its signal masks (/proc/self/status) around
+  -- main() calls, then writes to a closed pipe.
+  local function host(org)
+    local dir = H.mkdir(H.tmpname("inproc"))
+    return write(dir .. "/host.lua", ([[
+      local function masks()
+        local s = io.open("/proc/self/status"):read("*a")
+        return s:match("SigIgn:%%s*(%%x+)") .. "/" .. s:match("SigCgt:%%s*(%%x+)")
       end
-    end
+      local before = masks()
+      local cli = require "slashid.cli"
+      local a = cli.main({ "--help" })
+      local b = cli.main({ "--bogus" })
+      local c = cli.main({ "--org-id", %q, "--base-url", %q })
+      io.stderr:write(("statuses %%d %%d %%d\n"):format(a, b, c))
+      io.stderr:write(before == masks() and "masks kept\n" or "masks changed\n")
+      local p = io.popen("exec true", "w")
+      os.execute("sleep 0.3")
+      p:write(("x"):rep(200000))
+      p:flush()
+      io.stderr:write("survived SIGPIPE\n")
+    ]]):format(org, H.http_url))
+  end
+
+  it("main(arg) returns the status and gives the process back as it was", function()
+    -- started with SIGPIPE at its default: deadly again after main()
+    local org, key = H.new_org()
+    local status, out, err = run({ "--default-signal=PIPE", H.lua, host(org) },
+                                 { SLASHID_API_KEY = key }, nil, "/usr/bin/env")
+    assert.matches("statuses 0 64 0", err)
+    assert.matches("masks kept", err)
+    assert.is_nil(err:find("survived", 1, true), "SIGPIPE was left ignored")
+    assert.are.equal(141, status)
+    assert.is_truthy(out:find(H.org(org).api_key, 1, true))
+    -- started with SIGPIPE ignored (as under LuaSocket): still ignored
+    org, key = H.new_org()
+    status, out, err = run({ "--ignore-signal=PIPE", H.lua, host(org) },
+                           { SLASHID_API_KEY = key }, nil, "/usr/bin/env")
+    assert.matches("statuses 0 64 0", err)
+    assert.matches("masks kept", err)
+    assert.matches("survived SIGPIPE", err)
+    assert.are.equal(0, status)
   end)
 end)

@@ -281,3 +281,222 @@ describe("op:cancel takes one last look (item 10)", function()
     assert.matches("cancelled", errors[1].message)
   end)
 end)
+
+-- Found by the adversarial review of this issue's changes (F1-F13 in the
+-- closing note). Each case failed before its fix.
+describe("adversarial review findings", function()
+  local function timeout_run(seconds, script, ...)
+    local file = write(H.tmpname("review") .. ".lua", script)
+    local args = {}
+    for i = 1, select("#", ...) do args[i] = q(tostring((select(i, ...)))) end
+    return run(("timeout %d %s %s %s"):format(seconds, LUA, file, table.concat(args, " ")))
+  end
+
+  it("F1: the client's own debug function cannot reuse or close its handle while the answer is traced", function()
+    local org, key = H.new_org()
+    local c
+    local nested = {}
+    c = slashid.new(H.opts(org, key, { debug = function(line)
+      if line:find("^< HTTP/") then
+        nested[#nested + 1] = select(2, pcall(c.check_key, c))
+        nested[#nested + 1] = select(2, pcall(c.close, c))
+      end
+    end }))
+    local result, errors, _, info = c:rotate_key()
+    assert.are.equal("rotated", info.outcome, errors[1] and errors[1].message)
+    assert.are.equal(H.org(org).api_key, result.api_key)
+    assert.are.equal(2, #nested)
+    for _, e in ipairs(nested) do
+      assert.matches("^slashid: handle is busy", tostring(e))
+    end
+    -- and the client is whole afterwards, holding the new key
+    assert.is_true((c:check_key()))
+    c:close()
+  end)
+
+  it("F2: op:cancel's last look never sends a request that had not gone out", function()
+    for round = 1, 6 do
+      local org, key = H.new_org()
+      local op = slashid.start_rotate_key(H.opts(org, key, {
+        base_url = H.https_url, ca_file = H.ca_file }))
+      for _ = 1, round % 3 + 1 do op:poll() end
+      local before = H.requests(org)
+      op:cancel()
+      socket.sleep(0.2)        -- a request sent by cancel would be in by now
+      local _, errors, _, info = op:results()
+      assert.are.equal(before, H.requests(org), "op:cancel sent the rotation")
+      if before == 0 then
+        assert.are.equal("not_rotated", info.outcome, errors[1] and errors[1].message)
+        assert.are.equal(0, H.org(org).rotations)
+      end
+    end
+  end)
+
+  for _, case in ipairs({
+    { "without a scheme", "alice:pr0xy-pa55w0rd-xyz@127.0.0.1:%d" },
+    { "with a slash in the password", "http://alice:pr0xy/pa55w0rd-xyz@127.0.0.1:%d" },
+    { "with a # in the password", "http://alice:pr0xy#pa55w0rd-xyz@127.0.0.1:%d" },
+  }) do
+    it("F3: proxy credentials in https_proxy " .. case[1] .. " appear in no error or trace", function()
+      local org, key = H.new_org()
+      local url = case[2]:format(H.closed_port())
+      local status, out = run(("https_proxy=%s %s -e %s"):format(q(url), LUA, q(([[
+local slashid = require "slashid"
+local lines = {}
+local r, e, p, i = slashid.rotate_key{ org_id = %q, api_key = %q, base_url = %q,
+  ca_file = %q, retries = 0, debug = function(l) lines[#lines + 1] = l end }
+print(i.outcome, e[1] and e[1].message)
+print(table.concat(lines, "\n"))
+]]):format(org, key, H.https_url, H.ca_file))))
+      assert.are.equal(0, status, out)
+      assert.matches("not_rotated", out)
+      assert.is_nil(out:find("pa55w0rd", 1, true), "the proxy password leaked")
+      H.assert_no_secret(out, key)
+    end)
+  end
+
+  it("F4: a key quoted in a header name, in any case, is hidden in info.headers", function()
+    local org, key = H.new_org()
+    H.faults(org, { { rotate = true, headers = {
+      ["X-{{new_key}}"] = "1", ["X-Old-{{old_key}}"] = "2" } } })
+    local result, _, _, info = slashid.rotate_key(H.opts(org, key))
+    assert.are.equal("rotated", info.outcome)
+    local names = H.flatten(info.headers):lower()
+    assert.is_nil(names:find(result.api_key:lower(), 1, true), "the new key is in a header name")
+    assert.is_nil(names:find(key:lower(), 1, true), "the old key is in a header name")
+  end)
+
+  it("F6: an error raised by a hook inside the answer's decoding never turns a rotation into 'not JSON'", function()
+    local lost, fine, raised = 0, 0, 0
+    for k = 1, 30 do
+      local org, key = H.new_org()
+      local armed, live = false, true
+      local ok, r = pcall(slashid.rotate_key, H.opts(org, key, { retries = 0,
+        debug = function(line)
+          if not armed and line:find("^> Content%-Length") then
+            armed = true
+            local n = 0
+            debug.sethook(function()
+              n = n + 1
+              if live and n == k then live = false; debug.sethook(); error("interrupted!") end
+            end, "c")
+          end
+        end }))
+      live = false
+      debug.sethook()
+      if not ok then
+        raised = raised + 1
+      elseif r then
+        fine = fine + 1
+      elseif H.org(org).rotations > 0 then
+        lost = lost + 1          -- the server rotated, the call said otherwise
+      end
+    end
+    assert.are.equal(0, lost, ("%d rotations returned without their key"):format(lost))
+    assert.is_true(fine > 0)
+  end)
+
+  it("F7: op:wait called from the op's own debug function raises instead of hanging", function()
+    local org, key = H.new_org()
+    local status, out = timeout_run(20, [[
+local slashid = require "slashid"
+local url, org, key = ...
+local op, nested
+op = slashid.start_rotate_key{ org_id = org, api_key = key, base_url = url,
+  debug = function(line)
+    if line:find("^< HTTP/") and not nested then
+      nested = select(2, pcall(op.wait, op, 5))
+    end
+  end }
+assert(op:wait(10))
+local _, _, _, info = op:results()
+print(info.outcome, tostring(nested))
+]], H.http_url, org, key)
+    assert.are.equal(0, status, "the op hung or failed: " .. out)
+    assert.matches("^rotated\tslashid: op re%-entered", out)
+  end)
+
+  it("F9: a whole envelope with a key that arrived before the transfer failed is handed back", function()
+    local org, key = H.new_org()
+    H.faults(org, { { rotate = true, headers = { ["Content-Length"] = "9999" } } })
+    local result, errors, _, info = slashid.rotate_key(H.opts(org, key, { request_timeout = 1.5 }))
+    assert.are.equal("rotated", info.outcome, errors[1] and errors[1].message)
+    assert.are.equal(H.org(org).api_key, result.api_key)
+    assert.are.equal(28, errors[1].curl_code)     -- what happened is still said
+  end)
+
+  it("F11: an escaped \"api_key\" member in an incomplete body is hidden in the trace", function()
+    local org, key = H.new_org()
+    H.faults(org, { { rotate = true, body = '{"result":{"api\\u005fkey":"{{new_key}}"}}',
+                      headers = { ["Content-Length"] = "9999" } } })
+    local lines = {}
+    local result, _, _, info = slashid.rotate_key(H.opts(org, key, { request_timeout = 1.5,
+      debug = function(l) lines[#lines + 1] = l end }))
+    assert.are.equal("rotated", info.outcome)
+    local trace = table.concat(lines, "\n")
+    assert.matches("api\\u005fkey\":\"<redacted>\"", trace, 1, true)
+    H.assert_no_secret(trace, result.api_key)
+  end)
+
+  it("F13: verify is not failed by a max_response_bytes sized for the rotation's answer", function()
+    local org, key = H.new_org()
+    local result, errors, _, info = slashid.rotate_key(H.opts(org, key, {
+      max_response_bytes = 200, verify = true }))
+    assert.are.equal("rotated", info.outcome, errors[1] and errors[1].message)
+    assert.is_true(info.verified, errors[1] and errors[1].message)
+    assert.is_string(result.api_key)
+  end)
+
+  it("F13: a UTF-8 byte order mark before the JSON is read", function()
+    local org, key = H.new_org()
+    H.faults(org, { { rotate = true, body = '\239\187\191{"result":{"api_key":"{{new_key}}"}}' } })
+    local result, _, _, info = slashid.rotate_key(H.opts(org, key))
+    assert.are.equal("rotated", info.outcome)
+    assert.are.equal(H.org(org).api_key, result.api_key)
+  end)
+
+  it("F13: a proxy password used by mistake as an option name is not quoted", function()
+    local ok, err = pcall(slashid.rotate_key, { org_id = "o", api_key = "sk_x_000000000000",
+      proxy = "http://alice:hunter2pw@127.0.0.1:1", hunter2pw = true })
+    assert.is_false(ok)
+    assert.is_nil(err:find("hunter2pw", 1, true), err)
+  end)
+
+  it("F13: save_to with a 250-character file name", function()
+    local org, key = H.new_org()
+    local dir = H.mkdir(H.tmpname("longname"))
+    local path = dir .. "/" .. ("k"):rep(250)
+    local result, errors, _, info = slashid.rotate_key(H.opts(org, key, { save_to = path }))
+    assert.are.equal("rotated", info.outcome)
+    assert.is_true(info.saved, errors[1] and errors[1].message)
+    assert.are.equal(result.api_key .. "\n", H.read_file(path))
+  end)
+end)
+
+describe("F10: two items of a batch never share a save_to file", function()
+  it("an array whose items would write one file is refused before anything is sent", function()
+    local o1, k1 = H.new_org()
+    local o2, k2 = H.new_org()
+    local path = H.mkdir(H.tmpname("shared")) .. "/key"
+    local ok, err = pcall(slashid.rotate_keys, { H.opts(o1, k1), H.opts(o2, k2) },
+                          { save_to = path })
+    assert.is_false(ok)
+    assert.matches("^slashid: item 2: save_to is item 1's save_to too", err)
+    assert.are.equal(0, H.requests(o1) + H.requests(o2))
+  end)
+
+  it("an iterator's item that would reuse a file is not sent; the first key stays saved", function()
+    local o1, k1 = H.new_org()
+    local o2, k2 = H.new_org()
+    local path = H.mkdir(H.tmpname("shared")) .. "/key"
+    local items = { H.opts(o1, k1, { save_to = path }), H.opts(o2, k2, { save_to = path }) }
+    local n = 0
+    local out = slashid.rotate_keys(function() n = n + 1; return items[n] end)
+    assert.are.equal("rotated", out[1].info.outcome)
+    assert.is_true(out[1].info.saved)
+    assert.are.equal("not_rotated", out[2].info.outcome)
+    assert.matches("save_to is item 1's save_to too", out[2].errors[1].message)
+    assert.are.equal(0, H.requests(o2))
+    assert.are.equal(out[1].result.api_key .. "\n", H.read_file(path))
+  end)
+end)

@@ -86,27 +86,11 @@ static void push_headers(lua_State *L, sid_transfer *t) {
     if (colon && colon > p &&
         (next - p < 5 || memcmp(p, "HTTP/", 5) != 0)) {
       const char *v = colon + 1, *ve = next;
-      char name[64];
-      size_t i, nlen = (size_t)(colon - p);
       while (v < ve && (*v == ' ' || *v == '\t')) v++;
       while (ve > v && isspace((unsigned char)ve[-1])) ve--;
-      if (nlen < sizeof name) {
-        for (i = 0; i < nlen; i++) name[i] = (char)tolower((unsigned char)p[i]);
-        lua_pushlstring(L, name, nlen);
-      } else {            /* a long name: rare, take the slow path */
-        luaL_Buffer b;
-        luaL_buffinit(L, &b);
-        for (i = 0; i < nlen; i++)
-          luaL_addchar(&b, (char)tolower((unsigned char)p[i]));
-        luaL_pushresult(&b);
-      }
-      {
-        /* A name is server text like any other: it may quote a key. */
-        size_t len;
-        const char *s = lua_tolstring(L, -1, &len);
-        sid_push_redacted(L, s, len, &t->secrets, 0, 1);
-        lua_remove(L, -2);
-      }
+      /* A name is server text like any other: it may quote a key, in
+         any case (HTTP/2 lowers names). */
+      sid_push_redacted_name(L, p, (size_t)(colon - p), &t->secrets);
       sid_push_redacted(L, v, (size_t)(ve - v), &t->secrets, 0, 1);
       lua_rawset(L, -3);
     }
@@ -300,7 +284,17 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
   luaL_checkstack(L, 12, "answer");
 
   /* The envelope, when the whole answer is a JSON object. */
-  if (complete && sid_json_decode(L, t->body.data ? t->body.data : "",
+  /* A 2xx whose transfer then failed (trailers over the header cap, a
+     missing last chunk, a Content-Length one byte too long) may still
+     have brought a whole envelope: a key it holds is real, and the old
+     one is dead, so it is handed back ("salvaged") rather than lost. A
+     body cut by max_response_bytes is never read this way. */
+  int readable = complete || (status >= 200 && status <= 299 &&
+                              t->requests_sent > 0 &&
+                              t->setup_rc == CURLE_OK && !t->too_large &&
+                              t->body.len > 0);
+  int salvaged = 0;
+  if (readable && sid_json_decode(L, t->body.data ? t->body.data : "",
                                   t->body.len)) {
     if (lua_type(L, -1) == LUA_TTABLE) envelope = lua_gettop(L);
     else lua_pop(L, 1);
@@ -309,6 +303,11 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
     lua_pushnil(L);             /* keep slot positions fixed */
   }
   envelope = lua_gettop(L);
+  if (!complete && envelope && has_api_key(L, envelope)) salvaged = 1;
+  else if (!complete && lua_type(L, envelope) == LUA_TTABLE) {
+    lua_pushnil(L);             /* a partial envelope without a key: */
+    lua_replace(L, envelope);   /* the attempt stays incomplete */
+  }
   learn_new_key(L, envelope, t);
 
   /* Traced once whole, now that the new key is known and can be hidden
@@ -319,7 +318,7 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
                    SID_TRACE_BODY_MAX);
 
   /* result */
-  if (complete && lua_type(L, envelope) == LUA_TTABLE) {
+  if ((complete || salvaged) && lua_type(L, envelope) == LUA_TTABLE) {
     lua_getfield(L, envelope, "result");
     if (lua_type(L, -1) != LUA_TTABLE) {
       lua_pop(L, 1);
@@ -361,6 +360,8 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
   lua_setfield(L, facts, "sent");
   lua_pushboolean(L, complete && t->setup_rc == CURLE_OK);
   lua_setfield(L, facts, "complete");
+  lua_pushboolean(L, salvaged);
+  lua_setfield(L, facts, "salvaged");
   lua_pushboolean(L, t->too_large || t->head_too_large);
   lua_setfield(L, facts, "too_large");
   lua_pushboolean(L, lua_type(L, envelope) == LUA_TTABLE);

@@ -48,6 +48,7 @@ SID_API int luaopen_slashid_core(lua_State *L) {
   sid_open_clock(L);
   sid_open_keyfile(L);
   sid_open_multi(L);
+  sid_open_signal(L);
 
   info = curl_version_info(CURLVERSION_NOW);
   lua_pushstring(L, info->version);

@@ -22,14 +22,41 @@ static int handle_new(lua_State *L) {
   h->self_ref = LUA_NOREF;
   sid_setmetatable(L, SID_HANDLE_MT);
   h->t.easy = curl_easy_init();
-  if (h->t.easy == NULL) return luaL_error(L, "slashid: curl_easy_init failed");
+  if (h->t.easy == NULL) return sid_raise(L, "slashid: curl_easy_init failed");
   return 1;
 }
 
 static void check_idle(lua_State *L, sid_handle *h) {
-  if (h->t.easy == NULL) luaL_error(L, "slashid: handle is closed");
+  if (h->t.easy == NULL) sid_raise(L, "slashid: handle is closed");
   if (h->busy || h->multi)
-    luaL_error(L, "slashid: handle is busy (a transfer is running on it)");
+    sid_raise(L, "slashid: handle is busy (a transfer is running on it)");
+}
+
+/* The four values are built in a protected call while the handle is
+   still marked busy; the mark (and the callbacks) are cleared whether or
+   not building raised. The closure is made before the transfer starts,
+   so that no allocation can fail between the transfer and the pcall. */
+static int push_protected(lua_State *L) {
+  sid_handle *h = (sid_handle *)lua_touserdata(L, lua_upvalueindex(1));
+  return sid_answer_push(L, &h->t, h->finished_rc);
+}
+
+static void prepare_push(lua_State *L, sid_handle *h) {
+  lua_pushlightuserdata(L, h);
+  lua_pushcclosure(L, push_protected, 1);
+}
+
+static int answer_push_busy(lua_State *L, sid_handle *h, CURLcode rc) {
+  int top = lua_gettop(L) - 1, status;   /* below the closure */
+  h->finished_rc = rc;
+  status = lua_pcall(L, 0, 4, 0);
+  h->busy = 0;
+  sid_callbacks_off(&h->t);
+  if (status != 0) {
+    sid_request_clear(L, &h->t);
+    return lua_error(L);          /* out of memory building the tables */
+  }
+  return lua_gettop(L) - top;
 }
 
 /* handle:perform(request) -> result, errors, pagination, facts */
@@ -41,14 +68,13 @@ static int handle_perform(lua_State *L) {
   check_idle(L, h);
   sid_request_clear(L, &h->t);   /* leftovers of a setup that raised */
   sid_request_setup(L, 2, &h->t);
+  prepare_push(L, h);
   sid_callbacks_on(&h->t, L);
-  if (h->t.setup_rc == CURLE_OK) {
-    h->busy = 1;
-    rc = curl_easy_perform(h->t.easy);
-    h->busy = 0;
-  }
-  n = sid_answer_push(L, &h->t, rc);
-  sid_callbacks_off(&h->t);
+  /* Busy until the answer is built: the answer's trace calls the debug
+     function, which must not reuse (or close) this handle meanwhile. */
+  h->busy = 1;
+  if (h->t.setup_rc == CURLE_OK) rc = curl_easy_perform(h->t.easy);
+  n = answer_push_busy(L, h, rc);
   sid_request_clear(L, &h->t);
   return n;
 }
@@ -61,14 +87,15 @@ static int handle_collect(lua_State *L) {
   sid_handle *h = sid_check_handle(L, 1);
   CURLcode rc;
   int n;
-  if (h->t.easy == NULL) return luaL_error(L, "slashid: handle is closed");
+  if (h->t.easy == NULL) return sid_raise(L, "slashid: handle is closed");
   sid_callbacks_off(&h->t);        /* detaching calls no Lua */
   if (h->multi) sid_multi_detach(L, h);
   rc = h->finished ? h->finished_rc : CURLE_ABORTED_BY_CALLBACK;
   if (!h->finished) h->t.cancelled = 1;
+  prepare_push(L, h);
   sid_callbacks_on(&h->t, L);      /* the answer's trace, if any */
-  n = sid_answer_push(L, &h->t, rc);
-  sid_callbacks_off(&h->t);
+  h->busy = 1;
+  n = answer_push_busy(L, h, rc);
   sid_request_clear(L, &h->t);
   h->finished = 0;
   return n;
@@ -76,7 +103,7 @@ static int handle_collect(lua_State *L) {
 
 static int handle_close(lua_State *L) {
   sid_handle *h = sid_check_handle(L, 1);
-  if (h->busy) return luaL_error(L, "slashid: handle is busy");
+  if (h->busy) return sid_raise(L, "slashid: handle is busy");
   sid_callbacks_off(&h->t);        /* cleanup traces nothing */
   if (h->multi) sid_multi_detach(L, h);
   sid_request_clear(L, &h->t);
@@ -102,6 +129,13 @@ static int handle_tostring(lua_State *L) {
   return 1;
 }
 
+/* handle:done() -> whether the multi reported its transfer finished
+   (collect it next), even if that report never reached Lua. */
+static int handle_done(lua_State *L) {
+  lua_pushboolean(L, sid_check_handle(L, 1)->finished);
+  return 1;
+}
+
 static int handle_is_open(lua_State *L) {
   lua_pushboolean(L, sid_check_handle(L, 1)->t.easy != NULL);
   return 1;
@@ -113,6 +147,7 @@ void sid_open_handle(lua_State *L) {
     {"collect", handle_collect},
     {"close", handle_close},
     {"is_open", handle_is_open},
+    {"done", handle_done},
     {NULL, NULL}
   };
   static const luaL_Reg meta[] = {

@@ -6,6 +6,7 @@
  * compare and print as callers expect.
  */
 #include <math.h>
+#include <string.h>
 #include "slashid.h"
 
 /* Registry slots holding our private cjson instance. */
@@ -89,14 +90,61 @@ static void normalize(lua_State *L, int null_idx) {
   }
 }
 
-int sid_json_decode(lua_State *L, const char *s, size_t n) {
-  int base = lua_gettop(L);
-  lua_getfield(L, LUA_REGISTRYINDEX, NULL_KEY);
+/* cjson.safe turns every error raised while decoding into nil, message:
+   its own verdicts on the text ("Expected ... but found ...", "Found too
+   many nested data structures ...", "JSON parser does not support UTF-16
+   ...") and also a memory error or a hook
+   firing in the middle (lua.c's Ctrl-C hook, a sandbox's count). Only the
+   first kind says the answer is not JSON. */
+static int is_verdict(lua_State *L, int idx) {
+  size_t n;
+  const char *m = lua_tolstring(L, idx, &n);
+  return m != NULL && ((n >= 8 && memcmp(m, "Expected", 8) == 0) ||
+                       (n >= 5 && memcmp(m, "Found", 5) == 0) ||
+                       (n >= 11 && memcmp(m, "JSON parser", 11) == 0));
+}
+
+/* One decode: 1 with the value pushed, 0 (nothing pushed) when the text
+   is not JSON, -1 with an error value pushed when it could not tell. */
+static int decode_once(lua_State *L, const char *s, size_t n) {
   lua_getfield(L, LUA_REGISTRYINDEX, DECODE_KEY);
   lua_pushlstring(L, s, n);
-  /* cjson.safe returns nil, message on bad input; pcall guards anything
-     else (memory errors) so that no answer can raise through us. */
-  if (lua_pcall(L, 1, 1, 0) != 0 || lua_isnil(L, -1)) {
+  if (lua_pcall(L, 1, 2, 0) != 0) return -1;
+  if (!lua_isnil(L, -2)) {
+    lua_pop(L, 1);
+    return 1;
+  }
+  if (is_verdict(L, -1)) {
+    lua_pop(L, 2);
+    return 0;
+  }
+  lua_remove(L, -2);                        /* the error value */
+  return -1;
+}
+
+int sid_json_decode(lua_State *L, const char *s, size_t n) {
+  int base = lua_gettop(L), got;
+  /* A UTF-8 byte order mark is not JSON, but some servers send one. */
+  if (n >= 3 && (unsigned char)s[0] == 0xEF && (unsigned char)s[1] == 0xBB &&
+      (unsigned char)s[2] == 0xBF) {
+    s += 3;
+    n -= 3;
+  }
+  lua_getfield(L, LUA_REGISTRYINDEX, NULL_KEY);
+  /* An answer that could not be read (not a verdict on it) may hold a new
+     key: try once more (a one-shot hook is gone, the failed attempt's
+     garbage is free); if it fails again, raise rather than call a rotated
+     answer "not JSON". */
+  got = decode_once(L, s, n);
+  if (got < 0) {
+    lua_settop(L, base + 1);
+    got = decode_once(L, s, n);
+    if (got < 0) {
+      lua_remove(L, base + 1);
+      lua_error(L);
+    }
+  }
+  if (got == 0) {
     lua_settop(L, base);
     return 0;
   }

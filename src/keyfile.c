@@ -159,7 +159,9 @@ static int keyfile_write(lua_State *L) {
   luaL_buffinit(L, &b);
   luaL_addlstring(&b, target, (size_t)(name - target));
   luaL_addchar(&b, '.');
-  luaL_addstring(&b, name);
+  /* a name near NAME_MAX (255) would not fit with the suffix: then a
+     short temp name serves (it is renamed away at once) */
+  luaL_addstring(&b, strlen(name) <= 200 ? name : "slashid-key");
   luaL_addstring(&b, ".XXXXXX");
   luaL_pushresult(&b);                                 /* index 4 */
   tmp = (char *)lua_newuserdata(L, sid_rawlen(L, 4) + 1); /* index 5 */
@@ -212,24 +214,132 @@ static int keyfile_write(lua_State *L) {
   return 1;
 }
 
-/* core.append_key_line(path, text) -> true | nil, message
-   For a batch's key file: each new key is appended and fsync'ed the
-   moment its answer arrives, so an interrupted batch keeps every key it
-   was given. The file is created mode 0600 if it does not exist. */
+/* core.append_key_line(path, text [, how]) -> true | nil, message
+   For a batch's key file (slashid-rotate --orgs --save-to) and the
+   command's rescue file: each line is appended the moment its key is
+   known, with ONE write(2) on a descriptor opened O_APPEND, then fsync'ed:
+   lines already in the file are never read nor rewritten, a concurrent
+   writer's lines survive (each write lands whole at the end), and a key
+   appended survives the process being killed and a power loss. A file
+   that does not exist is created mode 0600 (and its directory fsync'ed);
+   a symbolic link is followed. `how`: "x" creates a new file and fails if
+   the name exists, link or not (the rescue file's first line); "n" refuses
+   to follow a final symbolic link; "l" starts the text on a line of its
+   own: when the file's last byte can be read and is not a newline (a last
+   line left unfinished), a newline goes first, in the same write. Only a
+   regular file is accepted (never
+   blocks on a FIFO). A file readable or writable by others loses those
+   bits where the process may change its mode; if others could still
+   read it, nothing is written. Empty `text`: the checks only. */
 static int keyfile_append(lua_State *L) {
-  size_t tlen;
-  const char *path = luaL_checkstring(L, 1);
+  size_t plen, tlen;
+  const char *path = luaL_checklstring(L, 1, &plen);
   const char *text = luaL_checklstring(L, 2, &tlen);
-  int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC,
-                S_IRUSR | S_IWUSR);
-  int err;
+  const char *how = luaL_optstring(L, 3, "");
+  int line = strchr(how, 'l') != NULL;
+  int flags = (line ? O_RDWR : O_WRONLY) | O_APPEND | O_CLOEXEC | O_NONBLOCK;
+  int fd, err, created = 0;
+  struct stat st;
+  ssize_t w;
+
+  if (plen == 0 || strlen(path) != plen) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "cannot append: the path is empty or holds a NUL byte");
+    return 2;
+  }
+  if (strchr(how, 'n')) flags |= O_NOFOLLOW;
+  if (strchr(how, 'x')) {
+    fd = open(path, flags | O_CREAT | O_EXCL, S_IRUSR | S_IWUSR);
+    created = 1;
+  } else {
+    fd = open(path, flags);
+    if (fd < 0 && errno == EACCES && line) {
+      /* appending to a file it may not read: no look at its last byte */
+      line = 0;
+      flags = (flags & ~O_RDWR) | O_WRONLY;
+      fd = open(path, flags);
+    }
+    if (fd < 0 && errno == ENOENT) {
+      fd = open(path, flags | O_CREAT, S_IRUSR | S_IWUSR);
+      created = 1;
+    }
+  }
   if (fd < 0) return fail(L, "cannot open", path, errno);
-  if (write_all(fd, text, tlen) != 0 || fsync(fd) != 0) {
+  if (fstat(fd, &st) != 0) {
     err = errno;
     close(fd);
-    return fail(L, "cannot append to", path, err);
+    return fail(L, "cannot open", path, err);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    close(fd);
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot append to %s: not a regular file", path);
+    return 2;
+  }
+  if ((st.st_mode & S_IRWXO) &&
+      fchmod(fd, st.st_mode & (S_IRWXU | S_IRWXG)) != 0 &&
+      (st.st_mode & S_IROTH)) {
+    close(fd);
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot append to %s: other users may read it, and "
+                    "its mode cannot be changed", path);
+    return 2;
+  }
+  if (tlen > 0 && line && st.st_size > 0) {
+    char last = '\n';
+    if (pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n') {
+      lua_pushliteral(L, "\n");
+      lua_pushvalue(L, 2);
+      lua_concat(L, 2);
+      text = lua_tolstring(L, -1, &tlen);
+    }
+  }
+  if (tlen > 0) {
+    do {
+      w = write(fd, text, tlen);
+    } while (w < 0 && errno == EINTR);
+    if (w < 0 || (size_t)w != tlen) {
+      err = w < 0 ? errno : ENOSPC;
+      if (w > 0) {
+        /* A piece of a line (the disk filled up): take it back if nothing
+           was appended after it, so no reader takes it for a whole key. */
+        off_t end = lseek(fd, 0, SEEK_CUR);
+        struct stat now;
+        int undone = end >= (off_t)w && fstat(fd, &now) == 0 &&
+                     now.st_size == end && ftruncate(fd, end - (off_t)w) == 0;
+        if (undone) fsync(fd);
+        close(fd);
+        lua_pushnil(L);
+        lua_pushfstring(L, "cannot append to %s: only %d of %d bytes written (%s?)%s",
+                        path, (int)w, (int)tlen, strerror(err),
+                        undone ? ", taken back" : ", an unfinished line is left");
+        return 2;
+      }
+      close(fd);
+      return fail(L, "cannot append to", path, err);
+    }
+    if (fsync(fd) != 0) {
+      err = errno;
+      close(fd);
+      return fail(L, "cannot append to", path, err);
+    }
   }
   if (close(fd) != 0) return fail(L, "cannot append to", path, errno);
+  if (created) {
+    /* make the new name itself durable */
+    const char *slash = strrchr(path, '/');
+    if (slash) {
+      lua_pushlstring(L, path, slash == path ? 1 : (size_t)(slash - path));
+      fd = open(lua_tostring(L, -1), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      lua_pop(L, 1);
+    } else {
+      fd = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    }
+    if (fd >= 0) {
+      fsync(fd);
+      close(fd);
+    }
+  }
   lua_pushboolean(L, 1);
   return 1;
 }

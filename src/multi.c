@@ -20,7 +20,7 @@ typedef struct sid_multi {
 
 static sid_multi *check_multi(lua_State *L, int idx) {
   sid_multi *m = (sid_multi *)luaL_checkudata(L, idx, SID_MULTI_MT);
-  if (m->multi == NULL) luaL_error(L, "slashid: multi is closed");
+  if (m->multi == NULL) sid_raise(L, "slashid: multi is closed");
   return m;
 }
 
@@ -46,7 +46,7 @@ static int multi_new(lua_State *L) {
   memset(m, 0, sizeof *m);
   sid_setmetatable(L, SID_MULTI_MT);
   m->multi = curl_multi_init();
-  if (m->multi == NULL) return luaL_error(L, "slashid: curl_multi_init failed");
+  if (m->multi == NULL) return sid_raise(L, "slashid: curl_multi_init failed");
   return 1;
 }
 
@@ -57,9 +57,9 @@ static int multi_add(lua_State *L) {
   sid_handle *h = sid_check_handle(L, 2);
   CURLMcode mc;
   luaL_checktype(L, 3, LUA_TTABLE);
-  if (h->t.easy == NULL) return luaL_error(L, "slashid: handle is closed");
+  if (h->t.easy == NULL) return sid_raise(L, "slashid: handle is closed");
   if (h->busy || h->multi)
-    return luaL_error(L, "slashid: handle is busy (a transfer is running on it)");
+    return sid_raise(L, "slashid: handle is busy (a transfer is running on it)");
   sid_request_clear(L, &h->t);
   h->finished = 0;
   sid_request_setup(L, 3, &h->t);
@@ -87,21 +87,41 @@ static int multi_add(lua_State *L) {
   return 1;
 }
 
-/* multi:perform() -> finished (list of handles), running (integer).
-   Never waits. Finished handles are detached; collect them next. */
+/* multi:perform([last_look]) -> finished (list of handles), running.
+   Never waits. Finished handles are detached; collect them next. A
+   handle is marked finished before anything is allocated, so a memory
+   error here loses no finished transfer (handle:done() still says so).
+   last_look (op:cancel): reads what has arrived, but a request that has
+   not gone out yet is stopped before its first byte. */
 static int multi_perform(lua_State *L) {
   sid_multi *m = check_multi(L, 1);
   sid_handle *h;
   CURLMsg *msg;
   int running = 0, left = 0, n = 0;
-  if (m->busy) return luaL_error(L, "slashid: multi is busy (re-entered "
+  int last_look = lua_toboolean(L, 2);
+  if (m->busy) return sid_raise(L, "slashid: multi is busy (re-entered "
                                     "from a debug function?)");
-  for (h = m->attached; h; h = h->next) sid_callbacks_on(&h->t, L);
+  if (last_look) {
+#if !SID_HAVE_PREREQ
+    /* nothing could stop a request that has not gone out from going out
+       now: no last look without the pre-request callback */
+    lua_newtable(L);
+    lua_pushinteger(L, m->count);
+    return 2;
+#endif
+  }
+  lua_newtable(L);      /* before any message is taken from libcurl */
+  for (h = m->attached; h; h = h->next) {
+    sid_callbacks_on(&h->t, L);
+    h->t.no_new_send = last_look;
+  }
   m->busy = 1;
   curl_multi_perform(m->multi, &running);
   m->busy = 0;
-  for (h = m->attached; h; h = h->next) sid_callbacks_off(&h->t);
-  lua_newtable(L);
+  for (h = m->attached; h; h = h->next) {
+    sid_callbacks_off(&h->t);
+    h->t.no_new_send = 0;
+  }
   while ((msg = curl_multi_info_read(m->multi, &left)) != NULL) {
     void *p = NULL;
     if (msg->msg != CURLMSG_DONE) continue;
@@ -120,18 +140,32 @@ static int multi_perform(lua_State *L) {
 
 /* multi:wait(seconds): blocks until there is socket activity or the time
    is up, whichever comes first (curl_multi_poll also sleeps when nothing
-   is attached, which is what a retry deadline wants). */
+   is attached, which is what a retry deadline wants). While signals are
+   caught (signal.c) it also wakes at once when one arrives, and raises
+   SID_INTERRUPTED once a second one has come. */
 static int multi_wait(lua_State *L) {
   sid_multi *m = check_multi(L, 1);
   lua_Number s = luaL_checknumber(L, 2);
   int ms = !(s > 0) ? 0 : s > 86400 ? 86400000 : (int)(s * 1000.0 + 0.5);
-  if (m->busy) return luaL_error(L, "slashid: multi is busy");
+  struct curl_waitfd extra;
+  unsigned int nextra = 0;
+  if (m->busy) return sid_raise(L, "slashid: multi is busy");
+  if (sid_signal_abort()) goto interrupted;
+  memset(&extra, 0, sizeof extra);
+  extra.fd = sid_signal_fd();
+  extra.events = CURL_WAIT_POLLIN;
+  if (extra.fd >= 0) nextra = 1;
 #if SID_CURL_AT_LEAST(7, 66, 0)
-  curl_multi_poll(m->multi, NULL, 0, ms, NULL);
+  curl_multi_poll(m->multi, nextra ? &extra : NULL, nextra, ms, NULL);
 #else
-  curl_multi_wait(m->multi, NULL, 0, ms, NULL);
+  curl_multi_wait(m->multi, nextra ? &extra : NULL, nextra, ms, NULL);
 #endif
+  if (nextra && extra.revents) sid_signal_drain();
+  if (sid_signal_abort()) goto interrupted;
   return 0;
+interrupted:
+  lua_pushliteral(L, SID_INTERRUPTED);
+  return lua_error(L);
 }
 
 /* multi:timeout() -> seconds until libcurl wants to be called, or nil */
@@ -152,7 +186,7 @@ static int multi_count(lua_State *L) {
 static int multi_close(lua_State *L) {
   sid_multi *m = (sid_multi *)luaL_checkudata(L, 1, SID_MULTI_MT);
   if (m->multi == NULL) return 0;
-  if (m->busy) return luaL_error(L, "slashid: multi is busy");
+  if (m->busy) return sid_raise(L, "slashid: multi is busy");
   while (m->attached) sid_multi_detach(L, m->attached);
   curl_multi_cleanup(m->multi);
   m->multi = NULL;

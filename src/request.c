@@ -91,6 +91,10 @@ static int on_prereq(void *ud, char *primary_ip, char *local_ip,
                      int primary_port, int local_port) {
   sid_transfer *t = (sid_transfer *)ud;
   (void)primary_ip; (void)local_ip; (void)primary_port; (void)local_port;
+  if (t->no_new_send) {       /* cancelled before this request went out */
+    t->cancelled = 1;
+    return CURL_PREREQFUNC_ABORT;
+  }
   t->requests_sent++;
   /* A GET (check_key) changes nothing: libcurl may send it again, for
      instance after an HTTP/2 REFUSED_STREAM, which the server never
@@ -261,6 +265,7 @@ void sid_request_clear(lua_State *L, sid_transfer *t) {
   t->requests_sent = 0;
   t->connect_status = 0;
   t->single_send = 0;
+  t->no_new_send = 0;
   t->setup_rc = CURLE_OK;
   t->debug_failed = 0;
   t->cancelled = 0;

@@ -4,6 +4,7 @@
  * server text that reaches the caller (errors, excerpts, headers, trace).
  */
 #define _GNU_SOURCE 1   /* memmem, explicit_bzero */
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 #include "slashid.h"
@@ -81,6 +82,7 @@ typedef struct {
   luaL_Buffer b;
   size_t len, max;
   int printable;
+  int fold;        /* header names: match secrets in any case, lower it */
 } out_t;
 
 static int out_full(const out_t *o) { return o->max && o->len >= o->max; }
@@ -88,6 +90,7 @@ static int out_full(const out_t *o) { return o->max && o->len >= o->max; }
 static void out_char(out_t *o, unsigned char c) {
   if (out_full(o)) return;
   if (o->printable && ((c < 0x20 && c != '\t') || c == 0x7f)) c = '?';
+  if (o->fold) c = (unsigned char)tolower(c);
   luaL_addchar(&o->b, (char)c);
   o->len++;
 }
@@ -96,12 +99,54 @@ static void out_text(out_t *o, const char *s) {
   while (*s) out_char(o, (unsigned char)*s++);
 }
 
-/* At s[i] starts `"api_key"`: copy the member name, then hide the string
-   value that follows it (a new key in an answer body), up to its closing
-   quote. Returns the index after what was consumed. */
-static size_t hide_api_key_value(out_t *o, const char *s, size_t n, size_t i) {
-  size_t j = i + sizeof(API_KEY_MEMBER) - 1;
-  out_text(o, API_KEY_MEMBER);
+static int hex_digit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* If s[i..n) starts with a JSON string literal whose value is "api_key",
+   however it is escaped ("api\u005fkey"), its length with both quotes;
+   else 0. A server may escape the name; the body is not always
+   decodable (a truncated answer), so this is read on the text itself. */
+static size_t api_key_member_at(const char *s, size_t n, size_t i) {
+  static const char want[] = "api_key";
+  size_t j = i + 1, k = 0;
+  if (s[i] != '"') return 0;
+  while (j < n && k < sizeof want - 1) {
+    int c;
+    if (s[j] == '"') return 0;
+    if (s[j] == '\\') {
+      if (j + 1 >= n) return 0;
+      if (s[j + 1] == 'u') {
+        int a, b, d, e;
+        if (n - j < 6) return 0;
+        a = hex_digit(s[j + 2]); b = hex_digit(s[j + 3]);
+        d = hex_digit(s[j + 4]); e = hex_digit(s[j + 5]);
+        if (a < 0 || b < 0 || d < 0 || e < 0) return 0;
+        c = (a << 12) | (b << 8) | (d << 4) | e;
+        j += 6;
+      } else {
+        c = (unsigned char)s[j + 1];   /* \/ and \\ stand for themselves */
+        j += 2;
+      }
+    } else {
+      c = (unsigned char)s[j++];
+    }
+    if (c != want[k++]) return 0;
+  }
+  if (k == sizeof want - 1 && j < n && s[j] == '"') return j + 1 - i;
+  return 0;
+}
+
+/* At s[i] starts an "api_key" member name `mlen` bytes long: copy it, then
+   hide the string value that follows it (a new key in an answer body), up
+   to its closing quote. Returns the index after what was consumed. */
+static size_t hide_api_key_value(out_t *o, const char *s, size_t n, size_t i,
+                                 size_t mlen) {
+  size_t j = i + mlen;
+  while (i < j) out_char(o, (unsigned char)s[i++]);
   while (j < n && (s[j] == ' ' || s[j] == '\t' || s[j] == '\r' ||
                    s[j] == '\n' || s[j] == ':'))
     out_char(o, (unsigned char)s[j++]);
@@ -114,16 +159,24 @@ static size_t hide_api_key_value(out_t *o, const char *s, size_t n, size_t i) {
   return j;
 }
 
+static int same(const char *a, const char *b, size_t n, int fold) {
+  size_t i;
+  if (!fold) return memcmp(a, b, n) == 0;
+  for (i = 0; i < n; i++)
+    if (tolower((unsigned char)a[i]) != tolower((unsigned char)b[i])) return 0;
+  return 1;
+}
+
 /* Length of the longest secret starting at s[i..n), or 0 (one secret may
    hold another: a proxy's "user:password" and its password alone). */
 static size_t secret_at(const sid_secrets *k, const char *s, size_t n,
-                        size_t i) {
+                        size_t i, int fold) {
   size_t best = 0;
   int j;
   if (k == NULL) return 0;
   for (j = 0; j < SID_SECRETS; j++)
     if (k->key[j] && k->len[j] > best && n - i >= k->len[j] &&
-        memcmp(s + i, k->key[j], k->len[j]) == 0)
+        same(s + i, k->key[j], k->len[j], fold))
       best = k->len[j];
   return best;
 }
@@ -140,6 +193,8 @@ static int is_clean(const char *s, size_t n, const sid_secrets *k,
       return 0;
   if (memmem(s, n, API_KEY_MEMBER, sizeof(API_KEY_MEMBER) - 1) != NULL)
     return 0;
+  if (memchr(s, '\\', n) != NULL && memchr(s, '"', n) != NULL)
+    return 0;                 /* maybe an escaped member name */
   if (printable)
     for (i = 0; i < n; i++) {
       unsigned char c = (unsigned char)s[i];
@@ -148,31 +203,43 @@ static int is_clean(const char *s, size_t n, const sid_secrets *k,
   return 1;
 }
 
-void sid_push_redacted(lua_State *L, const char *s, size_t n,
-                       const sid_secrets *secrets, size_t max, int printable) {
+static void push_redacted(lua_State *L, const char *s, size_t n,
+                          const sid_secrets *secrets, size_t max,
+                          int printable, int fold) {
   out_t o;
   size_t i = 0;
-  const size_t member_len = sizeof(API_KEY_MEMBER) - 1;
   if (s == NULL) n = 0;
-  if (n == 0 || is_clean(s, n, secrets, max, printable)) {
+  if (n == 0 || (!fold && is_clean(s, n, secrets, max, printable))) {
     lua_pushlstring(L, n ? s : "", n);
     return;
   }
   o.len = 0;
   o.max = max;
   o.printable = printable;
+  o.fold = fold;
   luaL_buffinit(L, &o.b);
   while (i < n && !out_full(&o)) {
-    size_t len = secret_at(secrets, s, n, i);
+    size_t len = secret_at(secrets, s, n, i, fold), mlen;
     if (len) {
       out_text(&o, REDACTED);
       i += len;
-    } else if (n - i >= member_len &&
-               memcmp(s + i, API_KEY_MEMBER, member_len) == 0) {
-      i = hide_api_key_value(&o, s, n, i);
+    } else if (s[i] == '"' && (mlen = api_key_member_at(s, n, i)) != 0) {
+      i = hide_api_key_value(&o, s, n, i, mlen);
     } else {
       out_char(&o, (unsigned char)s[i++]);
     }
   }
   luaL_pushresult(&o.b);
+}
+
+void sid_push_redacted(lua_State *L, const char *s, size_t n,
+                       const sid_secrets *secrets, size_t max, int printable) {
+  push_redacted(L, s, n, secrets, max, printable, 0);
+}
+
+/* A header name: secrets matched in any case (HTTP/2 lowers names, and a
+   server may too), the result in lower case. */
+void sid_push_redacted_name(lua_State *L, const char *s, size_t n,
+                            const sid_secrets *secrets) {
+  push_redacted(L, s, n, secrets, 0, 1, 1);
 }

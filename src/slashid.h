@@ -9,6 +9,10 @@
 #include "compat.h"
 
 #define SID_HANDLE_MT "slashid.Handle"
+
+/* Raises a message as is: no "file:line:" of the Lua caller in front, so
+   it starts with "slashid: " like the Lua layer's errors. */
+#define sid_raise(L, msg) (lua_pushstring((L), (msg)), lua_error(L))
 #define SID_EXCERPT_MAX 200   /* bytes of a body quoted in an errors entry */
 #define SID_TRACE_BODY_MAX 2048
 /* Fixed cap on the header bytes of one attempt (every header block,
@@ -45,6 +49,10 @@ typedef struct sid_secrets {
    with control characters other than tab shown as '?' when `printable`. */
 void sid_push_redacted(lua_State *L, const char *s, size_t n,
                        const sid_secrets *secrets, size_t max, int printable);
+/* The same for a header name: secrets found in any case, the result in
+   lower case. */
+void sid_push_redacted_name(lua_State *L, const char *s, size_t n,
+                            const sid_secrets *secrets);
 
 /* ---- one attempt: the state shared by request.c, answer.c, trace.c --- */
 typedef struct sid_transfer {
@@ -64,6 +72,7 @@ typedef struct sid_transfer {
   int requests_sent;          /* how many times libcurl was about to send */
   long connect_status;        /* a proxy's answer to CONNECT, 0 if none */
   int single_send;            /* refuse libcurl's own re-send (the PUT) */
+  int no_new_send;            /* op:cancel's last look: send nothing new */
   char *extra_secret[SID_SECRETS - SID_SECRET_EXTRA]; /* owned, wiped */
   size_t extra_secret_len[SID_SECRETS - SID_SECRET_EXTRA];
   CURLcode setup_rc;          /* first refused setopt, or CURLE_OK */
@@ -121,6 +130,14 @@ int  sid_json_decode(lua_State *L, const char *s, size_t n);
 /* curlcode.c */
 const char *sid_curlcode_name(CURLcode rc);
 
+/* signal.c: SIGINT/SIGTERM caught for the command line. While caught,
+   multi:wait also polls sid_signal_fd() (-1 when not caught), drains it
+   when it woke, and raises SID_INTERRUPTED once sid_signal_abort(). */
+#define SID_INTERRUPTED "slashid: interrupted (a second signal)"
+int  sid_signal_fd(void);
+void sid_signal_drain(void);
+int  sid_signal_abort(void);
+
 /* the module's one exported symbol */
 SID_API int luaopen_slashid_core(lua_State *L);
 
@@ -136,5 +153,6 @@ void sid_open_handle(lua_State *L);
 void sid_open_clock(lua_State *L);
 void sid_open_keyfile(lua_State *L);
 void sid_open_multi(lua_State *L);
+void sid_open_signal(lua_State *L);
 
 #endif

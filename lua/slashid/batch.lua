@@ -23,7 +23,10 @@ local table_remove = table.remove
 local M = {}
 
 local NOT_STARTED = "not started: the batch was stopped before this item " ..
-                    "(on_progress returned false); nothing was sent"
+                    "(on_progress returned false, or on_result or the list raised); " ..
+                    "nothing was sent"
+local VERIFY_CUT = "verify: the new key could not be checked: the batch was " ..
+                   "interrupted during the check"
 
 -- The outcome table of an item that sent nothing: not_rotated, and why.
 local function unsent(message)
@@ -44,14 +47,16 @@ end
 -- pull(i) -> cfg to start item i; false, message for an item that cannot
 -- start (it becomes that item's not_rotated outcome); nil at the end. It
 -- may raise (the caller's iterator did): the batch then stops pulling,
--- finishes what is in flight and re-raises.
+-- finishes what is in flight and reports the error as `list_error`.
 -- total: the number of items, or nil when unknown (an iterator).
 -- s: concurrency, rate, on_progress, on_result, keep_results, user_agent,
 -- on_rotated(cfg, result) (runs the moment a key is known, after saving).
 --
 -- Returns the outcomes array (index order), or with keep_results == false
 -- the summary { rotated, not_rotated, unknown, not_saved }; either carries
--- on_progress_error when on_progress raised.
+-- on_progress_error, on_result_error or list_error (the error's text) when
+-- that callback raised. They are reported, never raised: a raise would
+-- throw away the outcomes, and with them keys the server has issued.
 function M.run(pull, total, s)
   local concurrency, rate = s.concurrency, s.rate
   local on_progress, on_result, on_rotated = s.on_progress, s.on_result, s.on_rotated
@@ -68,10 +73,10 @@ function M.run(pull, total, s)
   local next_start = core.now()
   local progress_ok, progress_error = true, nil
   local stopping = false   -- no item starts any more
-  local failed, failure = false, nil   -- the first error to pass on
+  local failed, failure = nil, nil   -- the first callback error: field, text
 
-  local function fail(err)
-    if not failed then failed, failure = true, err end
+  local function fail(field, err)
+    if not failed then failed, failure = field, describe_error(err) end
     stopping = true
   end
 
@@ -90,7 +95,7 @@ function M.run(pull, total, s)
     done = done + 1
     if on_result then
       local ok, err = pcall(on_result, i, item)
-      if not ok then fail(err) end
+      if not ok then fail("on_result_error", err) end
     end
     if progress and on_progress and progress_ok then
       local ok, ret = pcall(on_progress, done, total, i, outcome, item)
@@ -127,67 +132,100 @@ function M.run(pull, total, s)
     job:start(multi)     -- may finish at once (a request that cannot be set up)
   end
 
-  while true do
-    local now = core.now()
-    -- Start what may start; pull an item only for a slot that is free now.
-    while not stopping and active < concurrency and (not rate or now >= next_start) do
-      local i = next_index
-      local ok, cfg, why = pcall(pull, i)
-      if not ok then
-        fail(cfg)
-      elseif cfg == nil then
-        stopping = true
-      else
-        next_index = i + 1
-        if cfg then start(i, cfg, now) else deliver(i, unsent(why), true) end
+  local function loop()
+    while true do
+      local now = core.now()
+      -- Start what may start; pull an item only for a slot that is free now.
+      while not stopping and active < concurrency and (not rate or now >= next_start) do
+        local i = next_index
+        local ok, cfg, why = pcall(pull, i)
+        if not ok then
+          fail("list_error", cfg)
+        elseif cfg == nil then
+          stopping = true
+        else
+          next_index = i + 1
+          if cfg then start(i, cfg, now) else deliver(i, unsent(why), true) end
+        end
       end
-    end
-    if active == 0 and stopping then break end
-    for job in pairs(waiting) do
-      if job.phase == "done" then
-        waiting[job] = nil
-      elseif job.wait_until and now >= job.wait_until then
-        waiting[job] = nil
-        job:due(now)
-      end
-    end
-    local finished = multi and multi:perform()
-    local n = finished and #finished or 0
-    for k = 1, n do
-      local job = by_handle[finished[k]]
-      if job then
-        job:finished()
-        if job.wait_until then waiting[job] = true end
-      end
-    end
-    if not (active == 0 and stopping) and n == 0 then
-      -- Sleep until socket activity, the next allowed start, or the next
-      -- retry deadline, whichever is first.
-      now = core.now()
-      local limit = 1
-      if not stopping and active < concurrency and rate then
-        limit = next_start - now
-      end
+      if active == 0 and stopping then break end
       for job in pairs(waiting) do
-        local d = job.wait_until and job.wait_until - now
-        if d and d < limit then limit = d end
+        if job.phase == "done" then
+          waiting[job] = nil
+        elseif job.wait_until and now >= job.wait_until then
+          waiting[job] = nil
+          job:due(now)
+        end
       end
-      if limit > 0 then
-        if multi then multi:wait(limit) else core.sleep(limit) end
+      local finished = multi and multi:perform()
+      local n = finished and #finished or 0
+      for k = 1, n do
+        local job = by_handle[finished[k]]
+        if job then
+          job:finished()
+          if job.wait_until then waiting[job] = true end
+        end
+      end
+      if not (active == 0 and stopping) and n == 0 then
+        -- Sleep until socket activity, the next allowed start, or the next
+        -- retry deadline, whichever is first.
+        now = core.now()
+        local limit = 1
+        if not stopping and active < concurrency and rate then
+          limit = next_start - now
+        end
+        for job in pairs(waiting) do
+          local d = job.wait_until and job.wait_until - now
+          if d and d < limit then limit = d end
+        end
+        if limit > 0 then
+          if multi then multi:wait(limit) else core.sleep(limit) end
+        end
       end
     end
   end
-  if multi then multi:close() end
-  for k = 1, #spare do spare[k]:close() end
+
+  -- An error escaping the loop (an interrupt raised by multi:wait while the
+  -- command catches signals, or a failure of the core) abandons what is in
+  -- flight: the transfers are closed now rather than by the collector.
+  local function close_all()
+    if multi then multi:close() end
+    for handle in pairs(by_handle) do handle:close() end
+    for k = 1, #spare do spare[k]:close() end
+  end
+  local ok, err = pcall(loop)
+  if not ok then
+    -- Keys already issued (items whose new key is being verified) still
+    -- reach the caller before the error passes: nothing else holds them.
+    local issued = {}
+    for _, job in pairs(by_handle) do
+      local v = job.values
+      if v and v[1] then issued[#issued + 1] = job end
+    end
+    table.sort(issued, function(a, b) return a.index < b.index end)
+    pcall(close_all)
+    for k = 1, #issued do
+      local job = issued[k]
+      local v = job.values
+      by_handle[job.handle] = nil
+      if job.phase == "verify" then
+        v[4].verified = false   -- as rotation.verified says of a check that failed
+        v[2][#v[2] + 1] = { httpcode = 0, message = VERIFY_CUT }
+      end
+      deliver(job.index, { result = v[1], errors = v[2], pagination = v[3], info = v[4] }, true)
+    end
+    error(err, 0)
+  end
+  close_all()
 
   -- Stopped by on_progress with items of an array never started: each is
   -- reported, not_rotated (on_progress, which asked to stop, is not called).
-  if total and not failed then
+  if total then
     for i = next_index, total do deliver(i, unsent(NOT_STARTED), false) end
   end
-  if failed then error(failure, 0) end
   local ret = keep and outcomes or counts
   if progress_error then ret.on_progress_error = progress_error end
+  if failed then ret[failed] = failure end
   return ret
 end
 

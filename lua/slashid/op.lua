@@ -43,27 +43,42 @@ function M.start(cfg, user_agent, on_rotated)
   return op
 end
 
+-- Runs fn(st, ...) with `performing` set for its whole length: libcurl's
+-- callbacks and the tracing of an answer call the op's own debug
+-- function, which may not poll, wait or cancel the op re-entrantly (a
+-- cancel it asks for is applied once the step is over). The flag is
+-- cleared even if fn raises (a memory error), so the op stays usable.
+local function guarded(st, fn, ...)
+  st.performing = true
+  local ok, err = pcall(fn, st, ...)
+  st.performing = false
+  if not ok then error(err, 0) end
+end
+
+local function reentered()
+  error("slashid: op re-entered (from the op's own debug function?)", 0)
+end
+
+-- One non-blocking step. A transfer the multi reported finished is
+-- collected whether or not that report reached us (handle:done()).
+local function step(st, last_look)
+  local job = st.job
+  if not last_look then job:due(core.now()) end
+  if job.running then
+    st.multi:perform(last_look)
+    if job.handle:done() then job:finished() end
+  end
+end
+
+local function cancel(st) st.job:cancel() end
+
 function Op:poll()
   local st = state_of(self, "poll")
   local job = st.job
   if job.phase == "done" then return true end
-  if st.performing then
-    error("slashid: op:poll re-entered (from the op's own debug function?)", 0)
-  end
-  job:due(core.now())
-  if job.running then
-    -- libcurl forbids touching a transfer from inside its callbacks: a
-    -- cancel() made by a debug function during perform is applied here,
-    -- once perform has returned.
-    st.performing = true
-    local finished = st.multi:perform()
-    st.performing = false
-    if st.cancel_requested then
-      job:cancel()
-    elseif finished[1] then
-      job:finished()
-    end
-  end
+  if st.performing then reentered() end
+  guarded(st, step, false)
+  if st.cancel_requested then guarded(st, cancel) end
   return job.phase == "done"
 end
 
@@ -102,16 +117,11 @@ function Op:cancel()
     st.cancel_requested = true   -- applied by poll when perform returns
     return
   end
-  local job = st.job
-  if job.running then
-    -- One last non-blocking look: an answer already complete in the
-    -- socket is kept, not thrown away as "unknown".
-    st.performing = true
-    local finished = st.multi:perform()
-    st.performing = false
-    if finished[1] then job:finished() end
-  end
-  job:cancel()
+  -- One last non-blocking look: an answer already complete in the socket
+  -- is kept, not thrown away as "unknown"; a request that has not gone
+  -- out yet is stopped before its first byte.
+  if st.job.running then guarded(st, step, true) end
+  guarded(st, cancel)
 end
 
 OpMT.__tostring = function(self)

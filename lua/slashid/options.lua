@@ -295,8 +295,10 @@ end
 local function show_name(k, options, secrets)
   if type(k) ~= "string" then return "[" .. describe(k) .. "]" end
   local in_play = {}
+  local proxy = rawget(options, "proxy")
   for _, key in ipairs({ rawget(options, "api_key") or false,
-                         os.getenv("SLASHID_API_KEY") or false }) do
+                         os.getenv("SLASHID_API_KEY") or false,
+                         type(proxy) == "string" and proxy or false }) do
     if key then in_play[#in_play + 1] = key end
   end
   for i = 1, #(secrets or {}) do in_play[#in_play + 1] = secrets[i] end

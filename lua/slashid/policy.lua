@@ -20,6 +20,10 @@ local PASSABLE = {
 
 -- "rotated", "not_rotated" or "unknown" (see the outcome table in API.md).
 function M.outcome(result, facts)
+  if facts.salvaged then
+    -- the transfer failed after a whole 2xx envelope with a key arrived
+    return "rotated"
+  end
   if facts.complete then
     local s = facts.status
     if s >= 200 and s <= 299 then
@@ -62,6 +66,7 @@ end
 -- Whether the server cannot have acted on this attempt and another one
 -- may succeed.
 function M.retryable(facts)
+  if facts.salvaged then return false end
   if facts.complete then return facts.status == 429 end
   -- a proxy that refused the tunnel for good (403, 401/407 credentials)
   -- will refuse it again; 408, 429 and 5xx may pass
@@ -93,7 +98,11 @@ local function unescape(s)
   return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
 end
 local function proxy_secrets(url, into)
-  local userinfo = url and url:match("^[%a][%w+.-]*://([^/?#]*)@")
+  if type(url) ~= "string" then return into end
+  -- Read liberally: libcurl takes "user:pass@host" without a scheme, and
+  -- quotes a URL it cannot parse ("pa/ss", "pa#ss") whole in its errors.
+  local rest = url:match("^%a[%w+.-]*://(.*)$") or url
+  local userinfo = rest:match("^(.*)@")          -- up to the last "@"
   if not userinfo or userinfo == "" then return into end
   into = into or {}
   local user, pass = userinfo:match("^([^:]*):?(.*)$")

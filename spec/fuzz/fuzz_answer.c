@@ -192,6 +192,7 @@ static void check_redaction(const input_t *in) {
   static const size_t maxes[] = {0, SID_EXCERPT_MAX, 7};
   sid_secrets secrets;
   size_t i;
+  memset(&secrets, 0, sizeof secrets);
   secrets.key[0] = OLD_KEY;
   secrets.len[0] = sizeof OLD_KEY - 1;
   secrets.key[1] = NEW_KEY;

@@ -208,6 +208,18 @@ local VALID = {
   verify = function(v) return type(v) == "boolean" end,
   user_agent = function(v) return type(v) == "string" and not v:find("[%c\127]") end,
   debug = function(v) return type(v) == "function" end,
+  -- false, or an http/https/socks5h URL with a host (credentials allowed)
+  proxy = function(v)
+    if v == false then return true end
+    if type(v) ~= "string" or v:find("[%c%s\127]") then return false end
+    local scheme, rest = v:match("^(%a[%w+.-]*)://(.*)$")
+    if not scheme then return false end
+    scheme = scheme:lower()
+    if scheme ~= "http" and scheme ~= "https" and scheme ~= "socks5h" then return false end
+    local hostport = rest:match("^[^/?#]*")
+    hostport = hostport:match("@([^@]*)$") or hostport
+    return hostport ~= "" and hostport:sub(1, 1) ~= ":"
+  end,
 }
 
 
