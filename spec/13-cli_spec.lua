@@ -6,22 +6,13 @@
 -- terminal, secrets never printed where they must not be, and main()
 -- in-process. Signals, broken outputs and full disks: spec 24.
 local H = require "helpers"
+local q, write = H.q, H.write
 local cjson = require "cjson"
 local socket = require "socket"
 
 local CLI = "bin/slashid-rotate"
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
 
-local function write(path, content, mode)
-  local f = assert(io.open(path, "wb"))
-  f:write(content)
-  f:close()
-  if mode then assert(os.execute("chmod " .. mode .. " " .. q(path))) end
-  return path
-end
 
 local function exists(path)
   local f = io.open(path, "rb")

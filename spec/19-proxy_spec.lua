@@ -16,6 +16,7 @@
 --   * bad values raise `slashid: bad option 'proxy' ...` without the value.
 -- Only 127.0.0.1 is ever contacted.
 local H = require "helpers"
+local q = H.q
 local proxy = require "proxy"
 local slashid = require "slashid"
 local socket = require "socket"
@@ -35,9 +36,6 @@ for _, name in ipairs(PROXY_VARS) do
   assert(os.getenv(name) == nil, "run the specs with a clean environment (spec/run.sh): " .. name)
 end
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
 
 local function messages(errors)
   local t = {}

@@ -11,6 +11,7 @@
 -- the suite runs under) and the emulator. See spec/alloc/trace.lua for
 -- what is swept and asserted.
 local H = require "helpers"
+local q = H.q
 
 local HOST = "build/alloc-host"
 local HOST_SRC = "spec/alloc/host.c"
@@ -26,9 +27,6 @@ local function exists(path)
   return f ~= nil
 end
 
-local function q(s)
-  return "'" .. s:gsub("'", "'\\''") .. "'"
-end
 
 -- Runs a shell command; returns its exit status and output (both streams).
 local function sh(cmd)

@@ -7,6 +7,7 @@ local slashid = require "slashid"
 local socket = require "socket"
 
 local LUA = H.lua
+local q, write = H.q, H.write
 
 -- Runs a shell command; returns its exit status and output (both streams).
 local function run(cmd)
@@ -15,15 +16,6 @@ local function run(cmd)
   p:close()
   local status = tonumber(out:match("exit=(%d+)%s*$"))
   return status, out:gsub("exit=%d+%s*$", "")
-end
-
-local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-  return path
 end
 
 local function have(cmd)

@@ -8,6 +8,7 @@
 -- The ownership cases chown files to nobody:nogroup, so they need root;
 -- the non-root case runs a rotation as nobody through setpriv.
 local H = require "helpers"
+local q, write = H.q, H.write
 local slashid = require "slashid"
 
 -- os.execute's success across 5.1 (0) and 5.2+ (true).
@@ -16,9 +17,6 @@ local function sh(cmd)
   return r == true or r == 0
 end
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
 
 local function run(cmd)
   assert(sh(cmd), "command failed: " .. cmd)
@@ -31,11 +29,6 @@ local function capture(cmd)
   return (out:gsub("\n$", ""))
 end
 
-local function write(path, content)
-  local f = assert(io.open(path, "wb"))
-  f:write(content)
-  f:close()
-end
 
 -- "user:group mode" of a file (the link itself is never asked: stat follows).
 local function owner_mode(path)

@@ -5,6 +5,7 @@
 -- iterator or on_result that loses no key in flight; the new options
 -- checked before anything starts.
 local H = require "helpers"
+local write = H.write
 local slashid = require "slashid"
 
 -- n fresh organizations: list of { org_id, api_key }.
@@ -46,12 +47,6 @@ end
 local function assert_untouched(o)
   assert.are.equal(0, H.requests(o.org_id))
   assert.are.equal(0, H.org(o.org_id).rotations)
-end
-
-local function write(path, content)
-  local f = assert(io.open(path, "wb"))
-  f:write(content)
-  f:close()
 end
 
 local function count_keys(t)

@@ -6,29 +6,13 @@
 -- (the emulator's request log, a file's lines, the process's end): no
 -- fixed sleep decides a result on a loaded machine.
 local H = require "helpers"
+local q, write, read = H.q, H.write, H.read_if_any
 local socket = require "socket"
 
 local CLI = "bin/slashid-rotate"
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
 
-local function write(path, content, mode)
-  local f = assert(io.open(path, "wb"))
-  f:write(content)
-  f:close()
-  if mode then assert(os.execute("chmod " .. mode .. " " .. q(path))) end
-  return path
-end
 
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
 
 local function exists(path)
   return read(path) ~= nil

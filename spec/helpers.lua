@@ -125,6 +125,29 @@ function H.tmpname(name)
   return ("%s/%s-%d-%d"):format(H.tmp, name or "f", os.time(), counter)
 end
 
+-- A string quoted for sh.
+function H.q(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+-- Writes content to path (then chmod to mode, if given); returns path.
+function H.write(path, content, mode)
+  local f = assert(io.open(path, "wb"))
+  f:write(content)
+  f:close()
+  if mode then assert(os.execute("chmod " .. mode .. " " .. H.q(path))) end
+  return path
+end
+
+-- A file's content, or nil when it cannot be read.
+function H.read_if_any(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
 function H.mkdir(path)
   assert(os.execute("mkdir -p '" .. path .. "'"))
   return path

@@ -20,6 +20,9 @@
 -- Talks to nothing but 127.0.0.1. Needs LuaSocket (for a free port).
 
 local socket = require "socket"
+local H = require "helpers"
+local q, write = H.q, H.write
+local function read(path) return H.read_if_any(path) or "" end
 
 local M = {}
 
@@ -30,24 +33,6 @@ local running = {}   -- pid -> proxy, until stopped
 local function sh(cmd)
   local a, _, c = os.execute(cmd)
   return a == true or a == 0 or c == 0
-end
-
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return "" end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local function write(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
 end
 
 local function free_port()
