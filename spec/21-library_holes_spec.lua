@@ -58,7 +58,10 @@ print("done", lines > 0)
       -- answers held back: the ops are still in flight when dropped
       H.faults(org, { { delay = 3, ["repeat"] = 4 } })
       local file = write(H.tmpname("uaf") .. ".lua", script)
-      local prefix = have("valgrind") and
+      -- under `make check-asan` the child runs with ASan preloaded, which
+      -- reports the same invalid read; valgrind cannot run beside it
+      local asan = (os.getenv("LD_PRELOAD") or ""):find("asan", 1, true)
+      local prefix = (have("valgrind") and not asan) and
         "valgrind -q --error-exitcode=99 --suppressions=spec/valgrind.supp " or ""
       local status, out = run(("%s%s %s %s %s %s %s"):format(
         prefix, LUA, file, q(H.http_url), q(org), q(key), how))
@@ -309,9 +312,11 @@ describe("adversarial review findings", function()
   it("F2: op:cancel's last look never sends a request that had not gone out", function()
     for round = 1, 6 do
       local org, key = H.new_org()
-      local op = slashid.start_rotate_key(H.opts(org, key, {
-        base_url = H.https_url, ca_file = H.ca_file }))
+      local extra = round % 2 == 0 and { base_url = H.https_url, ca_file = H.ca_file } or nil
+      local op = slashid.start_rotate_key(H.opts(org, key, extra))
       for _ = 1, round % 3 + 1 do op:poll() end
+      -- anything the polls sent has reached the emulator's log by now
+      socket.sleep(0.15)
       local before = H.requests(org)
       op:cancel()
       socket.sleep(0.2)        -- a request sent by cancel would be in by now
