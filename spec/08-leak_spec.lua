@@ -135,14 +135,23 @@ describe("memory", function()
     -- once, then flat; standalone flat from the start over 40000 calls).
     -- A leak keeps growing in the measured window too.
     for i = 1, 8000 do step(i) end
-    collectgarbage("collect")
-    local rss_before, heap_before = rss_kb(), heap_kb()
-    for i = 1, 10000 do step(i) end
-    collectgarbage("collect")
-    local rss_after, heap_after = rss_kb(), heap_kb()
-    report("10000 client calls (RSS)", heap_before, heap_after, rss_before, rss_after)
-    assert.is_true(rss_after - rss_before < 1024,
-                   ("RSS grew by %d KB over 10000 calls"):format(rss_after - rss_before))
+    -- The allocator may still take one last step up inside the first
+    -- window (seen under LuaJIT after the whole suite: +1.4 MB once with
+    -- the Lua heap flat, then flat again): a second window decides. A
+    -- leak grows in both.
+    local grew
+    for window = 1, 2 do
+      collectgarbage("collect")
+      local rss_before, heap_before = rss_kb(), heap_kb()
+      for i = 1, 10000 do step(i) end
+      collectgarbage("collect")
+      local rss_after, heap_after = rss_kb(), heap_kb()
+      report("10000 client calls (RSS), window " .. window, heap_before, heap_after,
+             rss_before, rss_after)
+      grew = rss_after - rss_before
+      if grew < 1024 then break end
+    end
+    assert.is_true(grew < 1024, ("RSS grew by %d KB over 10000 calls, twice"):format(grew))
     client:close()
   end)
 
