@@ -242,6 +242,11 @@ end)
 
 describe("op:cancel takes one last look (item 10)", function()
   it("an answer already complete in the socket is kept", function()
+    if os.getenv("SLASHID_SPEC_NO_PREREQ") then
+      pending("built without CURLOPT_PREREQFUNCTION (make check-noprereq): op:cancel takes " ..
+              "no last look there, since a request not yet sent could not be stopped")
+      return
+    end
     local org, key = H.new_org()
     H.faults(org, { { delay = 0.3 } })
     local op = slashid.start_rotate_key(H.opts(org, key))
