@@ -133,11 +133,13 @@ end
 -- on_resolved(cfg) sees each item's resolved configuration before it
 -- starts; on_rotated(cfg, result) runs the moment that item's key is known.
 -- Two items of a batch writing the same save_to file would each report
--- their key saved while the second replaced the first: refused. (Paths
--- are compared as written; two spellings of one file are not caught.)
+-- their key saved while the second replaced the first: refused. Files are
+-- compared by what they reach (core.key_file_identity: device and inode,
+-- or the real directory), so "d/key", "d/./key" and a link to d agree.
 local function same_save_to(saved_by, i, cfg)
   local path = cfg.save_to
   if path == nil then return nil end
+  path = core.key_file_identity(path)
   local first = saved_by[path]
   if first then
     return ("slashid: item %d: save_to is item %d's save_to too (each item needs a file " ..
@@ -268,8 +270,11 @@ end
 -- if it rotates, the key the client holds is dead.
 local function holds(st, cfg)
   local d = st.defaults
+  local own_org = d.org_id or os.getenv("SLASHID_ORG_ID")
+  -- A key belongs to one organization: a client holding a key but no
+  -- organization holds it for whichever organization the call names.
   return cfg.api_key == (d.api_key or os.getenv("SLASHID_API_KEY")) and
-         cfg.org_id == (d.org_id or os.getenv("SLASHID_ORG_ID"))
+         (own_org == nil or own_org == "" or cfg.org_id == own_org)
 end
 
 -- The client's key was just replaced: adopt the new one so that later

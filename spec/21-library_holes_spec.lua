@@ -502,3 +502,55 @@ describe("F10: two items of a batch never share a save_to file", function()
     assert.are.equal(out[1].result.api_key .. "\n", H.read_file(path))
   end)
 end)
+
+-- Second review round (closing note, round 2).
+describe("adversarial review, round 2", function()
+  it("A: a client holding a key but no organization adopts after rotating it", function()
+    local org, key = H.new_org()
+    local c = slashid.new{ api_key = key, base_url = H.http_url }
+    assert.is_table((c:rotate_key{ org_id = org }))
+    local _, errors, _, info = c:rotate_key{ org_id = org }
+    assert.are.equal("rotated", info.outcome, errors[1] and errors[1].message)
+    c:close()
+  end)
+
+  it("B: two spellings of one save_to file in a batch are refused", function()
+    local o1, k1 = H.new_org()
+    local o2, k2 = H.new_org()
+    local dir = H.mkdir(H.tmpname("spell"))
+    write(dir .. "/key", "old\n")
+    assert(os.execute("ln -s " .. q(dir) .. " " .. q(dir .. "-link")))
+    for _, other in ipairs({ dir .. "/./key", dir .. "-link//key" }) do
+      local ok, err = pcall(slashid.rotate_keys, { H.opts(o1, k1, { save_to = dir .. "/key" }),
+                                                   H.opts(o2, k2, { save_to = other }) })
+      assert.is_false(ok)
+      assert.matches("save_to is item 1's save_to too", err)
+    end
+    assert.are.equal(0, H.requests(o1) + H.requests(o2))
+  end)
+
+  it("J: with keep_results = false, items on_result failed on come back as undelivered", function()
+    local o1, k1 = H.new_org()
+    local sum = slashid.rotate_keys({ H.opts(o1, k1) }, {
+      keep_results = false, on_result = function() error("store down", 0) end })
+    assert.are.equal("store down", sum.on_result_error)
+    assert.are.equal(H.org(o1).api_key, sum.undelivered[1].result.api_key)
+  end)
+
+  it("G: an api_key given as a number is not quoted", function()
+    local ok, err = pcall(slashid.rotate_key, { org_id = "o", api_key = 83920174562913 })
+    assert.is_false(ok)
+    assert.is_nil(err:find("83920174562913", 1, true), err)
+  end)
+
+  it("C: a key echoed in a header name, lowered, is hidden in the trace", function()
+    local org, key = H.new_org_with_key("sk_MixedCase_Review_" .. os.time() .. "_KEY")
+    H.faults(org, { { rotate = true, headers = { ["X-O-" .. key:lower()] = "1" } } })
+    local lines = {}
+    local _, _, _, info = slashid.rotate_key(H.opts(org, key, {
+      debug = function(l) lines[#lines + 1] = l end }))
+    assert.are.equal("rotated", info.outcome)
+    local trace = table.concat(lines, "\n")
+    assert.is_nil(trace:lower():find(key:lower(), 1, true), "the old key, lowered, is in the trace")
+  end)
+end)

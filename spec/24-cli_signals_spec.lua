@@ -106,6 +106,15 @@ local function orgs_file(n, delays)
   return write(H.tmpname("orgs") .. ".tsv", table.concat(text)), list
 end
 
+-- Runs the command in the foreground; returns status, stdout, stderr.
+local function command_run(args, env)
+  local dir = H.mkdir(H.tmpname("run"))
+  local p = io.popen(("%s >%s/out 2>%s/err </dev/null; echo $?"):format(command(args, env), dir, dir))
+  local status = tonumber(p:read("*a"):match("(%d+)%s*$"))
+  p:close()
+  return status, read(dir .. "/out") or "", read(dir .. "/err") or ""
+end
+
 local function no_secrets(list, ...)
   local text = table.concat({ ... }, "\n")
   for _, o in ipairs(list) do H.assert_no_secret(text, o.api_key) end
@@ -595,5 +604,74 @@ describe("slashid-rotate --orgs streams", function()
     -- 16 MB in check-asan, adds to the peak)
     local slack = (os.getenv("LD_PRELOAD") or ""):find("asan") and 24576 or 4096
     assert.is_true(large - small < slack, ("grew %d KiB"):format(large - small))
+  end)
+end)
+
+-- Found by the adversarial review of the command (closing note, CLI F*).
+describe("slashid-rotate review findings", function()
+  it("F2: SIGHUP (a closed terminal) is a first signal, not death with a request in flight", function()
+    local path, list = orgs_file(1, { 1.5 })
+    local save = H.mkdir(H.tmpname("hup")) .. "/keys.tsv"
+    local job = spawn({ "--orgs", path, "--base-url", H.http_url, "--save-to", save })
+    wait_for("the request", 10, function() return requested(list[1]) end)
+    job.kill("HUP")
+    local status, out, err = job.wait(20)
+    assert.are.equal(0, status, err)
+    local saved = key_lines(read(save) or "")
+    assert.are.equal(H.org(list[1].org_id).api_key, saved[list[1].org_id])
+    no_secrets(list, out, err)
+  end)
+
+  it("F4: after a first SIGINT an item waiting out a 429 sends no new request", function()
+    local org, key = H.new_org()
+    H.faults(org, { { status = 429, headers = { ["Retry-After"] = "20" },
+                      message = "slow down" } })
+    local path = write(H.tmpname("orgs") .. ".tsv", org .. "\t" .. key .. "\n")
+    local job = spawn({ "--orgs", path, "--base-url", H.http_url })
+    wait_for("the first attempt", 10, function() return H.requests(org) >= 1 end)
+    socket.sleep(0.3)
+    job.kill("INT")
+    local status, _, err = job.wait(10)
+    assert.are.equal(1, status, err)
+    assert.are.equal(1, H.requests(org))
+    assert.are.equal(0, H.org(org).rotations)
+  end)
+
+  it("F3: --orgs and --save-to naming the same file are refused (the key lines would be read back)", function()
+    local path = orgs_file(1)
+    local status, out, err = command_run({ "--orgs", path, "--base-url", H.http_url,
+                                          "--save-to", path })
+    assert.are.equal(64, status, err)
+    assert.matches("same file", err)
+    assert.are.equal("", out)
+  end)
+
+  it("F8: swapped columns (KEY<TAB>ORG) are refused without showing either", function()
+    local org, key = H.new_org()
+    local path = write(H.tmpname("orgs") .. ".tsv", key .. "\t" .. org .. "\n")
+    local status, out, err = command_run({ "--orgs", path, "--base-url", H.http_url })
+    assert.are.equal(64, status, err)
+    assert.matches("swapped", err)
+    H.assert_no_secret(out .. err, key)
+    assert.are.equal(0, H.requests(org))
+  end)
+
+  it("F13: a line of 20,000 spaces is rejected at once (parsing is linear)", function()
+    local o1, k1 = H.new_org()
+    local path = write(H.tmpname("orgs") .. ".tsv",
+                       (" "):rep(20000) .. "x\n" .. o1 .. "\t" .. k1 .. "\n")
+    local t0 = socket.gettime()
+    local status, _, err = command_run({ "--orgs", path, "--base-url", H.http_url })
+    assert.is_true(socket.gettime() - t0 < 10, "parsing took too long")
+    assert.are.equal(64, status, err)
+    assert.matches("ORG_ID<TAB>CURRENT_KEY expected", err)
+  end)
+
+  it("I: --proxy with credentials is refused (ps would show them)", function()
+    local org = H.new_org()
+    local status, _, err = command_run({ "--org-id", org, "--base-url", H.https_url,
+                                         "--proxy", "http://alice:pr0xy-secret@127.0.0.1:1" })
+    assert.are.equal(64, status, err)
+    assert.is_nil(err:find("pr0xy-secret", 1, true))
   end)
 end)

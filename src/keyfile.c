@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 #include "slashid.h"
 
@@ -344,7 +345,34 @@ static int keyfile_append(lua_State *L) {
   return 1;
 }
 
+/* core.key_file_identity(path) -> a string naming the file a save_to
+   path would write: "dev:ino" of the file it reaches (links followed)
+   when it exists, else the real path of its directory plus its name, else
+   the path as given. Two spellings of one file ("d/key", "d/./key", a
+   link to d) get the same identity, so a batch can refuse them. */
+static int keyfile_identity(lua_State *L) {
+  size_t len;
+  const char *path = luaL_checklstring(L, 1, &len);
+  struct stat st;
+  const char *slash = strrchr(path, '/');
+  char real[PATH_MAX];
+  if (stat(path, &st) == 0) {
+    lua_pushfstring(L, "%d:%d:%s", (int)major(st.st_dev), (int)minor(st.st_dev),
+                    lua_pushfstring(L, "%f", (lua_Number)st.st_ino));
+    return 1;
+  }
+  lua_pushlstring(L, path, slash ? (size_t)(slash - path) : 0);
+  if (realpath(slash ? (slash == path ? "/" : lua_tostring(L, -1)) : ".", real) != NULL) {
+    lua_pushfstring(L, "%s/%s", real, slash ? slash + 1 : path);
+    return 1;
+  }
+  lua_pushvalue(L, 1);
+  return 1;
+}
+
 void sid_open_keyfile(lua_State *L) {
+  lua_pushcfunction(L, keyfile_identity);
+  lua_setfield(L, -2, "key_file_identity");
   lua_pushcfunction(L, keyfile_write);
   lua_setfield(L, -2, "write_key_file");
   lua_pushcfunction(L, keyfile_append);

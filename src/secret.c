@@ -76,13 +76,15 @@ void sid_free_secret(char **p, size_t n) {
 /* ---- redaction ------------------------------------------------------- */
 
 #define REDACTED "<redacted>"
+#define SID_FOLD_MATCH 1   /* secrets matched in any case */
+#define SID_FOLD_LOWER 2   /* the text handed back in lower case */
 #define API_KEY_MEMBER "\"api_key\""
 
 typedef struct {
   luaL_Buffer b;
   size_t len, max;
   int printable;
-  int fold;        /* header names: match secrets in any case, lower it */
+  int fold;        /* SID_FOLD_*: match secrets in any case, lower the text */
 } out_t;
 
 static int out_full(const out_t *o) { return o->max && o->len >= o->max; }
@@ -90,7 +92,7 @@ static int out_full(const out_t *o) { return o->max && o->len >= o->max; }
 static void out_char(out_t *o, unsigned char c) {
   if (out_full(o)) return;
   if (o->printable && ((c < 0x20 && c != '\t') || c == 0x7f)) c = '?';
-  if (o->fold) c = (unsigned char)tolower(c);
+  if (o->fold & SID_FOLD_LOWER) c = (unsigned char)tolower(c);
   luaL_addchar(&o->b, (char)c);
   o->len++;
 }
@@ -219,7 +221,7 @@ static void push_redacted(lua_State *L, const char *s, size_t n,
   o.fold = fold;
   luaL_buffinit(L, &o.b);
   while (i < n && !out_full(&o)) {
-    size_t len = secret_at(secrets, s, n, i, fold), mlen;
+    size_t len = secret_at(secrets, s, n, i, fold & SID_FOLD_MATCH), mlen;
     if (len) {
       out_text(&o, REDACTED);
       i += len;
@@ -241,5 +243,11 @@ void sid_push_redacted(lua_State *L, const char *s, size_t n,
    server may too), the result in lower case. */
 void sid_push_redacted_name(lua_State *L, const char *s, size_t n,
                             const sid_secrets *secrets) {
-  push_redacted(L, s, n, secrets, 0, 1, 1);
+  push_redacted(L, s, n, secrets, 0, 1, SID_FOLD_MATCH | SID_FOLD_LOWER);
+}
+
+/* A header line of the trace: secrets matched in any case, text kept. */
+void sid_push_redacted_folded(lua_State *L, const char *s, size_t n,
+                              const sid_secrets *secrets) {
+  push_redacted(L, s, n, secrets, 0, 1, SID_FOLD_MATCH);
 }

@@ -1,5 +1,6 @@
 /*
- * signal.c - SIGINT and SIGTERM for the command line (slashid-rotate),
+ * signal.c - SIGINT, SIGTERM (and SIGHUP, as SIGTERM) for the command
+ * line (slashid-rotate),
  * the same under every interpreter: while caught, a signal does nothing
  * but count and write one byte to a self-pipe. multi:wait polls the
  * pipe's read end beside libcurl's sockets, so it wakes the moment a
@@ -34,7 +35,8 @@ static volatile sig_atomic_t wake_fd = -1;   /* the pipe's write end */
 static int read_fd = -1;                     /* the pipe's read end */
 static int caught = 0;
 static int plugged[3];                       /* fds 0-2 opened at catch */
-static struct sigaction old_int, old_term, old_pipe;
+static struct sigaction old_int, old_term, old_hup, old_pipe;
+
 static char notice[512];                     /* written on the first signal */
 static size_t notice_len = 0;
 
@@ -44,9 +46,19 @@ static void on_signal(int sig) {
   /* INT and TERM block each other while this runs (sa_mask): no lost
      increment. Only the main code reads the count. */
   if (sig_count < 1000000) sig_count = sig_count + 1;
-  if (sig_count == 1 && notice_len > 0) {    /* at once, not when Lua runs */
-    ssize_t r = write(2, notice, notice_len);
-    (void)r;
+  if (sig_count == 1 && notice_len > 0) {
+    /* At once, but only if stderr takes it without waiting: a write to a
+       full pipe would block the handler (a stopped reader would hang the
+       command with INT and TERM masked). poll(2) is async-signal-safe; a
+       pipe that polls writable has a free page, more than the notice. */
+    struct pollfd p;
+    p.fd = 2;
+    p.events = POLLOUT;
+    p.revents = 0;
+    if (poll(&p, 1, 0) == 1 && (p.revents & POLLOUT)) {
+      ssize_t r = write(2, notice, notice_len);
+      (void)r;
+    }
   }
   if (wake_fd >= 0) {
     char b = 1;
@@ -149,11 +161,15 @@ static int signal_catch(lua_State *L) {
   sigemptyset(&sa.sa_mask);
   sigaddset(&sa.sa_mask, SIGINT);
   sigaddset(&sa.sa_mask, SIGTERM);
+  sigaddset(&sa.sa_mask, SIGHUP);
   /* No SA_RESTART: a read blocked when a signal comes (a named pipe read
      through stdio) returns EINTR, so the command notices the signal. */
   sa.sa_flags = 0;
   sigaction(SIGINT, &sa, &old_int);
   sigaction(SIGTERM, &sa, &old_term);
+  /* a closed terminal or a dropped ssh session: like SIGTERM, not death
+     with a request in flight */
+  sigaction(SIGHUP, &sa, &old_hup);
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = SIG_IGN;
   sigemptyset(&sa.sa_mask);
@@ -169,11 +185,18 @@ static int signal_release(lua_State *L) {
   if (!caught) return 0;
   sigaction(SIGINT, &old_int, NULL);
   sigaction(SIGTERM, &old_term, NULL);
+  sigaction(SIGHUP, &old_hup, NULL);
   sigaction(SIGPIPE, &old_pipe, NULL);
   caught = 0;
   close_pipe();
   unplug_std_fds();
   return 0;
+}
+
+/* core.signals_caught() -> whether catch_signals is in force */
+static int signal_caught(lua_State *L) {
+  lua_pushboolean(L, caught);
+  return 1;
 }
 
 /* core.signal_count() -> SIGINT and SIGTERM received since catch_signals */
@@ -267,6 +290,8 @@ void sid_open_signal(lua_State *L) {
   lua_setfield(L, -2, "release_signals");
   lua_pushcfunction(L, signal_count);
   lua_setfield(L, -2, "signal_count");
+  lua_pushcfunction(L, signal_caught);
+  lua_setfield(L, -2, "signals_caught");
   lua_pushcfunction(L, signal_isatty);
   lua_setfield(L, -2, "isatty");
   lua_pushcfunction(L, signal_read_input);

@@ -53,6 +53,9 @@ void sid_push_redacted(lua_State *L, const char *s, size_t n,
    lower case. */
 void sid_push_redacted_name(lua_State *L, const char *s, size_t n,
                             const sid_secrets *secrets);
+/* A header line: secrets found in any case, the text otherwise kept. */
+void sid_push_redacted_folded(lua_State *L, const char *s, size_t n,
+                              const sid_secrets *secrets);
 
 /* ---- one attempt: the state shared by request.c, answer.c, trace.c --- */
 typedef struct sid_transfer {

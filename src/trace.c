@@ -37,6 +37,7 @@ typedef struct emit_args {
   sid_transfer *t;
   const char *prefix, *p;
   size_t n, max;
+  int header;        /* a header line: keys matched in any case */
 } emit_args;
 
 /* Protected: builds the redacted line and calls the debug function. */
@@ -44,14 +45,15 @@ static int emit_protected(lua_State *L) {
   emit_args *a = (emit_args *)lua_touserdata(L, 1);
   lua_rawgeti(L, LUA_REGISTRYINDEX, a->t->debug_ref);
   lua_pushstring(L, a->prefix);
-  sid_push_redacted(L, a->p, a->n, &a->t->secrets, a->max, 1);
+  if (a->header) sid_push_redacted_folded(L, a->p, a->n, &a->t->secrets);
+  else sid_push_redacted(L, a->p, a->n, &a->t->secrets, a->max, 1);
   lua_concat(L, 2);
   lua_call(L, 1, 0);
   return 0;
 }
 
-void sid_trace_emit(sid_transfer *t, const char *prefix, const char *p,
-                    size_t n, size_t max) {
+static void emit(sid_transfer *t, const char *prefix, const char *p,
+                 size_t n, size_t max, int header) {
   emit_args a;
   if (t->L == NULL || t->debug_ref == LUA_NOREF || t->debug_failed) return;
   while (n && (p[n - 1] == '\n' || p[n - 1] == '\r')) n--;
@@ -60,8 +62,14 @@ void sid_trace_emit(sid_transfer *t, const char *prefix, const char *p,
   a.p = p;
   a.n = n;
   a.max = max;
+  a.header = header;
   if (sid_protected_call(t->L, emit_protected, &a) != 0)
     t->debug_failed = 1;   /* the trace stops; the exchange goes on */
+}
+
+void sid_trace_emit(sid_transfer *t, const char *prefix, const char *p,
+                    size_t n, size_t max) {
+  emit(t, prefix, p, n, max, 0);
 }
 
 /* One header line: a credential header loses its value before anything
@@ -77,11 +85,13 @@ static void emit_header_line(sid_transfer *t, const char *prefix,
       size_t keep = hl < sizeof shown - 13 ? hl : sizeof shown - 13;
       memcpy(shown, p, keep);
       memcpy(shown + keep, " <redacted>", 11);
-      sid_trace_emit(t, prefix, shown, keep + 11, 0);
+      emit(t, prefix, shown, keep + 11, 0, 1);
       return;
     }
   }
-  sid_trace_emit(t, prefix, p, n, 0);
+  /* HTTP/2 lowers header names: a key echoed in one is matched in any
+     case */
+  emit(t, prefix, p, n, 0, 1);
 }
 
 /* A header block may hold several CRLF-separated lines (request headers
@@ -108,7 +118,7 @@ int sid_trace_on_debug(CURL *h, curl_infotype type, char *p, size_t n,
   sid_transfer *t = (sid_transfer *)ud;
   (void)h;
   switch (type) {
-    case CURLINFO_TEXT:       sid_trace_emit(t, "* ", p, n, 0); break;
+    case CURLINFO_TEXT:       emit(t, "* ", p, n, 0, 1); break;  /* h2h3 lines: headers */
     case CURLINFO_HEADER_OUT: emit_header_block(t, "> ", p, n); break;
     /* answer headers and bodies: traced by answer.c once the answer is
        read and the new key known; TLS records: never */

@@ -17,7 +17,7 @@
 local core = require "slashid.core"
 local job_mod = require "slashid.job"
 
-local pcall, tostring, type, error, pairs = pcall, tostring, type, error, pairs
+local pcall, tostring, type, error, pairs, next = pcall, tostring, type, error, pairs, next
 local table_remove = table.remove
 
 local M = {}
@@ -74,6 +74,7 @@ function M.run(pull, total, s)
   local progress_ok, progress_error = true, nil
   local stopping = false   -- no item starts any more
   local failed, failure = nil, nil   -- the first callback error: field, text
+  local undelivered = {}   -- keep_results == false: items on_result failed on
 
   local function fail(field, err)
     if not failed then failed, failure = field, describe_error(err) end
@@ -95,7 +96,11 @@ function M.run(pull, total, s)
     done = done + 1
     if on_result then
       local ok, err = pcall(on_result, i, item)
-      if not ok then fail("on_result_error", err) end
+      if not ok then
+        fail("on_result_error", err)
+        -- not delivered: its key would be nowhere else without results
+        if not keep and item.result then undelivered[i] = item end
+      end
     end
     if progress and on_progress and progress_ok then
       local ok, ret = pcall(on_progress, done, total, i, outcome, item)
@@ -149,7 +154,12 @@ function M.run(pull, total, s)
         end
       end
       if active == 0 and stopping then break end
+      -- While the command catches signals, a first one also ends the items
+      -- waiting to retry: their next attempt would be a new request, and
+      -- "stop starting" means none goes out (they end not_rotated).
+      local interrupted = core.signals_caught() and core.signal_count() > 0
       for job in pairs(waiting) do
+        if interrupted and job.phase ~= "done" then job:cancel() end
         if job.phase == "done" then
           waiting[job] = nil
         elseif job.wait_until and now >= job.wait_until then
@@ -226,6 +236,7 @@ function M.run(pull, total, s)
   local ret = keep and outcomes or counts
   if progress_error then ret.on_progress_error = progress_error end
   if failed then ret[failed] = failure end
+  if next(undelivered) ~= nil then ret.undelivered = undelivered end
   return ret
 end
 

@@ -404,6 +404,19 @@ local function check_combinations(o)
       if o[f] then usage_error("--" .. f .. " applies to --orgs only") end
     end
   end
+  -- the appended key lines would be read back as organizations to rotate,
+  -- for ever
+  if o.orgs and o.save_to then
+    local input = o.orgs == "-" and "/proc/self/fd/0" or o.orgs
+    if core.key_file_identity(input) == core.key_file_identity(o.save_to) then
+      usage_error("--orgs and --save-to name the same file")
+    end
+  end
+  -- credentials in a flag are visible to every user in `ps`
+  if type(o.proxy) == "string" and o.proxy:find("^[%a][%w+.-]*://[^/?#]*@") then
+    usage_error("--proxy must not hold credentials (ps shows them): " ..
+                "put the proxy URL in https_proxy instead")
+  end
 end
 
 -- ---- input: the --orgs file, the key on standard input -----------------
@@ -476,6 +489,18 @@ end
 -- redirected from one), read twice: a first pass checks every line before
 -- anything is sent, and counts them. Anything else (a pipe) is read as it
 -- comes; mode "now" never waits for it.
+-- s without leading and trailing white space, in linear time.
+local function trim(s)
+  local a = s:find("%S")
+  if not a then return "" end
+  local b = #s
+  while b > a and s:sub(b, b):find("%s") do b = b - 1 end
+  return s:sub(a, b)
+end
+
+-- What SlashID organization IDs look like.
+local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
+
 local function open_orgs(path, closed)
   local f, why
   if path == "-" then
@@ -502,10 +527,20 @@ local function open_orgs(path, closed)
   local function parse_line(line, n)
     if line == LONG then return { bad = "longer than 1 MiB (not shown)", line = n } end
     line = line:gsub("\r$", "")
-    if line:find("^%s*$") or line:find("^%s*#") then return nil end
-    local org, key = line:match("^%s*([^\t]-)%s*\t%s*([^\t]-)%s*$")
-    if not org or org == "" or key == "" then
+    local first = line:find("%S")
+    if not first or line:byte(first) == 35 then return nil end   -- blank, "#"
+    -- split on the one tab and trim each side in linear time (a pattern
+    -- with two lazy captures is cubic on a long run of spaces)
+    local tab = line:find("\t", 1, true)
+    local org = tab and trim(line:sub(1, tab - 1))
+    local key = tab and not line:find("\t", tab + 1, true) and trim(line:sub(tab + 1))
+    if not org or not key or org == "" or key == "" then
       return { bad = "ORG_ID<TAB>CURRENT_KEY expected (the line is not shown)", line = n }
+    end
+    -- a key in the organization's column would be printed as one
+    if not org:find(UUID) and key:find(UUID) then
+      return { bad = "the columns look swapped: ORG_ID<TAB>CURRENT_KEY expected " ..
+                     "(the line is not shown)", line = n }
     end
     check_item = check_item or require("slashid.options").check
     local ok, err = pcall(check_item, { org_id = org, api_key = key })

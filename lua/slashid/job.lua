@@ -91,8 +91,11 @@ end
 -- The multi reported this job's attempt finished (or it was cancelled
 -- mid-transfer: collect then reports the abort).
 function Job:finished()
-  self.running = false
+  -- running is cleared only once the answer is collected: if collecting
+  -- raises (a memory error), the handle still says done and the next poll
+  -- collects again instead of leaving the job stuck
   local result, errors, pagination, facts = self.handle:collect()
+  self.running = false
   local retry_after = policy.retry_after(facts.headers, core)
   if retry_after then self.last_retry_after = retry_after end
   local delay = not self.cancelled and

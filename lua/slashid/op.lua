@@ -63,6 +63,13 @@ end
 -- collected whether or not that report reached us (handle:done()).
 local function step(st, last_look)
   local job = st.job
+  -- while the command catches signals, a first one ends a wait to retry:
+  -- the next attempt would be a new request (see batch.lua)
+  if job.wait_until and not job.running and core.signals_caught() and
+     core.signal_count() > 0 then
+    job:cancel()
+    return
+  end
   if not last_look then job:due(core.now()) end
   if job.running then
     st.multi:perform(last_look)

@@ -48,7 +48,12 @@ end
 local tointeger = math.tointeger or function(v) return v end
 
 local function check_text(name, v)
-  if type(v) ~= "string" or v == "" then fail(name, "non-empty string", v) end
+  if type(v) ~= "string" or v == "" then
+    if type(v) == "number" then   -- a key given as a number: digits not shown
+      raise(string_format("slashid: bad option '%s' (non-empty string expected, got a number)", name))
+    end
+    fail(name, "non-empty string", v)
+  end
   if v:find("[%c\127]") then
     raise(string_format("slashid: bad option '%s' (control characters such as CR, LF or NUL are not allowed)", name))
   end
