@@ -37,19 +37,26 @@ static void check_idle(lua_State *L, sid_handle *h) {
    not building raised. The closure is made before the transfer starts,
    so that no allocation can fail between the transfer and the pcall. */
 static int push_protected(lua_State *L) {
-  sid_handle *h = (sid_handle *)lua_touserdata(L, lua_upvalueindex(1));
+  sid_handle *h = (sid_handle *)lua_touserdata(L, 1);
+  lua_remove(L, 1);
   return sid_answer_push(L, &h->t, h->finished_rc);
 }
 
+/* The function is made once per state (registry, keyed by this address)
+   and only fetched here: nothing is allocated per call, and nothing can
+   fail between the transfer and the pcall. */
+static const char PUSH_KEY = 0;
+
 static void prepare_push(lua_State *L, sid_handle *h) {
+  lua_pushlightuserdata(L, (void *)&PUSH_KEY);
+  lua_rawget(L, LUA_REGISTRYINDEX);
   lua_pushlightuserdata(L, h);
-  lua_pushcclosure(L, push_protected, 1);
 }
 
 static int answer_push_busy(lua_State *L, sid_handle *h, CURLcode rc) {
-  int top = lua_gettop(L) - 1, status;   /* below the closure */
+  int top = lua_gettop(L) - 2, status;   /* below the function and h */
   h->finished_rc = rc;
-  status = lua_pcall(L, 0, 4, 0);
+  status = lua_pcall(L, 1, 4, 0);
   h->busy = 0;
   sid_callbacks_off(&h->t);
   if (status != 0) {
@@ -159,6 +166,9 @@ void sid_open_handle(lua_State *L) {
     {NULL, NULL}
   };
   sid_new_class(L, SID_HANDLE_MT, meta, methods);
+  lua_pushlightuserdata(L, (void *)&PUSH_KEY);
+  lua_pushcfunction(L, push_protected);
+  lua_rawset(L, LUA_REGISTRYINDEX);
   lua_pushcfunction(L, handle_new);
   lua_setfield(L, -2, "handle");
 }
