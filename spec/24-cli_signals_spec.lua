@@ -340,7 +340,9 @@ describe("slashid-rotate interrupted", function()
     job.kill("INT")
     local status, out, err = job.wait(20)
     writer:close()
-    assert.are.equal(0, status, err)   -- the one started was rotated; nothing read was left
+    -- the one started was rotated; the input left unread may name
+    -- organizations, which count as not rotated (review F6)
+    assert.are.equal(1, status, err)
     assert.are.equal(H.org(list[1].org_id).api_key, (key_lines(read(save)))[list[1].org_id])
     assert.matches("was not read", err)
     assert.are.equal(0, H.requests(list[2].org_id))

@@ -783,7 +783,7 @@ end
 local function status_of(t)
   if t.unknown > 0 then return EXIT_UNKNOWN end
   if t.incomplete > 0 then return EXIT_NOT_SAVED end
-  if t.not_rotated > 0 then return EXIT_NOT_ROTATED end
+  if t.not_rotated > 0 or t.unread then return EXIT_NOT_ROTATED end
   return EXIT_OK
 end
 
@@ -820,6 +820,8 @@ local function list_rest(ctx, reader, tally, key, message, read_all)
   end
   if reader.interrupted or reader.incomplete or not read_all then
     say("the rest of ", reader.name, " was not read: its organizations were not started either")
+    -- unread lines may name organizations: they count as not done
+    tally.unread = true
   end
   return n
 end
@@ -990,7 +992,7 @@ local function rotate_many(ctx, reader, opts, total)
       tally.not_rotated = tally.not_rotated + 1
     end
   end
-  if tally.total == 0 and not stopped then
+  if tally.total == 0 and not stopped and not reader.error and not tally.unread then
     say(reader.name, ": no organizations to rotate")
     return EXIT_OK
   end
@@ -1070,12 +1072,17 @@ local function check_many(ctx, reader, opts, total)
     list_rest(ctx, reader, tally, "unknown", "not checked: interrupted",
                             not aborted or reader.seekable)
   end
-  if tally.total == 0 and not (stopped or aborted) then
+  if tally.total == 0 and not (stopped or aborted) and not reader.error then
     say(reader.name, ": no organizations to check")
     return EXIT_OK
   end
+  if reader.error and not (stopped or aborted) then
+    say("cannot read ", reader.name, ": ", tostring(reader.error),
+        ": the organizations after line ", reader.n, " were not checked")
+  end
   summary(tally, "check")
-  if tally.unknown > 0 then return EXIT_UNKNOWN end
+  -- organizations left unread (interrupted, or a read error) cannot be told
+  if tally.unknown > 0 or tally.unread or reader.error then return EXIT_UNKNOWN end
   if tally.refused > 0 then return EXIT_NOT_ROTATED end
   return EXIT_OK
 end
