@@ -45,5 +45,7 @@ while [ ! -s "$tmp/emulator.json" ]; do
   sleep 0.1
 done
 
-export SLASHID_EMULATOR_INFO="$tmp/emulator.json" SLASHID_SPEC_TMP="$tmp"
+# TMPDIR too: rescue files of commands run by the specs land in the
+# scratch folder (removed below), not in /tmp.
+export SLASHID_EMULATOR_INFO="$tmp/emulator.json" SLASHID_SPEC_TMP="$tmp" TMPDIR="$tmp"
 "$@"
