@@ -25,7 +25,9 @@ dependencies = {
 -- Only the library is declared: on Debian curl.h lives in a multiarch
 -- folder (/usr/include/x86_64-linux-gnu) that LuaRocks' header search
 -- misses but the compiler finds by itself. Pass CURL_INCDIR=... to
--- `luarocks make` for a curl installed elsewhere.
+-- `luarocks make` for a curl installed elsewhere. libcurl 7.61 or later
+-- is required (src/compat.h refuses older headers; before 7.80 the PUT
+-- takes a fresh connection instead of the pre-request guard: README).
 external_dependencies = {
   CURL = { library = "curl" },
 }
