@@ -218,7 +218,7 @@ describe("OpenResty example", function()
     local status2, body2 = request(port, "POST", "/rotate", 10)
     assert.are.equal(200, status2, body2)
     assert.are.equal("rotated", cjson.decode(body2).outcome)
-    assert.are.equal(H.org(org).api_key .. "\n", H.read_file(key_file))
+    H.assert_key_equal(H.org(org).api_key .. "\n", H.read_file(key_file))
     assert.are.equal(2, H.org(org).rotations)
 
     -- only POST

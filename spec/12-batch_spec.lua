@@ -27,17 +27,9 @@ local function items(list, extra)
   return t
 end
 
-local function messages(errors)
-  local t = {}
-  for _, e in ipairs(errors or {}) do t[#t + 1] = tostring(e.message) end
-  return table.concat(t, " | ")
-end
+local messages = H.messages
 
-local function assert_rotated(o, out)
-  assert.are.equal("rotated", out.info.outcome, messages(out.errors))
-  assert.are.equal(H.org(o.org_id).api_key, out.result.api_key)
-  assert.are_not.equal(o.api_key, out.result.api_key)
-end
+local assert_rotated = H.assert_rotated
 
 describe("rotate_keys", function()
   for _, scheme in ipairs({ "http", "https" }) do

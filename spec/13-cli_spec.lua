@@ -145,7 +145,7 @@ describe("slashid-rotate, one organization", function()
     local status, out, err = run({}, { SLASHID_API_KEY = key, SLASHID_ORG_ID = org,
                                        SLASHID_BASE_URL = H.http_url })
     assert.are.equal(0, status, err)
-    assert.are.equal(H.org(org).api_key .. "\n", out)
+    H.assert_key_equal(H.org(org).api_key .. "\n", out)
   end)
 
   it("reads the key from --api-key-file (first line, line ending stripped)", function()
@@ -154,7 +154,7 @@ describe("slashid-rotate, one organization", function()
     local status, out, err = run(one(org, { "--api-key-file", file }),
                                  { SLASHID_API_KEY = "sk_not_this_one_from_the_environment" })
     assert.are.equal(0, status, err)
-    assert.are.equal(H.org(org).api_key .. "\n", out)
+    H.assert_key_equal(H.org(org).api_key .. "\n", out)
     assert.are.equal("current", H.org(org).requests[1].key)
     no_secrets(key, out, err, H.org(org).api_key)
 
@@ -162,7 +162,7 @@ describe("slashid-rotate, one organization", function()
     file = write(H.tmpname("key"), key2 .. "\r\n")
     status, out, err = run(one(org2, { "--api-key-file=" .. file }))
     assert.are.equal(0, status, err)
-    assert.are.equal(H.org(org2).api_key .. "\n", out)
+    H.assert_key_equal(H.org(org2).api_key .. "\n", out)
   end)
 
   it("passes --consistency, --timeout, --request-timeout and --ca-file (https)", function()
@@ -176,7 +176,7 @@ describe("slashid-rotate, one organization", function()
     assert.are.equal("https", req.port)
     assert.are.equal("all_regions", req.headers["slashid-required-consistency"])
     assert.are.equal("42", req.headers["slashid-required-consistency-timeout"])
-    assert.are.equal(H.org(org).api_key .. "\n", out)
+    H.assert_key_equal(H.org(org).api_key .. "\n", out)
   end)
 
   it("exit 1: not rotated (401), nothing on stdout", function()
@@ -288,7 +288,7 @@ describe("slashid-rotate, one organization", function()
       assert.is_nil(obj.api_key)
       assert.are.equal("rotated", obj.outcome)
       H.assert_no_secret(out, H.org(org).api_key)
-      assert.are.equal(H.org(org).api_key .. "\n", H.read_file(path))
+      H.assert_key_equal(H.org(org).api_key .. "\n", H.read_file(path))
     end)
 
     it("not rotated and unknown: errors with httpcode and message, no api_key", function()
@@ -331,7 +331,7 @@ describe("slashid-rotate, one organization", function()
       assert.are.equal(3, status)
       local obj = cjson.decode(out)
       assert.are.equal("rotated", obj.outcome)
-      assert.are.equal(H.org(org).api_key, obj.api_key)
+      H.assert_key_equal(H.org(org).api_key, obj.api_key)
       assert.is_true(#obj.errors >= 1)
     end)
   end)
@@ -435,7 +435,7 @@ describe("slashid-rotate --orgs", function()
     local keys, n = key_lines(out)
     assert.are.equal(4, n)
     for _, o in ipairs(list) do
-      assert.are.equal(H.org(o.org_id).api_key, keys[o.org_id])
+      H.assert_key_equal(H.org(o.org_id).api_key, keys[o.org_id])
       no_secrets(o.api_key, out, err, keys[o.org_id])
     end
     -- not a terminal: one plain line per organization, no bar
@@ -463,7 +463,7 @@ describe("slashid-rotate --orgs", function()
       if i == 2 then
         assert.is_nil(keys[o.org_id])
       else
-        assert.are.equal(H.org(o.org_id).api_key, keys[o.org_id])
+        H.assert_key_equal(H.org(o.org_id).api_key, keys[o.org_id])
       end
       no_secrets(o.api_key, out, err, keys[o.org_id])
     end
@@ -500,8 +500,8 @@ describe("slashid-rotate --orgs", function()
     assert.are.equal(2, status, err)
     assert.matches("1 unknown", err)
     local keys = key_lines(out)
-    assert.are.equal(H.org(list[3].org_id).api_key, keys[list[3].org_id])
-    assert.are.equal(H.org(list[4].org_id).api_key, keys[list[4].org_id])
+    H.assert_key_equal(H.org(list[3].org_id).api_key, keys[list[3].org_id])
+    H.assert_key_equal(H.org(list[4].org_id).api_key, keys[list[4].org_id])
 
     -- then a verify failure (3), over a not-rotated one (1); the key of the
     -- verify failure is printed on stdout although it is saved
@@ -515,8 +515,8 @@ describe("slashid-rotate --orgs", function()
     assert.are.same({ [list[2].org_id] = H.org(list[2].org_id).api_key }, (key_lines(out)))
     local saved, n = key_lines(H.read_file(save))
     assert.are.equal(2, n)
-    assert.are.equal(H.org(list[2].org_id).api_key, saved[list[2].org_id])
-    assert.are.equal(H.org(list[3].org_id).api_key, saved[list[3].org_id])
+    H.assert_key_equal(H.org(list[2].org_id).api_key, saved[list[2].org_id])
+    H.assert_key_equal(H.org(list[3].org_id).api_key, saved[list[3].org_id])
 
     -- then not rotated (1)
     path, list = orgs_file(3)
@@ -603,7 +603,7 @@ describe("slashid-rotate --orgs", function()
     assert.are.equal(1, status, err)
     assert.are.equal(1, H.org(org).rotations)
     assert.are.equal("previous", H.org(org).requests[2].key)
-    assert.are.equal(H.org(org).api_key, (key_lines(out))[org])
+    H.assert_key_equal(H.org(org).api_key, (key_lines(out))[org])
   end)
 
   it("a bad line in a stream (--orgs -) is reported not rotated; the others go on", function()
@@ -637,7 +637,7 @@ describe("slashid-rotate, standard input", function()
       local status, out, err = run(one(org, { "--api-key-file", "-" }),
                                    { SLASHID_API_KEY = "sk_not_this_one_from_the_environment" }, feed)
       assert.are.equal(0, status, err)
-      assert.are.equal(H.org(org).api_key .. "\n", out)
+      H.assert_key_equal(H.org(org).api_key .. "\n", out)
       assert.are.equal("current", H.org(org).requests[#H.org(org).requests].key)
       no_secrets(key, out, err, H.org(org).api_key)
       key = H.org(org).api_key
@@ -659,7 +659,7 @@ describe("slashid-rotate, standard input", function()
       local keys, n = key_lines(out)
       assert.are.equal(3, n)
       for _, o in ipairs(list) do
-        assert.are.equal(H.org(o.org_id).api_key, keys[o.org_id])
+        H.assert_key_equal(H.org(o.org_id).api_key, keys[o.org_id])
         no_secrets(o.api_key, out, err, keys[o.org_id])
       end
       -- the next round presents the new keys
@@ -761,7 +761,7 @@ describe("slashid-rotate, where requests go", function()
     status, out, err = run({ "--org-id", org, "--base-url", H.https_url, "--ca-file", H.ca_file,
                              "--no-proxy" }, { SLASHID_API_KEY = key, https_proxy = dead, HTTPS_PROXY = dead })
     assert.are.equal(0, status, err)
-    assert.are.equal(H.org(org).api_key .. "\n", out)
+    H.assert_key_equal(H.org(org).api_key .. "\n", out)
   end)
 end)
 

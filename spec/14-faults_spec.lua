@@ -30,11 +30,7 @@ local ROTATE = "/organizations/api-keys"
 local SLACK = 1.0            -- seconds allowed past a deadline
 local MATRIX_TIMEOUT = 3     -- request_timeout of matrix calls (s)
 
-local function messages(errors)
-  local t = {}
-  for _, e in ipairs(errors or {}) do t[#t + 1] = tostring(e.message) end
-  return table.concat(t, " | ")
-end
+local messages = H.messages
 
 local function envelope(code, message)
   return { errors = { { httpcode = code, message = message } }, result = nil }
@@ -763,7 +759,7 @@ describe("fault matrix through start_rotate_key and rotate_keys", function()
     end
     local last = outcomes[#list]
     assert.are.equal("rotated", last.info.outcome, messages(last.errors))
-    assert.are.equal(H.org(good_org).api_key, last.result.api_key)
+    H.assert_key_equal(H.org(good_org).api_key, last.result.api_key)
     assert.are.equal(#list, H.stats().requests - before.requests)
   end)
 end)

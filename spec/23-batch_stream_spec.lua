@@ -32,17 +32,9 @@ local function iterate(list, extra, stop_at)
   return it
 end
 
-local function messages(errors)
-  local t = {}
-  for _, e in ipairs(errors or {}) do t[#t + 1] = tostring(e.message) end
-  return table.concat(t, " | ")
-end
+local messages = H.messages
 
-local function assert_rotated(o, out)
-  assert.are.equal("rotated", out.info.outcome, messages(out.errors))
-  assert.are.equal(H.org(o.org_id).api_key, out.result.api_key)
-  assert.are_not.equal(o.api_key, out.result.api_key)
-end
+local assert_rotated = H.assert_rotated
 
 local function assert_untouched(o)
   assert.are.equal(0, H.requests(o.org_id))
@@ -712,7 +704,7 @@ io.open(%q, "w"):write(table.concat(lines, "\n"), "\n")
                    "the new key could not be checked: the batch was interrupted", out)
     assert.is_nil(out:find("result 2", 1, true), out)
     assert.matches("\nraised=true interrupted=true elapsed=", out)
-    assert.are.equal(H.org(a).api_key .. "\n", H.read_file(dir .. "/key_a"))
+    H.assert_key_equal(H.org(a).api_key .. "\n", H.read_file(dir .. "/key_a"))
     H.assert_no_secret(out, H.org(a).api_key)
     H.assert_no_secret(out, key_a)
   end)

@@ -122,7 +122,7 @@ end
 
 -- Every line of a key file names an org and that org's current key.
 local function assert_current(saved)
-  for org, key in pairs(saved) do assert.are.equal(H.org(org).api_key, key) end
+  for org, key in pairs(saved) do H.assert_key_equal(H.org(org).api_key, key) end
 end
 
 local function requested(o) return H.requests(o.org_id) > 0 end
@@ -213,7 +213,7 @@ describe("slashid-rotate interrupted", function()
     assert.is_true(took < 4, "the abort took " .. took .. " s (answers come at 8 s)")
     local saved, n = key_lines(read(save))
     assert.are.equal(1, n)
-    assert.are.equal(H.org(list[1].org_id).api_key, saved[list[1].org_id])
+    H.assert_key_equal(H.org(list[1].org_id).api_key, saved[list[1].org_id])
     assert.matches("unknown", err)
     for i = 2, 3 do
       assert.is_truthy(err:find("  " .. list[i].org_id, 1, true), "in-flight org not listed")
@@ -241,7 +241,7 @@ describe("slashid-rotate interrupted", function()
     local saved = key_lines(read(save))
     local printed = key_lines(out)
     assert.is_truthy(saved[org] or printed[org], "the issued key was lost")
-    assert.are.equal(H.org(org).api_key, saved[org] or printed[org])
+    H.assert_key_equal(H.org(org).api_key, saved[org] or printed[org])
     assert.are.equal(3, status, err)   -- rotated, verification not done
   end)
 
@@ -256,7 +256,7 @@ describe("slashid-rotate interrupted", function()
     job.kill("INT")
     local status, out, err = job.wait(20)
     assert.are.equal(3, status, err)
-    assert.are.equal(H.org(org).api_key .. "\n", out)
+    H.assert_key_equal(H.org(org).api_key .. "\n", out)
     H.assert_no_secret(err, key)
     H.assert_no_secret(err, H.org(org).api_key)
   end)
@@ -269,7 +269,7 @@ describe("slashid-rotate interrupted", function()
     job.kill("INT")
     local status, out, err = job.wait(20)
     assert.are.equal(0, status, err)
-    assert.are.equal(H.org(org).api_key .. "\n", out)
+    H.assert_key_equal(H.org(org).api_key .. "\n", out)
     assert.matches("interrupted", err)
     H.assert_no_secret(err, key)
     H.assert_no_secret(err, H.org(org).api_key)
@@ -343,7 +343,7 @@ describe("slashid-rotate interrupted", function()
     -- the one started was rotated; the input left unread may name
     -- organizations, which count as not rotated (review F6)
     assert.are.equal(1, status, err)
-    assert.are.equal(H.org(list[1].org_id).api_key, (key_lines(read(save)))[list[1].org_id])
+    H.assert_key_equal(H.org(list[1].org_id).api_key, (key_lines(read(save)))[list[1].org_id])
     assert.matches("was not read", err)
     assert.are.equal(0, H.requests(list[2].org_id))
     no_secrets(list, out, err)
@@ -369,7 +369,7 @@ describe("slashid-rotate never loses a key to a broken output", function()
     local saved, n = key_lines(read(files[1]))
     assert.are.equal(#expected, n)
     for _, org in ipairs(expected) do
-      assert.are.equal(H.org(org).api_key, saved[org])
+      H.assert_key_equal(H.org(org).api_key, saved[org])
       H.assert_no_secret(err, saved[org])
     end
   end
@@ -620,7 +620,7 @@ describe("slashid-rotate review findings", function()
     local status, out, err = job.wait(20)
     assert.are.equal(0, status, err)
     local saved = key_lines(read(save) or "")
-    assert.are.equal(H.org(list[1].org_id).api_key, saved[list[1].org_id])
+    H.assert_key_equal(H.org(list[1].org_id).api_key, saved[list[1].org_id])
     no_secrets(list, out, err)
   end)
 

@@ -180,6 +180,29 @@ function H.flatten(...)
   return table.concat(parts, "\n")
 end
 
+-- The messages of an errors list, for an assertion's explanation.
+function H.messages(errors)
+  local t = {}
+  for _, e in ipairs(errors or {}) do t[#t + 1] = tostring(e.message) end
+  return table.concat(t, " | ")
+end
+
+-- Asserts two keys are the same without ever printing either (busted's
+-- equality assertions print both values when they fail).
+function H.assert_key_equal(expected, actual, why)
+  if expected ~= actual then
+    error(("keys differ (not shown)%s"):format(why and (": " .. tostring(why)) or ""), 2)
+  end
+end
+
+-- A batch item `out` for org `o` ({ org_id, api_key }) was rotated: the
+-- server holds the key it returned, and that key is a new one.
+function H.assert_rotated(o, out)
+  assert(out.info.outcome == "rotated", "not rotated: " .. H.messages(out.errors))
+  H.assert_key_equal(H.org(o.org_id).api_key, out.result.api_key)
+  assert(o.api_key ~= out.result.api_key, "the old key came back")
+end
+
 -- Asserts `secret` is not found (plainly) in `text`.
 function H.assert_no_secret(text, secret)
   assert(type(secret) == "string" and #secret >= 8, "bad secret for the check")
