@@ -641,13 +641,7 @@ end)
 describe("rotate_keys interrupted (a second signal, signals caught)", function()
   local socket = require "socket"
 
-  local function wait_for(what, seconds, fn)
-    local deadline = socket.gettime() + seconds
-    while not fn() do
-      assert(socket.gettime() < deadline, "timed out waiting for " .. what)
-      socket.sleep(0.02)
-    end
-  end
+  local wait_for = H.wait_for
 
   it("abandons unanswered items, delivers the key being verified, raises at once", function()
     local a, key_a = H.new_org()

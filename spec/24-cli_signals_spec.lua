@@ -41,14 +41,7 @@ local function key_lines(text)
   return t, n
 end
 
--- Polls cond() every 20 ms for at most `seconds`; fails with `what`.
-local function wait_for(what, seconds, cond)
-  local deadline = socket.gettime() + seconds
-  while not cond() do
-    assert(socket.gettime() < deadline, "timed out waiting for " .. what)
-    socket.sleep(0.02)
-  end
-end
+local wait_for = H.wait_for
 
 -- The command line: env (name -> value), args (quoted one by one).
 local function command(args, env)
@@ -61,26 +54,10 @@ local function command(args, env)
 end
 
 -- Runs the command in the background. opts: env, stdin (a path; default
--- /dev/null). Returns a job: job.pid, job.dir (out, err, rc).
+-- /dev/null). Returns H.spawn's job.
 local function spawn(args, opts)
   opts = opts or {}
-  local dir = H.mkdir(H.tmpname("spawn"))
-  local stdin = opts.stdin or "/dev/null"
-  write(dir .. "/run.sh", ("%s >%s/out 2>%s/err <%s &\necho $! >%s/pid.tmp\n" ..
-                           "mv %s/pid.tmp %s/pid\nwait $!\necho $? >%s/rc.tmp\nmv %s/rc.tmp %s/rc\n")
-    :format(command(args, opts.env), dir, dir, q(stdin), dir, dir, dir, dir, dir, dir))
-  assert(sh("sh " .. dir .. "/run.sh >/dev/null 2>&1 &"))
-  wait_for("the command to start", 10, function() return exists(dir .. "/pid") end)
-  local job = { dir = dir, pid = tonumber((read(dir .. "/pid"):gsub("%s+$", ""))) }
-  function job.kill(sig) assert(sh("kill -" .. sig .. " " .. job.pid)) end
-  function job.ended() return exists(dir .. "/rc") end
-  -- Waits for the end; returns status, stdout, stderr.
-  function job.wait(seconds)
-    wait_for("the command to end", seconds or 20, job.ended)
-    return tonumber((read(dir .. "/rc"):gsub("%s+$", ""))), read(dir .. "/out"), read(dir .. "/err")
-  end
-  function job.err() return read(dir .. "/err") or "" end
-  return job
+  return H.spawn(command(args, opts.env), opts.stdin)
 end
 
 -- Runs a shell command line (the command inside it); returns the shell's

@@ -211,4 +211,40 @@ function H.assert_no_secret(text, secret)
   end
 end
 
+-- Polls cond() every 20 ms for at most `seconds`; fails naming `what`.
+-- Specs wait for conditions, never for fixed times (a loaded machine).
+function H.wait_for(what, seconds, cond)
+  local socket = require "socket"
+  local deadline = socket.gettime() + seconds
+  while not cond() do
+    assert(socket.gettime() < deadline, "timed out waiting for " .. what)
+    socket.sleep(0.02)
+  end
+end
+
+-- Runs a shell command line in the background, stdin from `stdin` (a
+-- path; default /dev/null). Returns a job: job.pid, job.dir (out, err,
+-- rc), job.kill(sig), job.ended(), job.wait(seconds) -> status, out, err.
+function H.spawn(cmdline, stdin)
+  local dir = H.mkdir(H.tmpname("spawn"))
+  H.write(dir .. "/run.sh", ("%s >%s/out 2>%s/err <%s &\necho $! >%s/pid.tmp\n" ..
+                           "mv %s/pid.tmp %s/pid\nwait $!\necho $? >%s/rc.tmp\nmv %s/rc.tmp %s/rc\n")
+    :format(cmdline, dir, dir, H.q(stdin or "/dev/null"), dir, dir, dir, dir, dir, dir))
+  os.execute("sh " .. dir .. "/run.sh >/dev/null 2>&1 &")
+  H.wait_for("the command to start", 10, function() return H.read_if_any(dir .. "/pid") ~= nil end)
+  local job = { dir = dir, pid = tonumber((H.read_file(dir .. "/pid"):gsub("%s+$", ""))) }
+  function job.kill(sig)
+    local a, _, c = os.execute("kill -" .. sig .. " " .. job.pid)
+    assert(a == true or a == 0 or c == 0, "kill -" .. sig .. " failed")
+  end
+  function job.ended() return H.read_if_any(dir .. "/rc") ~= nil end
+  function job.wait(seconds)
+    H.wait_for("the command to end", seconds or 20, job.ended)
+    return tonumber((H.read_file(dir .. "/rc"):gsub("%s+$", ""))),
+           H.read_if_any(dir .. "/out"), H.read_if_any(dir .. "/err")
+  end
+  function job.err() return H.read_if_any(dir .. "/err") or "" end
+  return job
+end
+
 return H

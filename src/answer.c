@@ -149,6 +149,10 @@ static void add_transport_error(lua_State *L, int list, sid_transfer *t,
   if (t->cancelled)
     lua_pushfstring(L, "%s: the operation was cancelled (op:cancel)",
                     sid_curlcode_name(rc));
+  else if (t->timed_out)
+    lua_pushfstring(L, "%s: timed out (no complete answer within "
+                    "request_timeout)",
+                    sid_curlcode_name(rc));
   else if (t->too_large || rc == CURLE_FILESIZE_EXCEEDED) {
     char cap[32];   /* size_t does not fit lua_pushfstring's %d */
     snprintf(cap, sizeof cap, "%zu", t->max_bytes);

@@ -66,6 +66,45 @@ static int answer_push_busy(lua_State *L, sid_handle *h, CURLcode rc) {
   return lua_gettop(L) - top;
 }
 
+/* The blocking perform drives the attempt on the handle's own multi
+   instead of curl_easy_perform, so that request_timeout is checked after
+   each look at the socket (deadline.c): a process paused past it keeps
+   an answer that arrived meanwhile. The multi is kept with the handle:
+   its connection cache is what gives keep-alive between calls. */
+static CURLcode perform_blocking(sid_handle *h) {
+  sid_transfer *t = &h->t;
+  CURLcode rc = CURLE_OK;
+  int finished = 0;
+  if (h->own_multi == NULL && (h->own_multi = curl_multi_init()) == NULL)
+    return CURLE_OUT_OF_MEMORY;
+  if (curl_multi_add_handle(h->own_multi, t->easy) != CURLM_OK)
+    return CURLE_FAILED_INIT;
+  for (;;) {
+    CURLMsg *msg;
+    int running = 0, left = 0, expired;
+    long ms = -1;
+    expired = sid_deadline_before_look(t, sid_monotonic(), 0);
+    curl_multi_perform(h->own_multi, &running);
+    while ((msg = curl_multi_info_read(h->own_multi, &left)) != NULL)
+      if (msg->msg == CURLMSG_DONE && msg->easy_handle == t->easy) {
+        finished = 1;
+        rc = msg->data.result;
+      }
+    if (finished || expired) break;
+    curl_multi_timeout(h->own_multi, &ms);
+    ms = sid_deadline_wait_ms(t, sid_monotonic(), ms);
+    if (ms < 0 || ms > 1000) ms = 1000;
+#if SID_CURL_AT_LEAST(7, 66, 0)
+    curl_multi_poll(h->own_multi, NULL, 0, (int)ms, NULL);
+#else
+    curl_multi_wait(h->own_multi, NULL, 0, (int)ms, NULL);
+#endif
+  }
+  rc = sid_deadline_after_look(t, finished, rc);
+  curl_multi_remove_handle(h->own_multi, t->easy);
+  return rc;
+}
+
 /* handle:perform(request) -> result, errors, pagination, facts */
 static int handle_perform(lua_State *L) {
   sid_handle *h = sid_check_handle(L, 1);
@@ -80,7 +119,7 @@ static int handle_perform(lua_State *L) {
   /* Busy until the answer is built: the answer's trace calls the debug
      function, which must not reuse (or close) this handle meanwhile. */
   h->busy = 1;
-  if (h->t.setup_rc == CURLE_OK) rc = curl_easy_perform(h->t.easy);
+  if (h->t.setup_rc == CURLE_OK) rc = perform_blocking(h);
   n = answer_push_busy(L, h, rc);
   sid_request_clear(L, &h->t);
   return n;
@@ -116,6 +155,10 @@ static int handle_close(lua_State *L) {
   sid_request_clear(L, &h->t);
   sid_buf_free(&h->t.body);
   sid_buf_free(&h->t.head);
+  if (h->own_multi) {
+    curl_multi_cleanup(h->own_multi);
+    h->own_multi = NULL;
+  }
   if (h->t.easy) {
     curl_easy_cleanup(h->t.easy);
     h->t.easy = NULL;

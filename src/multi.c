@@ -95,8 +95,9 @@ static int multi_add(lua_State *L) {
    not gone out yet is stopped before its first byte. */
 static int multi_perform(lua_State *L) {
   sid_multi *m = check_multi(L, 1);
-  sid_handle *h;
+  sid_handle *h, *next;
   CURLMsg *msg;
+  double now;
   int running = 0, left = 0, n = 0;
   int last_look = lua_toboolean(L, 2);
   if (m->busy) return sid_raise(L, "slashid: multi is busy (re-entered "
@@ -111,17 +112,15 @@ static int multi_perform(lua_State *L) {
 #endif
   }
   lua_newtable(L);      /* before any message is taken from libcurl */
+  now = sid_monotonic();
   for (h = m->attached; h; h = h->next) {
     sid_callbacks_on(&h->t, L);
-    h->t.no_new_send = last_look;
+    sid_deadline_before_look(&h->t, now, last_look);
   }
   m->busy = 1;
   curl_multi_perform(m->multi, &running);
   m->busy = 0;
-  for (h = m->attached; h; h = h->next) {
-    sid_callbacks_off(&h->t);
-    h->t.no_new_send = 0;
-  }
+  for (h = m->attached; h; h = h->next) sid_callbacks_off(&h->t);
   while ((msg = curl_multi_info_read(m->multi, &left)) != NULL) {
     void *p = NULL;
     if (msg->msg != CURLMSG_DONE) continue;
@@ -129,13 +128,36 @@ static int multi_perform(lua_State *L) {
     h = (sid_handle *)p;   /* the transfer is the handle's first member */
     if (h == NULL || h->multi != m) continue;
     h->finished = 1;
-    h->finished_rc = msg->data.result;
+    h->finished_rc = sid_deadline_after_look(&h->t, 1, msg->data.result);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->self_ref);
+    lua_rawseti(L, -2, ++n);
+    sid_multi_detach(L, h);
+  }
+  /* Past their deadline and still without a complete answer after that
+     last look: they end now, as timeouts (deadline.c). */
+  for (h = m->attached; h; h = next) {
+    next = h->next;
+    if (!h->t.expired) {
+      h->t.no_new_send = 0;
+      continue;
+    }
+    h->finished = 1;
+    h->finished_rc = sid_deadline_after_look(&h->t, 0, CURLE_OK);
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->self_ref);
     lua_rawseti(L, -2, ++n);
     sid_multi_detach(L, h);
   }
   lua_pushinteger(L, running);
   return 2;
+}
+
+/* ms capped at the time left before the nearest attached deadline */
+static long deadline_wait_ms(sid_multi *m, long ms) {
+  sid_handle *h;
+  double now = sid_monotonic();
+  for (h = m->attached; h; h = h->next)
+    ms = sid_deadline_wait_ms(&h->t, now, ms);
+  return ms;
 }
 
 /* multi:wait(seconds): blocks until there is socket activity or the time
@@ -146,7 +168,7 @@ static int multi_perform(lua_State *L) {
 static int multi_wait(lua_State *L) {
   sid_multi *m = check_multi(L, 1);
   lua_Number s = luaL_checknumber(L, 2);
-  int ms = !(s > 0) ? 0 : s > 86400 ? 86400000 : (int)(s * 1000.0 + 0.5);
+  long ms = !(s > 0) ? 0 : s > 86400 ? 86400000 : (long)(s * 1000.0 + 0.5);
   struct curl_waitfd extra;
   unsigned int nextra = 0;
   if (m->busy) return sid_raise(L, "slashid: multi is busy");
@@ -155,10 +177,11 @@ static int multi_wait(lua_State *L) {
   extra.fd = sid_signal_fd();
   extra.events = CURL_WAIT_POLLIN;
   if (extra.fd >= 0) nextra = 1;
+  ms = deadline_wait_ms(m, ms);   /* wake for the next request_timeout */
 #if SID_CURL_AT_LEAST(7, 66, 0)
-  curl_multi_poll(m->multi, nextra ? &extra : NULL, nextra, ms, NULL);
+  curl_multi_poll(m->multi, nextra ? &extra : NULL, nextra, (int)ms, NULL);
 #else
-  curl_multi_wait(m->multi, nextra ? &extra : NULL, nextra, ms, NULL);
+  curl_multi_wait(m->multi, nextra ? &extra : NULL, nextra, (int)ms, NULL);
 #endif
   if (nextra && extra.revents) sid_signal_drain();
   if (sid_signal_abort()) goto interrupted;
@@ -168,11 +191,13 @@ interrupted:
   return lua_error(L);
 }
 
-/* multi:timeout() -> seconds until libcurl wants to be called, or nil */
+/* multi:timeout() -> seconds until libcurl, or an attempt's
+   request_timeout, wants the multi performed; nil if neither does */
 static int multi_timeout(lua_State *L) {
   sid_multi *m = check_multi(L, 1);
   long ms = -1;
   curl_multi_timeout(m->multi, &ms);
+  ms = deadline_wait_ms(m, ms);
   if (ms < 0) return 0;
   lua_pushnumber(L, (lua_Number)ms / 1000.0);
   return 1;

@@ -91,8 +91,8 @@ static int on_prereq(void *ud, char *primary_ip, char *local_ip,
                      int primary_port, int local_port) {
   sid_transfer *t = (sid_transfer *)ud;
   (void)primary_ip; (void)local_ip; (void)primary_port; (void)local_port;
-  if (t->no_new_send) {       /* cancelled before this request went out */
-    t->cancelled = 1;
+  if (t->no_new_send) {       /* a last look: nothing new goes out */
+    if (!t->expired) t->cancelled = 1;   /* else a timeout (deadline.c) */
     return CURL_PREREQFUNC_ABORT;
   }
   t->requests_sent++;
@@ -218,8 +218,17 @@ void sid_request_setup(lua_State *L, int req, sid_transfer *t) {
   if (ca) SETOPT(t, CURLOPT_CAINFO, ca);
   SETOPT(t, CURLOPT_CONNECTTIMEOUT_MS,
          to_ms(field_number(L, req, "connect_timeout", 10)));
+  /* request_timeout is not libcurl's CURLOPT_TIMEOUT: see deadline.c */
+  sid_deadline_start(t, (double)to_ms(field_number(L, req, "request_timeout",
+                                                   45)) / 1000.0);
+#if !SID_HAVE_PREREQ
+  /* Without the pre-request callback a last look could not keep a request
+     from going out: libcurl's own timeout stops it first, as before (an
+     answer that arrived while nobody drove the transfer is then lost to
+     a timeout; README, "libcurl versions"). */
   SETOPT(t, CURLOPT_TIMEOUT_MS, to_ms(field_number(L, req, "request_timeout",
                                                    45)));
+#endif
   SETOPT(t, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)t->max_bytes);
   /* multi.c finds the handle from the easy handle: the transfer is the
      first member of a sid_handle, so the two pointers are the same. */
@@ -269,6 +278,8 @@ void sid_request_clear(lua_State *L, sid_transfer *t) {
   t->setup_rc = CURLE_OK;
   t->debug_failed = 0;
   t->cancelled = 0;
+  t->deadline = 0;
+  t->expired = t->timed_out = 0;
   if (t->debug_ref != LUA_NOREF) {
     luaL_unref(L, LUA_REGISTRYINDEX, t->debug_ref);
     t->debug_ref = LUA_NOREF;

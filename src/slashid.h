@@ -84,6 +84,9 @@ typedef struct sid_transfer {
   int debug_ref;              /* registry ref of the debug function or NOREF */
   int debug_failed;
   int cancelled;              /* collected before it finished */
+  double deadline;            /* monotonic seconds: request_timeout ends */
+  int expired;                /* the deadline passed: last look taken */
+  int timed_out;              /* ended by the deadline (deadline.c) */
   char errbuf[CURL_ERROR_SIZE];
 } sid_transfer;
 
@@ -92,7 +95,8 @@ typedef struct sid_transfer {
 struct sid_multi;
 typedef struct sid_handle {
   sid_transfer t;
-  int busy;                  /* inside curl_easy_perform */
+  int busy;                  /* inside a blocking perform */
+  CURLM *own_multi;          /* drives the blocking perform (handle.c) */
   struct sid_multi *multi;   /* attached to this multi, or NULL */
   struct sid_handle *prev, *next;  /* the multi's list of attached handles */
   int self_ref;              /* registry ref while attached (keeps it alive) */
@@ -104,6 +108,13 @@ typedef struct sid_handle {
 
 sid_handle *sid_check_handle(lua_State *L, int idx);
 void sid_multi_detach(lua_State *L, sid_handle *h);  /* multi.c */
+
+/* deadline.c: request_timeout, checked after each look at the socket */
+double   sid_monotonic(void);
+void     sid_deadline_start(sid_transfer *t, double seconds);
+int      sid_deadline_before_look(sid_transfer *t, double now, int last_look);
+CURLcode sid_deadline_after_look(sid_transfer *t, int finished, CURLcode rc);
+long     sid_deadline_wait_ms(const sid_transfer *t, double now, long ms);
 
 /* request.c */
 void sid_request_setup(lua_State *L, int req, sid_transfer *t);
