@@ -91,6 +91,24 @@ local function one(org, extra)
   return args
 end
 
+-- --save-to is checked before the request goes out (exit 64 if it cannot
+-- be written); to see a save fail after the rotation, its directory is
+-- removed while the server holds the answer. Returns status, out, err,
+-- and the save_to path.
+local function save_dir_vanishes(org, key, extra)
+  local dir = H.mkdir(H.tmpname("vanishing"))
+  local path = dir .. "/key"
+  H.faults(org, { { delay = 1 } })
+  local args = one(org, { "--save-to", path })
+  for _, a in ipairs(extra) do args[#args + 1] = a end
+  local job = spawn(args, { SLASHID_API_KEY = key })
+  H.wait_for("the request to reach the server", 10, function() return H.requests(org) >= 1 end)
+  assert(os.execute("rm -rf " .. q(dir)))
+  assert(wait_file(job.dir .. "/rc", 20), "the command did not end")
+  local status = tonumber((H.read_file(job.dir .. "/rc"):gsub("%s+$", "")))
+  return status, H.read_file(job.dir .. "/out"), H.read_file(job.dir .. "/err"), path
+end
+
 local function no_secrets(old_key, out, err, new_key)
   H.assert_no_secret(out, old_key)
   H.assert_no_secret(err, old_key)
@@ -224,10 +242,9 @@ describe("slashid-rotate, one organization", function()
     no_secrets(key, out, err, new)
   end)
 
-  it("exit 3: --save-to into a missing directory, the new key printed on stdout", function()
+  it("exit 3: --save-to's directory removed while the request is pending, the new key printed on stdout", function()
     local org, key = H.new_org()
-    local path = H.tmpname("nowhere") .. "/missing/key"
-    local status, out, err = run(one(org, { "--save-to", path }), { SLASHID_API_KEY = key })
+    local status, out, err, path = save_dir_vanishes(org, key, {})
     local new = H.org(org).api_key
     assert.are.equal(3, status, err)
     assert.are.equal(1, H.org(org).rotations)
@@ -326,8 +343,7 @@ describe("slashid-rotate, one organization", function()
 
     it("exit 3 (saving failed): api_key is in the object so the key is not lost", function()
       local org, key = H.new_org()
-      local path = H.tmpname("nowhere") .. "/missing/key"
-      local status, out = run(one(org, { "--json", "--save-to", path }), { SLASHID_API_KEY = key })
+      local status, out = save_dir_vanishes(org, key, { "--json" })
       assert.are.equal(3, status)
       local obj = cjson.decode(out)
       assert.are.equal("rotated", obj.outcome)

@@ -351,6 +351,33 @@ describe("slashid-rotate never loses a key to a broken output", function()
     end
   end
 
+  it("stdout on /dev/null without --save-to: the key is rescued, exit 3 (not thrown away, exit 0)", function()
+    for _, json in ipairs({ false, true }) do
+      local org, key = H.new_org()
+      local tmpdir = H.mkdir(H.tmpname("tmpdir"))
+      local args = { "--org-id", org, "--base-url", H.http_url }
+      if json then args[#args + 1] = "--json" end
+      local status, dir = shell(command(args, { SLASHID_API_KEY = key, TMPDIR = tmpdir }) ..
+                                " >/dev/null")
+      local err = read(dir .. "/err")
+      assert.are.equal(3, status, err)
+      assert.matches("/dev/null", err)
+      assert_rescued(tmpdir, err, { org })
+      H.assert_no_secret(err, key)
+    end
+  end)
+
+  it("stdout on /dev/null with --save-to: the key is saved, nothing rescued, exit 0", function()
+    local org, key = H.new_org()
+    local tmpdir = H.mkdir(H.tmpname("tmpdir"))
+    local save = tmpdir .. "/key"
+    local status, dir = shell(command({ "--org-id", org, "--base-url", H.http_url, "--save-to", save },
+                                      { SLASHID_API_KEY = key, TMPDIR = tmpdir }) .. " >/dev/null")
+    assert.are.equal(0, status, read(dir .. "/err"))
+    H.assert_key_equal(H.org(org).api_key, (read(save):gsub("%s+$", "")))
+    assert.are.equal(0, #rescue_files(tmpdir))
+  end)
+
   it("SIGPIPE (`| true`): the server rotated, the key is in a 0600 rescue file, exit 3", function()
     local org, key = H.new_org()
     H.faults(org, { { delay = 0.5 } })   -- `true` is long gone when the key comes
@@ -481,15 +508,20 @@ describe("slashid-rotate --orgs --save-to appends", function()
       local path, list = orgs_file(3)
       local orgs = dir .. "/orgs.tsv"
       assert(sh(("%scp %s %s && %schown nobody %s"):format(plain, q(path), q(orgs), plain, q(orgs))))
-      local save = write(dir .. "/keys.tsv", "earlier-org\tearlier-key\n")
+      -- the last line left unfinished (a writer that died mid-line): the
+      -- command cannot read it, so its first line starts with a newline
+      local save = write(dir .. "/keys.tsv", "earlier-org\tearlier-key\nunfinished-li")
       assert(sh(plain .. "chmod 0620 " .. q(save) .. " && " .. plain .. "chown root:nogroup " .. q(save)))
       local status, d = shell(("setpriv --reuid=nobody --regid=nogroup --clear-groups %s >@DIR@/out")
         :format(command({ "--orgs", orgs, "--base-url", H.http_url, "--save-to", save })))
       local e = read(d .. "/err")
       assert.are.equal(0, status, e)
       local content = read(save)
-      assert.are.equal("earlier-org\tearlier-key\n", content:sub(1, 24))
-      local saved, n = key_lines(content:sub(25))
+      local earlier = "earlier-org\tearlier-key\nunfinished-li\n"
+      assert.are.equal(earlier, content:sub(1, #earlier))
+      -- one newline before the first key line only (the command knows
+      -- where its own lines end)
+      local saved, n = key_lines(content:sub(#earlier + 1))
       assert.are.equal(3, n)
       assert_current(saved)
       assert.are.equal("620", H.mode(save))
@@ -652,5 +684,86 @@ describe("slashid-rotate review findings", function()
                                          "--proxy", "http://alice:pr0xy-secret@127.0.0.1:1" })
     assert.are.equal(64, status, err)
     assert.is_nil(err:find("pr0xy-secret", 1, true))
+  end)
+end)
+
+describe("slashid-rotate review leftovers (issue 9, third round)", function()
+  -- Waits until the command's pid has its handlers in place (SIGINT
+  -- caught) and sleeps in the kernel (an open or read of a FIFO).
+  local function blocked_with_handlers(job)
+    wait_for("the command to block with its handlers in place", 10, function()
+      local status = read("/proc/" .. job.pid .. "/status") or ""
+      local caught = tonumber(status:match("SigCgt:%s*(%x+)") or "0", 16) or 0
+      local state = (read("/proc/" .. job.pid .. "/stat") or ""):match("^%d+ %b() (%a)")
+      return caught % 4 >= 2 and state == "S"
+    end)
+  end
+
+  it("F14: a signal while opening a FIFO nobody writes (--orgs): nothing sent, exit 1, not 64", function()
+    local org = H.new_org()
+    local fifo = H.tmpname("fifo-orgs")
+    assert(sh("mkfifo " .. q(fifo)))
+    local job = spawn({ "--orgs", fifo, "--base-url", H.http_url })
+    blocked_with_handlers(job)
+    job.kill("INT")
+    local status, _, err = job.wait(20)
+    assert.are.equal(1, status, err)
+    assert.matches("interrupted while opening", err)
+    assert.are.equal(0, H.requests(org))
+  end)
+
+  it("F14: the same while opening --api-key-file FIFO for --check: exit 2 (cannot tell)", function()
+    local org = H.new_org()
+    local fifo = H.tmpname("fifo-key")
+    assert(sh("mkfifo " .. q(fifo)))
+    local job = spawn({ "--org-id", org, "--base-url", H.http_url, "--check", "--api-key-file", fifo })
+    blocked_with_handlers(job)
+    job.kill("TERM")
+    local status, _, err = job.wait(20)
+    assert.are.equal(2, status, err)
+    assert.matches("interrupted while opening", err)
+    assert.are.equal(0, H.requests(org))
+  end)
+
+  it("terminal escapes in a server's message reach stderr as \\x1B, never raw", function()
+    local org, key = H.new_org()
+    H.faults(org, { { status = 400, message = "bad \27[2J\27]0;owned\7 request\r" } })
+    local status, _, err = command_run({ "--org-id", org, "--base-url", H.http_url },
+                                       { SLASHID_API_KEY = key })
+    assert.are.equal(1, status, err)
+    assert.is_nil(err:find("\27", 1, true), "a raw ESC byte reached stderr")
+    assert.is_nil(err:find("\7", 1, true), "a raw BEL byte reached stderr")
+    assert.is_nil(err:find("\r", 1, true), "a raw CR reached stderr")
+    assert.matches("bad \\x1B%[2J\\x1B%]0;owned\\x07 request", err)
+  end)
+
+  it("SIGQUIT (Ctrl-\\) is a first signal: the rotation in flight finishes, its key saved", function()
+    -- (its default action would kill the command, dumping core with the keys)
+    local org, key = H.new_org()
+    H.faults(org, { { delay = 1.5 } })
+    local save = H.mkdir(H.tmpname("quit")) .. "/key"
+    -- a background job of sh starts with SIGQUIT ignored: give the command
+    -- the default action a terminal's foreground job has
+    local job = H.spawn("env --default-signal=QUIT " ..
+      command({ "--org-id", org, "--base-url", H.http_url, "--save-to", save },
+              { SLASHID_API_KEY = key }))
+    wait_for("the request", 10, function() return H.requests(org) >= 1 end)
+    job.kill("QUIT")
+    local status, out, err = job.wait(20)
+    assert.are.equal(0, status, err)
+    H.assert_key_equal(H.org(org).api_key, (read(save):gsub("%s+$", "")))
+    H.assert_no_secret(out .. err, key)
+  end)
+
+  it("--save-to that cannot be written (one organization): refused before anything is sent", function()
+    local org, key = H.new_org()
+    local missing = H.tmpname("no-such-dir") .. "/key"
+    local status, out, err = command_run({ "--org-id", org, "--base-url", H.http_url,
+                                           "--save-to", missing }, { SLASHID_API_KEY = key })
+    assert.are.equal(64, status, err)
+    assert.matches("%-%-save%-to: ", err)
+    assert.are.equal("", out)
+    assert.are.equal(0, H.requests(org))
+    assert.are.equal(0, H.org(org).rotations)
   end)
 end)

@@ -123,7 +123,10 @@ static int keep_owner_and_mode(int fd, const struct stat *old) {
   return fchmod(fd, mode);
 }
 
-/* core.write_key_file(path, content) -> true | nil, message */
+/* core.write_key_file(path, content [, "check"]) -> true | nil, message
+   "check": every step up to the temp file in the target's directory,
+   which is then removed: whether a save could be made, learned before a
+   key is issued (the command checks --save-to before it sends). */
 static int keyfile_write(lua_State *L) {
   size_t plen, clen;
   const char *path = luaL_checklstring(L, 1, &plen);
@@ -133,6 +136,8 @@ static int keyfile_write(lua_State *L) {
   int exists, fd, err, r;
   char *tmp;
   luaL_Buffer b;
+
+  int check_only = strcmp(luaL_optstring(L, 3, ""), "check") == 0;
 
   lua_settop(L, 2);
   if (plen == 0 || strlen(path) != plen) {
@@ -175,6 +180,12 @@ static int keyfile_write(lua_State *L) {
                 push_name(L, path, target), err);
   }
   (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
+  if (check_only) {
+    close(fd);
+    unlink(tmp);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
   if (exists ? keep_owner_and_mode(fd, &old) != 0
              : fchmod(fd, S_IRUSR | S_IWUSR) != 0) {
     err = errno;
@@ -215,7 +226,8 @@ static int keyfile_write(lua_State *L) {
   return 1;
 }
 
-/* core.append_key_line(path, text [, how]) -> true | nil, message
+/* core.append_key_line(path, text [, how [, ours_to]]) -> true, end |
+   nil, message
    For a batch's key file (slashid-rotate --orgs --save-to) and the
    command's rescue file: each line is appended the moment its key is
    known, with ONE write(2) on a descriptor opened O_APPEND, then fsync'ed:
@@ -226,8 +238,11 @@ static int keyfile_write(lua_State *L) {
    a symbolic link is followed. `how`: "x" creates a new file and fails if
    the name exists, link or not (the rescue file's first line); "n" refuses
    to follow a final symbolic link; "l" starts the text on a line of its
-   own: when the file's last byte can be read and is not a newline (a last
-   line left unfinished), a newline goes first, in the same write. Only a
+   own: when the file's last byte is not a newline (a last line left
+   unfinished), or cannot be read, a newline goes first, in the same write
+   (`ours_to`, the offset the last call returned: a file still that size
+   ends with our own newline). Returns true and the file's end offset
+   after the write. Only a
    regular file is accepted (never
    blocks on a FIFO). A file readable or writable by others loses those
    bits where the process may change its mode; if others could still
@@ -242,6 +257,7 @@ static int keyfile_append(lua_State *L) {
   int fd, err, created = 0;
   struct stat st;
   ssize_t w;
+  off_t end_offset;
 
   if (plen == 0 || strlen(path) != plen) {
     lua_pushnil(L);
@@ -255,8 +271,11 @@ static int keyfile_append(lua_State *L) {
   } else {
     fd = open(path, flags);
     if (fd < 0 && errno == EACCES && line) {
-      /* appending to a file it may not read: no look at its last byte */
-      line = 0;
+      /* appending to a file it may not read: no look at its last byte,
+         so a non-empty file always gets a newline first (at worst an
+         empty line, which readers skip; never a key glued to a line
+         another writer left unfinished) */
+      line = 2;
       flags = (flags & ~O_RDWR) | O_WRONLY;
       fd = open(path, flags);
     }
@@ -286,9 +305,14 @@ static int keyfile_append(lua_State *L) {
                     "its mode cannot be changed", path);
     return 2;
   }
+  /* the file ends where our last line did: its last byte is our newline */
+  if (line == 2 && lua_isnumber(L, 4) &&
+      (lua_Number)st.st_size == lua_tonumber(L, 4))
+    line = 0;
   if (tlen > 0 && line && st.st_size > 0) {
     char last = '\n';
-    if (pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n') {
+    if (line == 2 ||
+        (pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n')) {
       lua_pushliteral(L, "\n");
       lua_pushvalue(L, 2);
       lua_concat(L, 2);
@@ -325,6 +349,7 @@ static int keyfile_append(lua_State *L) {
       return fail(L, "cannot append to", path, err);
     }
   }
+  end_offset = lseek(fd, 0, SEEK_CUR);
   if (close(fd) != 0) return fail(L, "cannot append to", path, errno);
   if (created) {
     /* make the new name itself durable */
@@ -342,7 +367,9 @@ static int keyfile_append(lua_State *L) {
     }
   }
   lua_pushboolean(L, 1);
-  return 1;
+  if (end_offset < 0) return 1;
+  lua_pushnumber(L, (lua_Number)end_offset);
+  return 2;
 }
 
 /* core.key_file_identity(path) -> a string naming the file a save_to

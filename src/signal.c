@@ -1,5 +1,5 @@
 /*
- * signal.c - SIGINT, SIGTERM (and SIGHUP, as SIGTERM) for the command
+ * signal.c - SIGINT, SIGTERM (and SIGHUP and SIGQUIT alike) for the command
  * line (slashid-rotate),
  * the same under every interpreter: while caught, a signal does nothing
  * but count and write one byte to a self-pipe. multi:wait polls the
@@ -27,6 +27,9 @@
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 #include "slashid.h"
 
@@ -35,7 +38,9 @@ static volatile sig_atomic_t wake_fd = -1;   /* the pipe's write end */
 static int read_fd = -1;                     /* the pipe's read end */
 static int caught = 0;
 static int plugged[3];                       /* fds 0-2 opened at catch */
-static struct sigaction old_int, old_term, old_hup, old_pipe;
+static struct sigaction old_int, old_term, old_hup, old_quit, old_pipe;
+static struct rlimit old_core;
+static int core_limited;
 
 static char notice[512];                     /* written on the first signal */
 static size_t notice_len = 0;
@@ -162,6 +167,7 @@ static int signal_catch(lua_State *L) {
   sigaddset(&sa.sa_mask, SIGINT);
   sigaddset(&sa.sa_mask, SIGTERM);
   sigaddset(&sa.sa_mask, SIGHUP);
+  sigaddset(&sa.sa_mask, SIGQUIT);
   /* No SA_RESTART: a read blocked when a signal comes (a named pipe read
      through stdio) returns EINTR, so the command notices the signal. */
   sa.sa_flags = 0;
@@ -170,6 +176,16 @@ static int signal_catch(lua_State *L) {
   /* a closed terminal or a dropped ssh session: like SIGTERM, not death
      with a request in flight */
   sigaction(SIGHUP, &sa, &old_hup);
+  /* Ctrl-\ would dump core by default, and a core file holds the keys in
+     memory: counted like Ctrl-C instead. No core file from a crash either
+     while signals are caught (the soft limit is put back on release). */
+  sigaction(SIGQUIT, &sa, &old_quit);
+  core_limited = getrlimit(RLIMIT_CORE, &old_core) == 0;
+  if (core_limited) {
+    struct rlimit none = old_core;
+    none.rlim_cur = 0;
+    core_limited = setrlimit(RLIMIT_CORE, &none) == 0;
+  }
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = SIG_IGN;
   sigemptyset(&sa.sa_mask);
@@ -186,7 +202,10 @@ static int signal_release(lua_State *L) {
   sigaction(SIGINT, &old_int, NULL);
   sigaction(SIGTERM, &old_term, NULL);
   sigaction(SIGHUP, &old_hup, NULL);
+  sigaction(SIGQUIT, &old_quit, NULL);
   sigaction(SIGPIPE, &old_pipe, NULL);
+  if (core_limited) setrlimit(RLIMIT_CORE, &old_core);
+  core_limited = 0;
   caught = 0;
   close_pipe();
   unplug_std_fds();
@@ -210,6 +229,19 @@ static int signal_count(lua_State *L) {
 static int signal_isatty(lua_State *L) {
   lua_Integer fd = luaL_checkinteger(L, 1);
   lua_pushboolean(L, fd >= 0 && fd <= 1024 && isatty((int)fd) == 1);
+  return 1;
+}
+
+/* core.is_null_device(fd) -> boolean: whether the descriptor is open on
+   /dev/null (character device 1,3 on Linux), where a new key written to
+   standard output would be thrown away with no error to notice. */
+static int signal_is_null_device(lua_State *L) {
+  lua_Integer fd = luaL_checkinteger(L, 1);
+  struct stat st;
+  int null_device = fd >= 0 && fd <= 1024 && fstat((int)fd, &st) == 0 &&
+                    S_ISCHR(st.st_mode) && major(st.st_rdev) == 1 &&
+                    minor(st.st_rdev) == 3;
+  lua_pushboolean(L, null_device);
   return 1;
 }
 
@@ -294,6 +326,8 @@ void sid_open_signal(lua_State *L) {
   lua_setfield(L, -2, "signals_caught");
   lua_pushcfunction(L, signal_isatty);
   lua_setfield(L, -2, "isatty");
+  lua_pushcfunction(L, signal_is_null_device);
+  lua_setfield(L, -2, "is_null_device");
   lua_pushcfunction(L, signal_read_input);
   lua_setfield(L, -2, "read_input");
   lua_pushliteral(L, SID_INTERRUPTED);

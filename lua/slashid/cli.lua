@@ -95,9 +95,19 @@ local UNKNOWN_ADVICE = "the key may have been rotated: do not retry blindly; fir
 
 -- ---- messages ----------------------------------------------------------
 
+-- Control bytes (a server's message may hold terminal escapes) are shown
+-- as \xNN, never sent to the operator's terminal as they are.
+local function visible(s)
+  return (tostring(s):gsub("[%z\1-\8\11-\31\127]", function(c)
+    return ("\\x%02X"):format(c:byte())
+  end))
+end
+
 local function say(...)
-  io.stderr:write(PROG, ": ", ...)
-  io.stderr:write("\n")
+  local parts = { PROG, ": ", ... }
+  for i = 3, #parts do parts[i] = visible(parts[i]) end
+  parts[#parts + 1] = "\n"
+  io.stderr:write(table.concat(parts))
 end
 
 -- Raised for usage and argument errors; main turns it into exit 64.
@@ -208,7 +218,10 @@ M.json_line = json_line
 -- stdout, written line by line and flushed; after one failure it is
 -- treated as broken (SIGPIPE is ignored: a closed pipe is EPIPE here).
 local function new_stdout(closed)
-  local out = { broken = closed.stdout and "standard output is closed" or nil }
+  -- /dev/null takes every write without an error: a key printed there is
+  -- lost as surely as on a closed stdout, so it goes to the rescue file
+  local out = { broken = closed.stdout and "standard output is closed" or
+                core.is_null_device(1) and "standard output is /dev/null" or nil }
   function out.line(s)
     if out.broken then return false end
     local ok, err = io.stdout:write(s, "\n")
@@ -501,14 +514,23 @@ end
 -- What SlashID organization IDs look like.
 local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
 
+-- io.open, except that a signal interrupting the open (a FIFO waits for
+-- its writer) raises Interrupted: nothing was read, nothing sent.
+local Interrupted = {}
+local function open_input(path, flag)
+  local f, why = io.open(path, "rb")
+  if not f and core.signal_count() > 0 then error(Interrupted, 0) end
+  if not f then usage_error(flag .. ": cannot open it: " .. tostring(why)) end
+  return f
+end
+
 local function open_orgs(path, closed)
-  local f, why
+  local f
   if path == "-" then
     if closed.stdin then usage_error("--orgs -: standard input is closed") end
     f = io.stdin
   else
-    f, why = io.open(path, "rb")
-    if not f then usage_error("--orgs: cannot open it: " .. tostring(why)) end
+    f = open_input(path, "--orgs")
   end
   local name = path == "-" and "standard input" or path
   local start = f:seek("cur")
@@ -592,9 +614,7 @@ local function read_key_file(path, closed)
     if text == LONG then usage_error("--api-key-file: the first line is longer than 1 MiB") end
     if text == nil then usage_error("--api-key-file: nothing to read in " .. path) end
   else
-    local f
-    f, why = io.open(path, "rb")
-    if not f then usage_error("--api-key-file: cannot open it: " .. tostring(why)) end
+    local f = open_input(path, "--api-key-file")
     text, why = f:read("*a")      -- whole: binary-safe (a NUL is refused below)
     f:close()
     if not text then usage_error("--api-key-file: cannot read it: " .. tostring(why)) end
@@ -705,6 +725,11 @@ local function rotate_one(ctx, opts, org_id)
   if core.signal_count() > 0 then
     say(org_id, ": interrupted before the rotation started: not rotated")
     return EXIT_NOT_ROTATED
+  end
+  if o.save_to then
+    -- learned before a key is issued, not after
+    local ok, why = core.write_key_file(o.save_to, "", "check")
+    if not ok then usage_error("--save-to: " .. tostring(why)) end
   end
   local op = checked(slashid.start_rotate_key, opts)
   ctx.started = true
@@ -862,7 +887,8 @@ local function rotate_many(ctx, reader, opts, total)
     local incomplete = info.verified == false
     local save_failed
     if o.save_to then
-      local ok, why = core.append_key_line(o.save_to, line .. "\n", "l")
+      local ok, why = core.append_key_line(o.save_to, line .. "\n", "l", ctx.saved_to)
+      if ok then ctx.saved_to = why end
       if not ok then
         save_failed, incomplete = true, true
         errors[#errors + 1] = { httpcode = 0, message = "the key was rotated but not saved: " ..
@@ -1149,7 +1175,10 @@ function M.main(argv)
   local status
   ok, status = pcall(run, argv, ctx)
   if not ok then
-    if getmetatable(status) == UsageError then
+    if status == Interrupted then
+      say("interrupted while opening the input: nothing was read or sent")
+      status = ctx.o and ctx.o.check and EXIT_UNKNOWN or EXIT_NOT_ROTATED
+    elseif getmetatable(status) == UsageError then
       say(status.msg)
       io.stderr:write("Try '", PROG, " --help'.\n")
       status = EXIT_USAGE
