@@ -7,7 +7,9 @@
 #   make test LUA=lua5.1   (lua5.1 lua5.2 lua5.3 lua5.4 luajit)
 #
 # Variables: LUA (interpreter, lua5.4), LUA_VERSION, LUA_INCDIR, CURL_INCDIR,
-# PREFIX, DESTDIR, MANDIR, CFLAGS, WERROR (-Werror; empty to relax).
+# PREFIX, DESTDIR, MANDIR, CFLAGS, WERROR (-Werror; empty to relax),
+# ALLOW_REMOVE (1: apt may remove packages that conflict with what a target
+# installs; by default nothing is ever removed, see scripts/deps.sh).
 
 # Pick an interpreter with LUA=lua5.1|lua5.2|lua5.3|lua5.4|luajit (or
 # LUA_VERSION=5.x); everything else follows from it.
@@ -49,7 +51,8 @@ SOURCES = $(wildcard src/*.c)
 OBJECTS = $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SOURCES))
 HEADERS = $(wildcard src/*.h)
 
-# Debian packages each target needs (installed only when missing).
+# Debian packages each target needs (installed only when missing, never
+# removing a package: scripts/deps.sh).
 BUILD_PKGS  = gcc libc6-dev $(LUA_PKGS) libcurl4-openssl-dev lua-cjson ca-certificates
 RUN_PKGS    = python3 openssl
 TEST_PKGS   = lua-busted lua-socket python3-yaml tinyproxy-bin valgrind lua-argparse
@@ -68,7 +71,8 @@ $(BUILD)/obj $(BUILD)/slashid:
 	mkdir -p $@
 
 deps:
-	@sh scripts/deps.sh $(BUILD_PKGS) $(RUN_PKGS) $(TEST_PKGS)
+	@sh scripts/deps.sh --for "make $(MAKECMDGOALS) LUA=$(LUA)" \
+	  $(BUILD_PKGS) $(RUN_PKGS) $(TEST_PKGS)
 
 test: deps test-prereqs
 	@$(MAKE) --no-print-directory all
@@ -119,12 +123,24 @@ bench: deps
 #                     nginx + its lua module, the module built for LuaJIT
 #                     (nginx's lua module embeds luajit2), the embed host,
 #                     and the module for Lua 5.4 (spec/20-alloc_spec.lua's
-#                     allocator-failure host loads it)
+#                     allocator-failure host loads it); lua-cqueues, lua-luv
+#                     and LÖVE for the event-loop specs
+# Each group below is installed on its own, and only when that removes no
+# package (Debian's luajit and luajit2 conflict, for one): a group left out
+# is recorded in $(SKIPPED)/NAME with the reason, nothing of it is built,
+# and the specs needing it are skipped saying why and how to enable them
+# (ALLOW_REMOVE=1); with CI set, it fails the run instead. OPENRESTY before
+# LOVE: love takes libluajit2 when it is there, Debian's libluajit otherwise
+# (which would then keep luajit2 out).
 STATIC_OBJECTS = $(patsubst src/%.c,$(BUILD)/static/%.o,$(SOURCES))
 LIBSLASHID     = $(BUILD)/libslashid.a
 EMBED_HOST     = build/lua5.4/embed-host
-HOST_PKGS      = nginx libnginx-mod-http-lua luajit2 libluajit2-5.1-dev \
-                 lua5.4 liblua5.4-dev
+SKIPPED        = build/skipped-packages
+OPENRESTY_PKGS = nginx libnginx-mod-http-lua luajit2 libluajit2-5.1-dev
+LUA54_PKGS     = lua5.4 liblua5.4-dev
+LOVE_PKGS      = love
+CQUEUES_PKGS   = lua-cqueues
+LUV_PKGS       = lua-luv
 AR            ?= ar
 
 .PHONY: libslashid embed test-prereqs
@@ -151,12 +167,16 @@ $(BUILD)/embed-host: examples/embed/host.c $(LIBSLASHID)
 	  examples/embed/host.c $(LIBSLASHID) $(LDFLAGS) -llua$(LUA_VERSION) $(LIBS) -lm
 
 test-prereqs: deps
-	@sh scripts/deps.sh $(HOST_PKGS)
-	@$(MAKE) --no-print-directory LUA=luajit LUA_VERSION=5.1 \
-	  LUA_INCDIR=/usr/include/luajit-2.1 all
-	@$(MAKE) --no-print-directory embed
-	@$(MAKE) --no-print-directory LUA=lua5.4 LUA_VERSION=5.4 \
-	  LUA_INCDIR=/usr/include/lua5.4 all
+	@SKIP_DIR=$(SKIPPED) sh scripts/deps.sh --optional openresty $(OPENRESTY_PKGS)
+	@SKIP_DIR=$(SKIPPED) sh scripts/deps.sh --optional lua5.4 $(LUA54_PKGS)
+	@SKIP_DIR=$(SKIPPED) sh scripts/deps.sh --optional love $(LOVE_PKGS)
+	@SKIP_DIR=$(SKIPPED) sh scripts/deps.sh --optional lua-cqueues $(CQUEUES_PKGS)
+	@SKIP_DIR=$(SKIPPED) sh scripts/deps.sh --optional lua-luv $(LUV_PKGS)
+	@[ -e $(SKIPPED)/openresty ] || $(MAKE) --no-print-directory LUA=luajit \
+	  LUA_VERSION=5.1 LUA_INCDIR=/usr/include/luajit-2.1 all
+	@[ -e $(SKIPPED)/lua5.4 ] || { $(MAKE) --no-print-directory embed && \
+	  $(MAKE) --no-print-directory LUA=lua5.4 LUA_VERSION=5.4 \
+	  LUA_INCDIR=/usr/include/lua5.4 all; }
 
 # ---- gates: sanitizers, valgrind, fuzzing, many states (issue 3) ---------
 #   make check-asan      the whole spec suite against the module built with

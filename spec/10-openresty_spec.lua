@@ -6,7 +6,9 @@
 -- a blocking handler would freeze them for the whole 2 s.
 --
 -- Installs nothing: `make test` installs nginx, the lua module and builds
--- the module for LuaJIT (build/luajit) first. Skipped when they are absent.
+-- the module for LuaJIT (build/luajit) first. Skipped when they are absent,
+-- or when `make test` left them out (installing luajit2 would have removed
+-- Debian's luajit).
 local H = require "helpers"
 local cjson = require "cjson"
 local socket = require "socket"
@@ -36,8 +38,12 @@ local function shell_quote(s)
   return "'" .. s:gsub("'", "'\\''") .. "'"
 end
 
+local left_out = H.left_out
+
 -- Why this host cannot run the spec, or nil.
 local function missing()
+  local why = left_out("openresty")
+  if why then return why end
   if not sh("command -v nginx >/dev/null 2>&1") then return "nginx is not installed" end
   for _, m in ipairs({ "ndk_http_module.so", "ngx_http_lua_module.so" }) do
     if not exists(MODULES .. "/" .. m) then

@@ -27,6 +27,7 @@ local function exists(path)
   return f ~= nil
 end
 
+local left_out = H.left_out
 
 -- Runs a shell command; returns its exit status and output (both streams).
 local function sh(cmd)
@@ -45,7 +46,10 @@ local why_not
 local function ensure_host()
   if why_not ~= nil then return why_not or nil end
   why_not = false
-  if not exists(LUA_HEADER) then
+  local left = left_out("lua5.4")
+  if left then
+    why_not = "alloc spec skipped: " .. left
+  elseif not exists(LUA_HEADER) then
     why_not = LUA_HEADER .. " is missing (liblua5.4-dev: `make test-prereqs` installs it)"
   elseif not exists(MODULE) then
     why_not = MODULE .. " is missing: build it with `make LUA=lua5.4 all`"

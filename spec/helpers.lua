@@ -247,4 +247,16 @@ function H.spawn(cmdline, stdin)
   return job
 end
 
+-- Why `make test` left out the packages of GROUP (it never removes a
+-- package to install one): build/skipped-packages/GROUP, written by
+-- scripts/deps.sh, says which package conflicts and how to enable it;
+-- nil when the group was installed.
+function H.left_out(group)
+  local f = io.open("build/skipped-packages/" .. group, "rb")
+  if not f then return nil end
+  local why = f:read("*a"):gsub("%s+$", "")
+  f:close()
+  return why
+end
+
 return H
