@@ -351,14 +351,15 @@ describe("slashid-rotate never loses a key to a broken output", function()
     end
   end
 
-  it("stdout on /dev/null without --save-to: the key is rescued, exit 3 (not thrown away, exit 0)", function()
-    for _, json in ipairs({ false, true }) do
+  it("stdout on /dev/null or /dev/zero without --save-to: the key is rescued, exit 3 (not lost, exit 0)", function()
+    for _, case in ipairs({ { "/dev/null", false }, { "/dev/null", true }, { "/dev/zero", false } }) do
+      local device, json = case[1], case[2]
       local org, key = H.new_org()
       local tmpdir = H.mkdir(H.tmpname("tmpdir"))
       local args = { "--org-id", org, "--base-url", H.http_url }
       if json then args[#args + 1] = "--json" end
       local status, dir = shell(command(args, { SLASHID_API_KEY = key, TMPDIR = tmpdir }) ..
-                                " >/dev/null")
+                                " >" .. device)
       local err = read(dir .. "/err")
       assert.are.equal(3, status, err)
       assert.matches("/dev/null", err)
@@ -376,6 +377,20 @@ describe("slashid-rotate never loses a key to a broken output", function()
     assert.are.equal(0, status, read(dir .. "/err"))
     H.assert_key_equal(H.org(org).api_key, (read(save):gsub("%s+$", "")))
     assert.are.equal(0, #rescue_files(tmpdir))
+  end)
+
+  it("a file size limit (ulimit -f) under stdout: no death by SIGXFSZ; the key is rescued, exit 3", function()
+    local org, key = H.new_org()
+    local tmpdir = H.mkdir(H.tmpname("tmpdir"))
+    local big = write(tmpdir .. "/out.log", ("x"):rep(4096))   -- over the 2 KiB limit already
+    local status, dir = shell(("ulimit -f 2; %s >>%s"):format(
+      command({ "--org-id", org, "--base-url", H.http_url }, { SLASHID_API_KEY = key, TMPDIR = tmpdir }),
+      q(big)))
+    local err = read(dir .. "/err")
+    assert.are.equal(3, status, err)
+    assert.are.equal(1, H.org(org).rotations)
+    assert_rescued(tmpdir, err, { org })
+    H.assert_no_secret(err, key)
   end)
 
   it("SIGPIPE (`| true`): the server rotated, the key is in a 0600 rescue file, exit 3", function()
@@ -753,6 +768,101 @@ describe("slashid-rotate review leftovers (issue 9, third round)", function()
     assert.are.equal(0, status, err)
     H.assert_key_equal(H.org(org).api_key, (read(save):gsub("%s+$", "")))
     H.assert_no_secret(out .. err, key)
+  end)
+
+  it("R1: --orgs stopped, then two signals, then resumed: answers that had arrived are kept", function()
+    local path, list = orgs_file(4, { 1, 1, 1, 1 })
+    local save = H.mkdir(H.tmpname("stop2")) .. "/keys.tsv"
+    local job = spawn({ "--orgs", path, "--base-url", H.http_url, "--concurrency", "4",
+                        "--request-timeout", "3", "--save-to", save })
+    wait_for("the requests", 10, function()
+      for _, o in ipairs(list) do if not requested(o) then return false end end
+      return true
+    end)
+    job.kill("STOP")
+    wait_for("the server to rotate all four", 10, function()
+      for _, o in ipairs(list) do if H.org(o.org_id).rotations < 1 then return false end end
+      return true
+    end)
+    -- two different signals stay pending together while it is stopped
+    job.kill("INT")
+    job.kill("TERM")
+    job.kill("CONT")
+    local status, out, err = job.wait(20)
+    local saved, n = key_lines(read(save) or "")
+    assert.are.equal(4, n, err)
+    assert_current(saved)
+    assert.are.equal(0, status, err)
+    no_secrets(list, out, err)
+  end)
+
+  it("R5: a signal while reading --api-key-file from a FIFO a writer holds open: exit 1, 2 for --check", function()
+    for _, check in ipairs({ false, true }) do
+      local org = H.new_org()
+      local fifo = H.tmpname("fifo-read")
+      assert(sh("mkfifo " .. q(fifo)))
+      local args = { "--org-id", org, "--base-url", H.http_url, "--api-key-file", fifo }
+      if check then args[#args + 1] = "--check" end
+      local job = spawn(args)
+      local writer = assert(io.open(fifo, "w"))   -- held open, nothing written
+      blocked_with_handlers(job)
+      job.kill("INT")
+      local status, _, err = job.wait(20)
+      writer:close()
+      assert.are.equal(check and 2 or 1, status, err)
+      assert.matches("interrupted while opening or reading", err)
+      assert.are.equal(0, H.requests(org))
+    end
+  end)
+
+  it("R6: --ca-file naming a FIFO nobody writes: refused at once, nothing sent (no hang)", function()
+    local org, key = H.new_org()
+    local fifo = H.tmpname("fifo-ca")
+    assert(sh("mkfifo " .. q(fifo)))
+    local job = spawn({ "--org-id", org, "--base-url", H.https_url, "--ca-file", fifo,
+                        "--request-timeout", "3" }, { env = { SLASHID_API_KEY = key } })
+    local status, _, err = job.wait(20)
+    assert.are.equal(1, status, err)
+    assert.matches("ca_file cannot be used: not a regular file", err)
+    assert.are.equal(0, H.requests(org))
+    H.assert_no_secret(err, key)
+  end)
+
+  it("R4: on a terminal, --orgs progress shows a server's control bytes as \\xNN", function()
+    if not sh("command -v python3 >/dev/null") then pending("needs python3 for a pty") return end
+    local org, key = H.new_org()
+    H.faults(org, { { status = 400, message = "bad \27]0;TITLE\7\27[2J" } })
+    local path = write(H.tmpname("orgs") .. ".tsv", org .. "\t" .. key .. "\n")
+    local dir = H.mkdir(H.tmpname("pty"))
+    -- stderr on a pty (the command then draws progress for a terminal)
+    local py = write(dir .. "/on_a_tty.py", ([[
+import os, pty, subprocess, sys
+master, slave = pty.openpty()
+p = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+os.close(slave)
+chunks = []
+while True:
+    try:
+        data = os.read(master, 65536)
+    except OSError:
+        break
+    if not data:
+        break
+    chunks.append(data)
+p.wait()
+open(%q, "wb").write(b"".join(chunks))
+sys.exit(p.returncode)
+]]):format(dir .. "/tty"))
+    local args = { "--orgs", path, "--base-url", H.http_url }
+    local cmd = { "python3", q(py), H.lua, CLI }
+    for _, a in ipairs(args) do cmd[#cmd + 1] = q(a) end
+    local status = shell(table.concat(cmd, " "))
+    local tty = read(dir .. "/tty") or ""
+    assert.are.equal(1, status, tty)
+    assert.matches("x1B%]0;TITLE", tty)
+    assert.is_nil(tty:find("\27]0;", 1, true), "a raw OSC sequence reached the terminal")
+    assert.is_nil(tty:find("\27[2J", 1, true), "a raw clear-screen reached the terminal")
+    H.assert_no_secret(tty, key)
   end)
 
   it("--save-to that cannot be written (one organization): refused before anything is sent", function()

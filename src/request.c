@@ -6,7 +6,9 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
+#include <sys/stat.h>
 #include "slashid.h"
 
 static const char *field_string(lua_State *L, int req, const char *name,
@@ -103,6 +105,22 @@ static int on_prereq(void *ud, char *primary_ip, char *local_ip,
                                                 : CURL_PREREQFUNC_OK;
 }
 #endif
+
+/* OpenSSL opens the CA file when it connects, with a blocking open(2): a
+   FIFO nobody writes would hang the whole process past every deadline
+   and every signal. Only a regular file (or a link to one) is handed to
+   libcurl; anything else ends the attempt before it starts (curl code 77,
+   nothing sent), saying why. */
+static void check_ca_file(sid_transfer *t, const char *ca) {
+  struct stat st;
+  const char *why = NULL;
+  if (ca == NULL) return;
+  if (stat(ca, &st) != 0) why = strerror(errno);
+  else if (!S_ISREG(st.st_mode)) why = "not a regular file";
+  if (why == NULL) return;
+  if (t->setup_rc == CURLE_OK) t->setup_rc = CURLE_SSL_CACERT_BADFILE;
+  snprintf(t->errbuf, sizeof t->errbuf, "ca_file cannot be used: %s", why);
+}
 
 /* request.proxy_secrets: proxy credentials (user, password, both) that
    every text handed back must hide, like the key. Copied and wiped. */
@@ -235,6 +253,7 @@ void sid_request_setup(lua_State *L, int req, sid_transfer *t) {
   SETOPT(t, CURLOPT_PRIVATE, (void *)t);
   SETOPT(t, CURLOPT_ERRORBUFFER, t->errbuf);
   t->errbuf[0] = '\0';
+  check_ca_file(t, ca);
   SETOPT(t, CURLOPT_WRITEFUNCTION, sid_answer_on_body);
   SETOPT(t, CURLOPT_WRITEDATA, (void *)t);
   SETOPT(t, CURLOPT_HEADERFUNCTION, sid_answer_on_header);

@@ -38,7 +38,8 @@ static volatile sig_atomic_t wake_fd = -1;   /* the pipe's write end */
 static int read_fd = -1;                     /* the pipe's read end */
 static int caught = 0;
 static int plugged[3];                       /* fds 0-2 opened at catch */
-static struct sigaction old_int, old_term, old_hup, old_quit, old_pipe;
+static struct sigaction old_int, old_term, old_hup, old_quit, old_pipe,
+                        old_xfsz;
 static struct rlimit old_core;
 static int core_limited;
 
@@ -190,6 +191,10 @@ static int signal_catch(lua_State *L) {
   sa.sa_handler = SIG_IGN;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGPIPE, &sa, &old_pipe);
+  /* A file size limit (ulimit -f, systemd's LimitFSIZE=) would kill the
+     command mid-write with SIGXFSZ after the key was issued; ignored, the
+     write fails with EFBIG and the key goes to the rescue file. */
+  sigaction(SIGXFSZ, &sa, &old_xfsz);
   caught = 1;
   return 1;
 }
@@ -204,6 +209,7 @@ static int signal_release(lua_State *L) {
   sigaction(SIGHUP, &old_hup, NULL);
   sigaction(SIGQUIT, &old_quit, NULL);
   sigaction(SIGPIPE, &old_pipe, NULL);
+  sigaction(SIGXFSZ, &old_xfsz, NULL);
   if (core_limited) setrlimit(RLIMIT_CORE, &old_core);
   core_limited = 0;
   caught = 0;
@@ -232,16 +238,18 @@ static int signal_isatty(lua_State *L) {
   return 1;
 }
 
-/* core.is_null_device(fd) -> boolean: whether the descriptor is open on
-   /dev/null (character device 1,3 on Linux), where a new key written to
-   standard output would be thrown away with no error to notice. */
-static int signal_is_null_device(lua_State *L) {
+/* core.is_memory_device(fd) -> boolean: whether the descriptor is open
+   on one of Linux's memory devices (character major 1: /dev/null,
+   /dev/zero, /dev/random, /dev/urandom, /dev/kmsg, /dev/full...), which
+   take a write and keep nothing the operator can read back (or put it in
+   the kernel log): a new key written there as standard output is lost,
+   mostly with no error to notice. */
+static int signal_is_memory_device(lua_State *L) {
   lua_Integer fd = luaL_checkinteger(L, 1);
   struct stat st;
-  int null_device = fd >= 0 && fd <= 1024 && fstat((int)fd, &st) == 0 &&
-                    S_ISCHR(st.st_mode) && major(st.st_rdev) == 1 &&
-                    minor(st.st_rdev) == 3;
-  lua_pushboolean(L, null_device);
+  int memory = fd >= 0 && fd <= 1024 && fstat((int)fd, &st) == 0 &&
+               S_ISCHR(st.st_mode) && major(st.st_rdev) == 1;
+  lua_pushboolean(L, memory);
   return 1;
 }
 
@@ -326,8 +334,8 @@ void sid_open_signal(lua_State *L) {
   lua_setfield(L, -2, "signals_caught");
   lua_pushcfunction(L, signal_isatty);
   lua_setfield(L, -2, "isatty");
-  lua_pushcfunction(L, signal_is_null_device);
-  lua_setfield(L, -2, "is_null_device");
+  lua_pushcfunction(L, signal_is_memory_device);
+  lua_setfield(L, -2, "is_memory_device");
   lua_pushcfunction(L, signal_read_input);
   lua_setfield(L, -2, "read_input");
   lua_pushliteral(L, SID_INTERRUPTED);

@@ -205,6 +205,22 @@ function M.run(pull, total, s)
   end
   local ok, err = pcall(loop)
   if not ok then
+    -- One last look first, as op:cancel takes: answers already complete in
+    -- the sockets (the process was stopped, or busy, when the signals
+    -- came) are kept and delivered, not thrown away as unknown. Nothing new
+    -- goes out during it, and no retry or verify starts after it.
+    if multi then
+      pcall(function()
+        local finished = multi:perform(true)
+        for k = 1, #finished do
+          local job = by_handle[finished[k]]
+          if job then
+            job.cancelled = true
+            job:finished()
+          end
+        end
+      end)
+    end
     -- Keys already issued (items whose new key is being verified) still
     -- reach the caller before the error passes: nothing else holds them.
     local issued = {}

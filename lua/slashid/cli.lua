@@ -218,10 +218,12 @@ M.json_line = json_line
 -- stdout, written line by line and flushed; after one failure it is
 -- treated as broken (SIGPIPE is ignored: a closed pipe is EPIPE here).
 local function new_stdout(closed)
-  -- /dev/null takes every write without an error: a key printed there is
-  -- lost as surely as on a closed stdout, so it goes to the rescue file
+  -- /dev/null (/dev/zero, /dev/urandom...) takes every write without an
+  -- error: a key printed there is lost as surely as on a closed stdout, so
+  -- it goes to the rescue file
   local out = { broken = closed.stdout and "standard output is closed" or
-                core.is_null_device(1) and "standard output is /dev/null" or nil }
+                core.is_memory_device(1) and
+                  "standard output is /dev/null or another memory device" or nil }
   function out.line(s)
     if out.broken then return false end
     local ok, err = io.stdout:write(s, "\n")
@@ -617,6 +619,8 @@ local function read_key_file(path, closed)
     local f = open_input(path, "--api-key-file")
     text, why = f:read("*a")      -- whole: binary-safe (a NUL is refused below)
     f:close()
+    -- a FIFO's writer may hold it open: a signal then interrupts the read
+    if not text and core.signal_count() > 0 then error(Interrupted, 0) end
     if not text then usage_error("--api-key-file: cannot read it: " .. tostring(why)) end
     text = text:match("^([^\n]*)")
   end
@@ -653,7 +657,9 @@ local function new_progress(total, what)
     p.counts[outcome] = (p.counts[outcome] or 0) + 1
     local text = outcome:gsub("_", " ") .. ((note and note ~= "") and (": " .. note) or "")
     if terminal then
-      if not quiet then io.stderr:write("\r\27[K", PROG, ": ", org_id, ": ", text, "\n") end
+      if not quiet then
+        io.stderr:write("\r\27[K", PROG, ": ", visible(org_id), ": ", visible(text), "\n")
+      end
       bar(not quiet)
     else
       say(total and ("[%d/%d] "):format(p.done, total) or ("[%d] "):format(p.done), org_id, ": ", text)
@@ -1176,7 +1182,7 @@ function M.main(argv)
   ok, status = pcall(run, argv, ctx)
   if not ok then
     if status == Interrupted then
-      say("interrupted while opening the input: nothing was read or sent")
+      say("interrupted while opening or reading the input: nothing was sent")
       status = ctx.o and ctx.o.check and EXIT_UNKNOWN or EXIT_NOT_ROTATED
     elseif getmetatable(status) == UsageError then
       say(status.msg)
