@@ -865,6 +865,26 @@ sys.exit(p.returncode)
     H.assert_no_secret(tty, key)
   end)
 
+  it("not dumpable while it runs (no core file with keys, whatever core_pattern pipes to)", function()
+    if io.popen("id -u"):read("*l") ~= "0" or not sh("command -v setpriv >/dev/null") then
+      pending("needs root and setpriv(1) to run the command as nobody")
+      return
+    end
+    local org, key = H.new_org()
+    H.faults(org, { { delay = 1.5 } })
+    local job = H.spawn("SLASHID_API_KEY=" .. q(key) ..
+      " setpriv --reuid=nobody --regid=nogroup --clear-groups " ..
+      command({ "--org-id", org, "--base-url", H.http_url, "--json" }))
+    wait_for("the request", 10, function() return H.requests(org) >= 1 end)
+    -- a process that is not dumpable has its /proc files owned by root
+    local owner = io.popen("stat -c %U /proc/" .. job.pid .. "/fd 2>&1"):read("*l")
+    local status, out, err = job.wait(20)
+    assert.are.equal(0, status, err)
+    assert.are.equal("root", owner)
+    H.assert_no_secret(err, key)
+    assert.is_truthy(out:find('"outcome":"rotated"', 1, true))
+  end)
+
   it("--save-to that cannot be written (one organization): refused before anything is sent", function()
     local org, key = H.new_org()
     local missing = H.tmpname("no-such-dir") .. "/key"

@@ -27,6 +27,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -42,6 +43,7 @@ static struct sigaction old_int, old_term, old_hup, old_quit, old_pipe,
                         old_xfsz;
 static struct rlimit old_core;
 static int core_limited;
+static int old_dumpable = -1;
 
 static char notice[512];                     /* written on the first signal */
 static size_t notice_len = 0;
@@ -181,6 +183,10 @@ static int signal_catch(lua_State *L) {
      memory: counted like Ctrl-C instead. No core file from a crash either
      while signals are caught (the soft limit is put back on release). */
   sigaction(SIGQUIT, &sa, &old_quit);
+  /* With core_pattern piping to a helper (systemd-coredump, apport) the
+     kernel ignores RLIMIT_CORE: "not dumpable" is what stops the dump. */
+  old_dumpable = prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
+  if (old_dumpable > 0) prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
   core_limited = getrlimit(RLIMIT_CORE, &old_core) == 0;
   if (core_limited) {
     struct rlimit none = old_core;
@@ -212,6 +218,8 @@ static int signal_release(lua_State *L) {
   sigaction(SIGXFSZ, &old_xfsz, NULL);
   if (core_limited) setrlimit(RLIMIT_CORE, &old_core);
   core_limited = 0;
+  if (old_dumpable > 0) prctl(PR_SET_DUMPABLE, old_dumpable, 0, 0, 0);
+  old_dumpable = -1;
   caught = 0;
   close_pipe();
   unplug_std_fds();
