@@ -39,7 +39,7 @@ build = {
         "src/core.c", "src/handle.c", "src/request.c", "src/answer.c",
         "src/json.c", "src/trace.c", "src/secret.c", "src/keyfile.c",
         "src/clock.c", "src/curlcode.c", "src/multi.c", "src/signal.c",
-        "src/deadline.c",
+        "src/deadline.c", "src/pollset.c",
       },
       libraries = { "curl", "pthread" },
       incdirs = { "$(CURL_INCDIR)" },

@@ -108,6 +108,12 @@ function slashid.start_rotate_key(opts)
   return require("slashid.op").start(cfg, user_agent())
 end
 
+function slashid.start_check_key(opts)
+  local keep = options.REQUEST_OPTIONS
+  local cfg = options.resolve(EMPTY, options.check(opts, keep), keep)
+  return require("slashid.op").start(cfg, user_agent(), nil, "check")
+end
+
 -- A batch item checked (a plain copy); a problem raises `slashid: item N: ...`.
 local function check_item(i, item, secrets)
   return options.locate("item " .. i, options.check, item, nil, nil, secrets)
@@ -316,12 +322,22 @@ function Client:rotate_keys(list, opts)
   end, function(cfg) own[cfg] = holds(st, cfg) or nil end)
 end
 
+local function client_check_cfg(st, opts)
+  local keep = options.REQUEST_OPTIONS
+  return options.resolve(st.defaults,
+                         options.check(opts, keep, nil, { st.defaults.api_key }), keep)
+end
+
 function Client:check_key(opts)
   local st = state_of(self, "check_key")
-  local keep = options.REQUEST_OPTIONS
-  local cfg = options.resolve(st.defaults,
-                              options.check(opts, keep, nil, { st.defaults.api_key }), keep)
-  return check(st.handle, cfg)
+  return check(st.handle, client_check_cfg(st, opts))
+end
+
+-- (The op has its own handle, like start_rotate_key's: the client's may
+-- be in use by a blocking call meanwhile.)
+function Client:start_check_key(opts)
+  local st = state_of(self, "start_check_key")
+  return require("slashid.op").start(client_check_cfg(st, opts), user_agent(), nil, "check")
 end
 
 function Client:close()

@@ -41,38 +41,7 @@ local function poll_until(op, cond, limit, stats)
   return cond()
 end
 
--- Open file descriptors of this process (a child shell lists its
--- parent's; the pipe to it is counted every time alike).
-local function open_fds()
-  local p = io.popen("ls /proc/$PPID/fd 2>/dev/null | wc -l")
-  local n = p and tonumber(p:read("*a"):match("%d+"))
-  if p then p:close() end
-  return n
-end
-
--- The count to come back to: garbage left by earlier specs (clients with
--- a live connection) is collected first, so that it cannot close its
--- sockets between the two counts.
--- The count once it has settled back to `want` (polled up to 2 s): a
--- descriptor can stay open a few milliseconds after an op is over (seen:
--- +1, gone 50 ms later, in the first round of a fresh process); a leak
--- never comes back down.
-local function fds_after(want)
-  local n = open_fds()
-  local deadline = now() + 2
-  while n ~= want and now() < deadline do
-    socket.sleep(0.05)
-    collectgarbage("collect")
-    n = open_fds()
-  end
-  return n
-end
-
-local function baseline_fds()
-  collectgarbage("collect")
-  collectgarbage("collect")
-  return open_fds()
-end
+local open_fds, baseline_fds, fds_after = H.open_fds, H.baseline_fds, H.fds_after
 
 local function errors_mention(errors, word)
   for _, e in ipairs(errors) do

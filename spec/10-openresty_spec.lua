@@ -229,5 +229,29 @@ describe("OpenResty example", function()
 
     -- only POST
     assert.are.equal(403, (request(port, "GET", "/rotate")))
+
+    -- The recovery step after an unknown outcome, taken by the handler
+    -- itself (start_check_key, waited like the rotation). The connection
+    -- is closed before any answer: once without rotating (the old key
+    -- still works: a later /rotate is safe), once after rotating (the new
+    -- key was lost in transit: the old one is refused).
+    local before = H.read_file(key_file)
+    H.faults(org, { { action = "close" } })
+    local s3, b3 = request(port, "POST", "/rotate", 20)
+    local a3 = cjson.decode(b3)
+    assert.are.equal(502, s3, b3)
+    assert.are.equal("unknown", a3.outcome)
+    assert.is_true(a3.old_key_works, b3)
+    assert.are.equal(before, H.read_file(key_file))
+    assert.matches("the old key still works", logs())
+
+    H.faults(org, { { rotate = true, action = "close" } })
+    local s4, b4 = request(port, "POST", "/rotate", 20)
+    local a4 = cjson.decode(b4)
+    assert.are.equal(502, s4, b4)
+    assert.are.equal("unknown", a4.outcome)
+    assert.is_false(a4.old_key_works, b4)
+    assert.matches("the old key is refused", logs())
+    H.assert_no_secret(b3 .. b4 .. logs(), (before:gsub("%s+$", "")))
   end)
 end)

@@ -259,4 +259,48 @@ function H.left_out(group)
   return why
 end
 
+-- ---- descriptors of this process (leak checks) --------------------------
+
+-- This process's pid (the shell popen starts is its child).
+H.pid = (function()
+  local p = io.popen("echo $PPID")
+  local pid = p:read("*a"):match("%d+")
+  p:close()
+  return pid
+end)()
+
+-- How many descriptors this process has open (the pipe to the listing
+-- shell is counted every time alike).
+function H.open_fds()
+  local p = io.popen("ls /proc/" .. H.pid .. "/fd 2>/dev/null | wc -l")
+  local n = p and tonumber(p:read("*a"):match("%d+"))
+  if p then p:close() end
+  return n
+end
+
+-- The count to come back to: garbage left by earlier specs (clients with
+-- a live connection) is collected first, so that it cannot close its
+-- sockets between the two counts.
+function H.baseline_fds()
+  collectgarbage("collect")
+  collectgarbage("collect")
+  return H.open_fds()
+end
+
+-- The count once it has settled back to `want` (polled up to 2 s): a
+-- descriptor can stay open a few milliseconds after an op is over (seen:
+-- +1, gone 50 ms later, in the first round of a fresh process); a leak
+-- never comes back down.
+function H.fds_after(want)
+  local socket = require "socket"
+  local n = H.open_fds()
+  local deadline = socket.gettime() + 2
+  while n ~= want and socket.gettime() < deadline do
+    socket.sleep(0.05)
+    collectgarbage("collect")
+    n = H.open_fds()
+  end
+  return n
+end
+
 return H

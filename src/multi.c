@@ -7,15 +7,38 @@
  * Lifetime: an attached handle is kept alive by a registry reference until
  * it finishes or is detached; either side's __gc detaches cleanly, in any
  * order, so dropping an op or a batch leaks no handle.
+ *
+ * Pollable (ops: core.multi(true)): the multi has a descriptor
+ * (pollset.c) that libcurl's CURLMOPT_SOCKETFUNCTION fills with the
+ * sockets it watches, and CURLMOPT_TIMERFUNCTION tells when libcurl wants
+ * to run anyway; both callbacks only note things down, never call Lua.
+ * perform is then curl_multi_socket_all, wait sleeps on the descriptor and
+ * timeout reads the timer. Both are set before the first transfer is
+ * added: libcurl announces a socket once, so a descriptor made later
+ * could miss one. Batches are not pollable: their multi is driven as
+ * before (curl_multi_perform, curl_multi_poll).
  */
+#include <errno.h>
 #include <string.h>
 #include "slashid.h"
+
+/* curl_multi_socket_all is deprecated "for performance reasons" (it looks
+   at every transfer, not only the ready ones) with no plan to remove it;
+   headers before 7.87 have no deprecation marks and no macro. */
+#ifndef CURL_IGNORE_DEPRECATION
+#define CURL_IGNORE_DEPRECATION(statements) statements
+#endif
 
 typedef struct sid_multi {
   CURLM *multi;
   sid_handle *attached;   /* doubly linked through sid_handle.prev/next */
   int count;
   int busy;               /* inside curl_multi_perform */
+  int pollfd;             /* pollset.c's descriptor, or -1 */
+  int pollfd_err;         /* why a pollable multi has none (errno) */
+  int pollfd_closed;      /* collected: never made again */
+  int watch_failed;       /* the kernel refused a socket: it cannot wake */
+  double timer_due;       /* when libcurl wants to run (monotonic), < 0 none */
 } sid_multi;
 
 static sid_multi *check_multi(lua_State *L, int idx) {
@@ -39,14 +62,58 @@ void sid_multi_detach(lua_State *L, sid_handle *h) {
   h->self_ref = LUA_NOREF;
 }
 
+/* CURLMOPT_SOCKETFUNCTION: libcurl says which sockets to watch. Nothing
+   but the descriptor changes here (no Lua: trace.c). A change the kernel
+   refuses cannot fail the transfer: the loop is woken often instead. */
+static int on_socket(CURL *easy, curl_socket_t s, int what, void *ud,
+                     void *sockp) {
+  sid_multi *m = (sid_multi *)ud;
+  (void)easy;
+  (void)sockp;
+  if (m->pollfd >= 0 && sid_pollset_watch(m->pollfd, s, what) != 0 &&
+      what != CURL_POLL_REMOVE)
+    m->watch_failed = 1;
+  return 0;
+}
+
+/* CURLMOPT_TIMERFUNCTION: when libcurl wants to run, ms from now (-1:
+   never). libcurl rounds its wish down to the millisecond: one more, or a
+   loop woken just before libcurl's own clock reaches the timer would find
+   nothing to do and spin until it does. */
+static int on_timer(CURLM *multi, long ms, void *ud) {
+  sid_multi *m = (sid_multi *)ud;
+  (void)multi;
+  m->timer_due = ms < 0 ? -1
+               : sid_monotonic() + (ms > 0 ? (double)(ms + 1) / 1000.0 : 0);
+  return 0;
+}
+
+/* Makes the descriptor (errno kept on failure: the op then works
+   without one, through libcurl's own wait); on an open multi, before any
+   transfer, the callbacks that fill it. */
+static void open_pollset(sid_multi *m) {
+  m->pollfd = sid_pollset_open();
+  m->pollfd_err = m->pollfd < 0 ? errno : 0;
+  if (m->pollfd < 0 || m->multi == NULL) return;
+  curl_multi_setopt(m->multi, CURLMOPT_SOCKETDATA, (void *)m);
+  curl_multi_setopt(m->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+  curl_multi_setopt(m->multi, CURLMOPT_TIMERDATA, (void *)m);
+  curl_multi_setopt(m->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+}
+
+/* core.multi([pollable]) */
 static int multi_new(lua_State *L) {
   sid_multi *m;
   sid_global_init(L);
   m = (sid_multi *)sid_newuserdata(L, sizeof *m);
   memset(m, 0, sizeof *m);
+  m->pollfd = -1;
+  m->timer_due = -1;
   sid_setmetatable(L, SID_MULTI_MT);
   m->multi = curl_multi_init();
   if (m->multi == NULL) return sid_raise(L, "slashid: curl_multi_init failed");
+  if (lua_toboolean(L, 1)) open_pollset(m);
+  else m->pollfd_err = EINVAL;
   return 1;
 }
 
@@ -118,7 +185,14 @@ static int multi_perform(lua_State *L) {
     sid_deadline_before_look(&h->t, now, last_look);
   }
   m->busy = 1;
-  curl_multi_perform(m->multi, &running);
+  if (m->pollfd >= 0) {
+    /* curl_multi_perform, then the socket callback for every transfer:
+       every attached transfer still gets its look (deadline.c, the last
+       look), and the descriptor follows its sockets */
+    CURL_IGNORE_DEPRECATION(curl_multi_socket_all(m->multi, &running);)
+  } else {
+    curl_multi_perform(m->multi, &running);
+  }
   m->busy = 0;
   for (h = m->attached; h; h = h->next) sid_callbacks_off(&h->t);
   while ((msg = curl_multi_info_read(m->multi, &left)) != NULL) {
@@ -160,14 +234,52 @@ static long deadline_wait_ms(sid_multi *m, long ms) {
   return ms;
 }
 
-/* multi:wait(seconds): blocks until there is socket activity or the time
-   is up, whichever comes first (curl_multi_poll also sleeps when nothing
-   is attached, which is what a retry deadline wants). While signals are
-   caught (signal.c) it also wakes at once when one arrives, and raises
-   SID_INTERRUPTED once a second one has come. */
+/* The CPU a loop spends when a socket could not join the descriptor: it
+   is woken this often instead (still correct, never stuck). */
+#define WATCH_FAILED_S 0.01
+
+/* Seconds until the multi must be performed whatever its sockets do:
+   libcurl's timer, the nearest attempt's request_timeout deadline (to
+   the deadline itself, never past it: deadline.c); < 0 for none. */
+static double seconds_left(sid_multi *m) {
+  sid_handle *h;
+  double now = sid_monotonic(), left = -1;
+  if (m->pollfd >= 0) {
+    if (m->timer_due >= 0) left = m->timer_due > now ? m->timer_due - now : 0;
+    if (m->watch_failed && m->count > 0 && (left < 0 || left > WATCH_FAILED_S))
+      left = WATCH_FAILED_S;
+  } else {
+    long ms = -1;
+    curl_multi_timeout(m->multi, &ms);
+    if (ms >= 0) left = (double)ms / 1000.0;
+  }
+  for (h = m->attached; h; h = h->next) {
+    double d;
+    if (h->t.deadline <= 0) continue;
+    d = h->t.deadline - now;
+    if (d < 0) d = 0;
+    if (left < 0 || d < left) left = d;
+  }
+  return left;
+}
+
+/* The pollable wait: the descriptor and the signal pipe, at most ms, and
+   at most until libcurl's timer or a deadline. */
+static int pollset_wait(sid_multi *m, long ms, int sigfd) {
+  double left = seconds_left(m);
+  if (left >= 0 && (ms < 0 || left * 1000.0 < (double)ms))
+    ms = (long)(left * 1000.0) + 1;   /* at the deadline, not before */
+  return sid_pollset_wait(m->pollfd, sigfd, ms);
+}
+
+/* multi:wait([seconds]): blocks until there is socket activity or the
+   time is up (nil: a day), whichever comes first (it also sleeps when
+   nothing is attached, which is what a retry deadline wants). While
+   signals are caught (signal.c) it also wakes at once when one arrives,
+   and raises SID_INTERRUPTED once a second one has come. */
 static int multi_wait(lua_State *L) {
   sid_multi *m = check_multi(L, 1);
-  lua_Number s = luaL_checknumber(L, 2);
+  lua_Number s = luaL_optnumber(L, 2, 86400);
   long ms = !(s > 0) ? 0 : s > 86400 ? 86400000 : (long)(s * 1000.0 + 0.5);
   struct curl_waitfd extra;
   unsigned int nextra = 0;
@@ -177,12 +289,18 @@ static int multi_wait(lua_State *L) {
   extra.fd = sid_signal_fd();
   extra.events = CURL_WAIT_POLLIN;
   if (extra.fd >= 0) nextra = 1;
-  ms = deadline_wait_ms(m, ms);   /* wake for the next request_timeout */
+  if (m->pollfd >= 0) {
+    /* (-1: EINTR, most likely a signal: the pipe is drained all the same) */
+    int ready = pollset_wait(m, ms, nextra ? extra.fd : -1);
+    if (ready < 0 || (ready & SID_POLLSET_EXTRA)) extra.revents = CURL_WAIT_POLLIN;
+  } else {
+    ms = deadline_wait_ms(m, ms);   /* wake for the next request_timeout */
 #if SID_CURL_AT_LEAST(7, 66, 0)
-  curl_multi_poll(m->multi, nextra ? &extra : NULL, nextra, (int)ms, NULL);
+    curl_multi_poll(m->multi, nextra ? &extra : NULL, nextra, (int)ms, NULL);
 #else
-  curl_multi_wait(m->multi, nextra ? &extra : NULL, nextra, (int)ms, NULL);
+    curl_multi_wait(m->multi, nextra ? &extra : NULL, nextra, (int)ms, NULL);
 #endif
+  }
   if (nextra && extra.revents) sid_signal_drain();
   if (sid_signal_abort()) goto interrupted;
   return 0;
@@ -191,16 +309,38 @@ interrupted:
   return lua_error(L);
 }
 
-/* multi:timeout() -> seconds until libcurl, or an attempt's
-   request_timeout, wants the multi performed; nil if neither does */
+/* multi:timeout() -> seconds until the multi must be performed whatever
+   its sockets do (libcurl's timers, an attempt's request_timeout); nil
+   if nothing but socket activity matters */
 static int multi_timeout(lua_State *L) {
-  sid_multi *m = check_multi(L, 1);
-  long ms = -1;
-  curl_multi_timeout(m->multi, &ms);
-  ms = deadline_wait_ms(m, ms);
-  if (ms < 0) return 0;
-  lua_pushnumber(L, (lua_Number)ms / 1000.0);
+  double left = seconds_left(check_multi(L, 1));
+  if (left < 0) return 0;
+  lua_pushnumber(L, (lua_Number)left);
   return 1;
+}
+
+/* multi:pollfd() -> descriptor, or nil and a message: the pollable
+   multi's, the same until close() or the GC, its transfers over or not.
+   After close(), a new one, empty (nothing can join it any more). */
+static int multi_pollfd(lua_State *L) {
+  sid_multi *m = (sid_multi *)luaL_checkudata(L, 1, SID_MULTI_MT);
+  if (m->pollfd < 0 && m->multi == NULL && !m->pollfd_closed) open_pollset(m);
+  if (m->pollfd >= 0) {
+    lua_pushinteger(L, m->pollfd);
+    return 1;
+  }
+  lua_pushnil(L);
+  if (m->pollfd_closed)
+    lua_pushliteral(L, "slashid: the poll descriptor is closed");
+  else if (m->pollfd_err == EINVAL)
+    lua_pushliteral(L, "slashid: this multi is not pollable");
+  else if (m->pollfd_err == ENOSYS)
+    lua_pushliteral(L, "slashid: no poll descriptor on this platform "
+                       "(neither epoll nor kqueue)");
+  else
+    lua_pushfstring(L, "slashid: cannot make a poll descriptor: %s",
+                    strerror(m->pollfd_err));
+  return 2;
 }
 
 static int multi_count(lua_State *L) {
@@ -208,21 +348,42 @@ static int multi_count(lua_State *L) {
   return 1;
 }
 
-static int multi_close(lua_State *L) {
-  sid_multi *m = (sid_multi *)luaL_checkudata(L, 1, SID_MULTI_MT);
-  if (m->multi == NULL) return 0;
-  if (m->busy) return sid_raise(L, "slashid: multi is busy");
-  while (m->attached) sid_multi_detach(L, m->attached);
-  curl_multi_cleanup(m->multi);
-  m->multi = NULL;
+/* Ends the transfers and releases libcurl (its sockets, its connection
+   cache); the poll descriptor too, unless keep_pollfd. */
+static int close_multi(lua_State *L, sid_multi *m, int keep_pollfd) {
+  if (m->multi) {
+    if (m->busy) return sid_raise(L, "slashid: multi is busy");
+    /* libcurl reports the sockets it drops (on_socket): the descriptor is
+       still open here, and closed after */
+    while (m->attached) sid_multi_detach(L, m->attached);
+    curl_multi_cleanup(m->multi);
+    m->multi = NULL;
+  }
+  if (!keep_pollfd) sid_pollset_close(&m->pollfd);
   return 0;
 }
 
+/* multi:close([keep_pollfd]): an op keeps its descriptor after its
+   transfers end (a loop may still hold the number), until it is
+   collected. */
+static int multi_close(lua_State *L) {
+  sid_multi *m = (sid_multi *)luaL_checkudata(L, 1, SID_MULTI_MT);
+  return close_multi(L, m, lua_toboolean(L, 2));
+}
+
+/* __gc and __close: everything, the descriptor included. */
 static int multi_gc(lua_State *L) {
   sid_multi *m = (sid_multi *)luaL_checkudata(L, 1, SID_MULTI_MT);
   m->busy = 0;
-  return multi_close(L);
+  m->pollfd_closed = 1;
+  return close_multi(L, m, 0);
 }
+
+#if SID_HAS_CLOSE
+static int multi_close_all(lua_State *L) {
+  return close_multi(L, (sid_multi *)luaL_checkudata(L, 1, SID_MULTI_MT), 0);
+}
+#endif
 
 static int multi_tostring(lua_State *L) {
   sid_multi *m = (sid_multi *)luaL_checkudata(L, 1, SID_MULTI_MT);
@@ -237,6 +398,7 @@ void sid_open_multi(lua_State *L) {
     {"perform", multi_perform},
     {"wait", multi_wait},
     {"timeout", multi_timeout},
+    {"pollfd", multi_pollfd},
     {"count", multi_count},
     {"close", multi_close},
     {NULL, NULL}
@@ -245,7 +407,7 @@ void sid_open_multi(lua_State *L) {
     {"__gc", multi_gc},
     {"__tostring", multi_tostring},
 #if SID_HAS_CLOSE
-    {"__close", multi_close},
+    {"__close", multi_close_all},
 #endif
     {NULL, NULL}
   };

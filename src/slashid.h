@@ -109,6 +109,21 @@ typedef struct sid_handle {
 sid_handle *sid_check_handle(lua_State *L, int idx);
 void sid_multi_detach(lua_State *L, sid_handle *h);  /* multi.c */
 
+/* pollset.c: one descriptor that polls readable while a socket libcurl
+   watches (CURLMOPT_SOCKETFUNCTION) is ready: epoll on Linux, kqueue on
+   the BSDs and macOS, close-on-exec. No Lua: libcurl's callbacks use it.
+   sid_pollset_open returns -1 with errno (ENOSYS: no such descriptor on
+   this platform). sid_pollset_watch takes CURL_POLL_*. sid_pollset_wait
+   sleeps at most ms (< 0: no bound) until the set or `extra` (>= 0; the
+   signal pipe) polls readable: a mask of the two bits below, 0 when the
+   time is up, -1 on error (EINTR included). */
+#define SID_POLLSET_READY 1
+#define SID_POLLSET_EXTRA 2
+int  sid_pollset_open(void);
+int  sid_pollset_watch(int set, curl_socket_t s, int what);
+int  sid_pollset_wait(int set, int extra, long ms);
+void sid_pollset_close(int *set);
+
 /* deadline.c: request_timeout, checked after each look at the socket */
 double   sid_monotonic(void);
 void     sid_deadline_start(sid_transfer *t, double seconds);

@@ -2,8 +2,13 @@
  * examples/embed/host.c - a C program in the style of a game engine that
  * embeds Lua 5.4 and the slashid module, linked statically, and rotates an
  * organization's API key from its 60 Hz frame loop without ever stalling a
- * frame: the rotation is an op (slashid.start_rotate_key) polled once per
- * frame, and op:poll() never waits.
+ * frame: the rotation is an op (slashid.start_rotate_key), and op:poll()
+ * never waits. Nor does the host call it every frame: between frames it
+ * sleeps in poll(2) on the op's descriptor (op:pollfd()) until the next
+ * frame boundary, and a frame calls into Lua only when that descriptor
+ * woke it or op:timeout() has run out (libcurl's timers, the request's
+ * deadline, a retry back-off). A frame with nothing to do costs one
+ * poll(2) and no Lua at all.
  *
  * Build (the Makefile does it: `make embed` -> build/lua5.4/embed-host):
  *
@@ -27,13 +32,16 @@
  * Prints key=value lines (outcome, status, frames, the longest frame stall:
  * the most wall-clock time one frame spent inside its Lua call, and the CPU
  * time of that frame: far less CPU than wall means the frame waited, on a
- * disk or on a busy machine's scheduler). Never prints a key:
+ * disk or on a busy machine's scheduler; lua_calls: frames that called
+ * into Lua, fd_wakes: frame sleeps the op's descriptor cut short). Never
+ * prints a key:
  * the new one goes to --save-to (atomic, mode 0600) before the op finishes.
  * Exit status: 0 rotated and saved, 1 not rotated, 2 unknown, 3 rotated but
  * not saved, 64 usage, 70 a Lua error.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,15 +56,20 @@ int luaopen_slashid_core(lua_State *L);
 
 #define FRAME_NS 16666667L   /* 60 Hz */
 
-/* The Lua side of the host: a table of three functions over one op. It
-   keeps no globals; the host holds the table in the registry. */
+/* The Lua side of the host: a table of functions over one op. It keeps
+   no globals; the host holds the table on its stack. start returns the
+   op's descriptor, poll and cancel whether it finished; all three return
+   op:timeout() last (-1 for nil: only the descriptor matters). */
 static const char GLUE[] =
   "local slashid = require 'slashid'\n"
   "local op\n"
   "local glue = {}\n"
-  "function glue.start(opts) op = slashid.start_rotate_key(opts) end\n"
-  "function glue.poll() return op:poll() end\n"
-  "function glue.cancel() op:cancel(); return op:poll() end\n"
+  "function glue.start(opts)\n"
+  "  op = slashid.start_rotate_key(opts)\n"
+  "  return op:pollfd(), op:timeout() or -1\n"
+  "end\n"
+  "function glue.poll() return op:poll(), op:timeout() or -1 end\n"
+  "function glue.cancel() op:cancel(); return op:poll(), op:timeout() or -1 end\n"
   "function glue.report()\n"
   "  local result, errors, _, info = op:results()\n"
   "  local first = errors[1]\n"
@@ -156,13 +169,42 @@ static int call(lua_State *L, int glue, const char *name, int nargs, int nres) {
   return 1;
 }
 
+/* When the op wants its next poll whatever its descriptor does: the
+   seconds op:timeout() gave (-1: never). */
+static double due_at(lua_State *L, int idx) {
+  double left = lua_tonumber(L, idx);
+  return left < 0 ? -1 : now_s() + left;
+}
+
+/* Sleeps to the frame boundary `next` in poll(2) on the op's descriptor
+   (a boundary already reached: a look without sleeping); returns 1 if the
+   descriptor polled readable meanwhile (the rest of the frame is then
+   slept all the same: the op's work waits for the next frame, as a
+   game's would). */
+static int sleep_to(const struct timespec *next, int fd) {
+  struct timespec t;
+  struct pollfd p;
+  long ms;
+  int woke = 0;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  ms = (long)(next->tv_sec - t.tv_sec) * 1000L +
+       (next->tv_nsec - t.tv_nsec) / 1000000L;
+  p.fd = fd;
+  p.events = POLLIN;
+  p.revents = 0;
+  woke = poll(&p, 1, ms > 0 ? (int)ms : 0) > 0 && p.revents != 0;
+  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, next, NULL) == EINTR)
+    ;
+  return woke;
+}
+
 static int run(lua_State *L, const options *o) {
   struct timespec next, t;
   double frame_start, work, stall = 0, total_work = 0, start_ms = 0;
   double pending_stall = 0, final_ms = 0, cpu_start, stall_cpu = 0;
-  double deadline;
-  long frames = 0, late = 0;
-  int glue, finished = 0, cancelled = 0, rc;
+  double deadline, due = -1;
+  long frames = 0, late = 0, lua_calls = 0, fd_wakes = 0;
+  int glue, finished = 0, cancelled = 0, ready = 0, fd = -1, rc;
 
   /* The C core, linked in: registered as if `require "slashid.core"` had
      loaded it, so the Lua layer's require finds it in package.loaded. */
@@ -195,11 +237,17 @@ static int run(lua_State *L, const options *o) {
         fprintf(stderr, "embed-host: cannot read the key file\n");
         return 64;
       }
-      if (!call(L, glue, "start", 1, 0)) return 64;   /* bad options */
-    } else {
-      if (!call(L, glue, cancelled ? "cancel" : "poll", 0, 1)) return 70;
-      finished = lua_toboolean(L, -1);
-      lua_pop(L, 1);
+      if (!call(L, glue, "start", 1, 2)) return 64;   /* bad options */
+      fd = (int)lua_tointeger(L, -2);
+      due = due_at(L, -1);
+      lua_pop(L, 2);
+    } else if (cancelled || ready || (due >= 0 && frame_start >= due)) {
+      /* the op has work: its descriptor woke, or its time came */
+      if (!call(L, glue, cancelled ? "cancel" : "poll", 0, 2)) return 70;
+      finished = lua_toboolean(L, -2);
+      due = due_at(L, -1);
+      lua_pop(L, 2);
+      lua_calls++;
     }
     work = now_s() - frame_start;
     if (frames == 0) start_ms = work * 1000.0;
@@ -214,16 +262,15 @@ static int run(lua_State *L, const options *o) {
     if (finished) break;
     if (!cancelled && now_s() > deadline) cancelled = 1;  /* give up */
 
-    /* ---- sleep to the next frame boundary ---- */
+    /* ---- sleep to the next frame boundary, on the op's descriptor ---- */
     add_ns(&next, FRAME_NS);
     clock_gettime(CLOCK_MONOTONIC, &t);
     if (before(&next, &t)) {          /* this frame overran: resync */
       late++;
-      next = t;
-      continue;
+      next = t;                       /* (then only a look, no sleep) */
     }
-    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR)
-      ;
+    ready = sleep_to(&next, fd);
+    if (ready) fd_wakes++;
   }
 
   if (!call(L, glue, "report", 0, 8)) return 70;
@@ -242,10 +289,11 @@ static int run(lua_State *L, const options *o) {
        (answer parsed, save_to written and fsync'ed) included. */
     printf("frames=%ld\nlate_frames=%ld\nlongest_stall_ms=%.3f\n"
            "longest_stall_cpu_ms=%.3f\nlongest_pending_stall_ms=%.3f\n"
-           "start_ms=%.3f\nfinal_frame_ms=%.3f\nmean_work_ms=%.4f\n",
+           "start_ms=%.3f\nfinal_frame_ms=%.3f\nmean_work_ms=%.4f\n"
+           "lua_calls=%ld\nfd_wakes=%ld\n",
            frames, late, stall * 1000.0, stall_cpu * 1000.0,
            pending_stall * 1000.0, start_ms, final_ms,
-           total_work * 1000.0 / (double)frames);
+           total_work * 1000.0 / (double)frames, lua_calls, fd_wakes);
     if (nerrors > 0) printf("errors=%ld\nfirst_error=%s\n", nerrors, first_error);
     rc = rotated ? (saved ? 0 : 3)
        : strcmp(outcome, "not_rotated") == 0 ? 1 : 2;

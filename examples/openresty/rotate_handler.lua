@@ -7,15 +7,40 @@
 -- SlashID answer is pending. A blocking rotate_key here would freeze the
 -- whole worker for as long as the API takes (up to the consistency timeout).
 --
+-- How long to sleep: nginx's Lua cannot wait on a foreign descriptor
+-- (op:pollfd()), so the handler sleeps until op:timeout() (libcurl's next
+-- timer, a retry's back-off, the request deadline) but never longer than
+-- a short cap that grows while nothing happens (1 ms, doubling up to
+-- 50 ms): an answer is noticed within 50 ms, and a 2 s wait costs ~45
+-- wake-ups instead of the 200 of a fixed 10 ms poll.
+--
+-- After an "unknown" outcome the handler takes the recovery step at once,
+-- without blocking either (slashid.start_check_key): is the old key, still
+-- in the key file, accepted? Yes: nothing was rotated, a later /rotate is
+-- safe. No: SlashID rotated it and the new key was lost in transit; the
+-- organization needs a new key from the dashboard. Neither: ask again.
+--
 -- The answer is JSON: {"outcome": "rotated" | "not_rotated" | "unknown",
 -- "status": <HTTP status from SlashID>, "attempts": n, "saved": bool,
--- "errors": [messages]}. Never a key: the new key goes to SLASHID_KEY_FILE
--- (written atomically, mode 0600) before this handler answers.
+-- "errors": [messages], and after "unknown": "old_key_works": true | false
+-- (absent when that cannot be told)}. Never a key: the new key goes to SLASHID_KEY_FILE (written
+-- atomically, mode 0600) before this handler answers.
 local slashid = require "slashid"
 local cjson = require "cjson.safe"
 
 local ngx = ngx
-local POLL_INTERVAL = 0.01   -- seconds between polls (ngx.sleep yields)
+local MAX_SLEEP = 0.05       -- the longest sleep between two polls (s)
+
+-- Polls `op` until it has finished, sleeping between polls (ngx.sleep
+-- yields the worker to nginx) as long as op:timeout() allows, capped.
+local function wait_op(op)
+  local cap = 0.001
+  while not op:poll() do
+    local t = op:timeout()
+    ngx.sleep(t and t < cap and t or cap)
+    if cap < MAX_SLEEP then cap = math.min(cap * 2, MAX_SLEEP) end
+  end
+end
 
 local function reply(http_status, body)
   ngx.status = http_status
@@ -69,10 +94,7 @@ local function rotate(org_id, key_file)
     consistency = "all_regions",
     save_to = key_file,
   }
-  current = nil   -- luacheck: ignore (not needed any more)
-
-  -- Each poll returns at once; ngx.sleep lets nginx serve other requests.
-  while not op:poll() do ngx.sleep(POLL_INTERVAL) end
+  wait_op(op)
 
   local result, errors, _, info = op:results()
   local messages = {}
@@ -81,11 +103,25 @@ local function rotate(org_id, key_file)
     held_key = result.api_key
     ngx.log(ngx.ALERT, "slashid: the key was rotated but not saved; held in memory")
   end
+  local old_key_works
   if info.outcome == "unknown" then
     -- The key may have been rotated without the answer reaching us: never
-    -- retry blindly (check_key with the old key tells; see README).
-    ngx.log(ngx.ERR, "slashid: rotation outcome unknown (HTTP ", info.status, ")")
+    -- retry blindly. The recovery step, without blocking the worker:
+    local check = slashid.start_check_key{
+      org_id = org_id,
+      api_key = current,
+      base_url = os.getenv("SLASHID_BASE_URL"),
+      ca_file = os.getenv("SLASHID_CA_FILE"),
+    }
+    wait_op(check)
+    old_key_works = check:results()
+    ngx.log(ngx.ERR, "slashid: rotation outcome unknown (HTTP ", info.status, "); ",
+            old_key_works == true and "the old key still works: nothing was rotated"
+            or old_key_works == false and "the old key is refused: the key was rotated " ..
+               "and the new one lost; get a new key from the SlashID dashboard"
+            or "whether the old key works cannot be told yet: check again")
   end
+  current = nil   -- luacheck: ignore (not needed any more)
   local http_status = (info.outcome == "rotated" and info.saved) and 200
                    or info.outcome == "rotated" and 500
                    or 502
@@ -96,6 +132,7 @@ local function rotate(org_id, key_file)
     elapsed = info.elapsed,
     saved = info.saved == true,
     errors = messages,
+    old_key_works = old_key_works,
   })
 end
 

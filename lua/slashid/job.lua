@@ -72,8 +72,15 @@ function Job:conclude(result, errors, pagination, facts)
       -- the old key is dead: save and hand over before anything else
       rotation.save(self.cfg, result, errors, info)
       if self.on_rotated then self.on_rotated(result) end
-      if self.cfg.verify and not self.cancelled then
-        return self:begin("verify", rotation.verify_cfg(self.cfg, result.api_key))
+      if self.cfg.verify then
+        if not self.cancelled then
+          return self:begin("verify", rotation.verify_cfg(self.cfg, result.api_key))
+        end
+        -- cancelled (or a batch interrupted) as the key arrived: it is
+        -- kept, and said to be unverified rather than passed as verified
+        info.verified = false
+        rotation.add_error(errors, 0, "not verified: the operation was cancelled " ..
+                           "before the new key could be checked")
       end
     end
   elseif self.phase == "verify" then

@@ -1,8 +1,17 @@
--- slashid.op: start_rotate_key's operation object, for hosts with their
--- own loop. poll() never waits; wait(s) waits at most s; retries are
--- deadlines inside the op. Each op has its own easy and multi handles, so
--- ops from several clients can be pending at once; a dropped op is
--- cleaned up by the garbage collector (the C handles have __gc).
+-- slashid.op: the operation object of start_rotate_key and
+-- start_check_key, for hosts with their own loop. poll() never waits;
+-- wait(s) waits at most s; retries are deadlines inside the op. Each op
+-- has its own easy and multi handles, so ops from several clients can be
+-- pending at once; a dropped op is cleaned up by the garbage collector
+-- (the C handles have __gc).
+--
+-- Event loops wait on an op instead of polling it (the pollable protocol
+-- of cqueues): pollfd() is a descriptor that polls readable when a socket
+-- of the op is ready (the same until the op is collected, through retries
+-- and after the end), timeout() the seconds until the op must be polled
+-- anyway, events() "r". wait() sleeps on the same descriptor. The op's
+-- multi has it from the start; once the op is over it goes with the
+-- sockets, unless pollfd() handed it out.
 
 local core = require "slashid.core"
 local job_mod = require "slashid.job"
@@ -25,17 +34,21 @@ local function state_of(op, method)
   return st
 end
 
--- Releases the sockets as soon as the op is over.
+-- Releases the sockets as soon as the op is over. The poll descriptor
+-- goes with them unless pollfd() handed it out: then it stays (a loop may
+-- still hold its number) until the op is collected.
 local function release(st)
-  if st.multi then st.multi:close(); st.multi = nil end
+  st.multi:close(st.handed_out)
   if st.job.handle then st.job.handle:close() end
 end
 
-function M.start(cfg, user_agent, on_rotated)
+-- kind: "rotate" (results: rotate_key's four values) or "check"
+-- (check_key's three).
+function M.start(cfg, user_agent, on_rotated, kind)
   local op = {}
   local address = tostring(op):match("0x%x+") or "?"
-  local job = job_mod.new(cfg, core.handle(), "rotate", user_agent, on_rotated)
-  local st = { job = job, multi = core.multi(), address = address }
+  local job = job_mod.new(cfg, core.handle(), kind or "rotate", user_agent, on_rotated)
+  local st = { job = job, multi = core.multi(true), address = address }
   job.on_done = function() release(st) end
   private[op] = st
   setmetatable(op, OpMT)
@@ -89,6 +102,43 @@ function Op:poll()
   return job.phase == "done"
 end
 
+-- Seconds until the op must be polled whatever its descriptor does:
+-- libcurl's timers, the attempt's request_timeout (to the deadline
+-- itself), the end of a retry back-off; 0 once finished; nil when only
+-- the descriptor matters.
+local function time_left(st)
+  local job = st.job
+  if job.phase == "done" or st.cancel_requested then return 0 end
+  local left = job.running and st.multi:timeout() or nil
+  if job.wait_until then
+    local until_retry = job.wait_until - core.now()
+    if until_retry < 0 then until_retry = 0 end
+    if left == nil or until_retry < left then left = until_retry end
+  end
+  return left
+end
+
+function Op:pollfd()
+  local st = state_of(self, "pollfd")
+  local fd, err = st.multi:pollfd()
+  if not fd then error(err, 0) end
+  st.handed_out = true
+  return fd
+end
+
+function Op:events()
+  state_of(self, "events")
+  return "r"
+end
+
+function Op:timeout()
+  return time_left(state_of(self, "timeout"))
+end
+
+-- Sleeps on the op's descriptor (and, while the command catches signals,
+-- on the signal pipe: multi:wait), woken by its sockets, by time_left, or
+-- by the caller's limit. Without a descriptor (none on this platform, or
+-- none could be made) multi:wait is libcurl's own wait, as correct.
 function Op:wait(seconds)
   local st = state_of(self, "wait")
   if seconds ~= nil and (type(seconds) ~= "number" or not (seconds >= 0)) then
@@ -96,13 +146,11 @@ function Op:wait(seconds)
   end
   local deadline = seconds and core.now() + seconds
   while not self:poll() do
-    local now = core.now()
-    local limit = deadline and deadline - now or 1
-    if limit <= 0 then return false end
-    local job = st.job
-    if job.wait_until then
-      local until_retry = job.wait_until - now
-      if until_retry < limit then limit = until_retry > 0 and until_retry or 0 end
+    local limit = time_left(st)
+    if deadline then
+      local left = deadline - core.now()
+      if left <= 0 then return false end
+      if limit == nil or left < limit then limit = left end
     end
     st.multi:wait(limit)
   end
@@ -111,10 +159,12 @@ end
 
 function Op:results()
   local st = state_of(self, "results")
-  if st.job.phase ~= "done" then
+  local job = st.job
+  if job.phase ~= "done" then
     error("slashid: the operation has not finished (poll or wait until it returns true)", 0)
   end
-  local v = st.job.values
+  local v = job.values
+  if job.kind == "check" then return v[1], v[2], v[3] end
   return v[1], v[2], v[3], v[4]
 end
 
@@ -138,7 +188,10 @@ OpMT.__tostring = function(self)
 end
 OpMT.__gc = function(self)
   local st = private[self]
-  if st then release(st) end
+  if st then
+    release(st)
+    st.multi:close()          -- the descriptor too (on 5.1: the multi's own __gc)
+  end
 end
 
 M.Op = Op

@@ -1,0 +1,138 @@
+/*
+ * pollset.c - the descriptor behind op:pollfd(): one file descriptor that
+ * polls readable whenever one of the sockets libcurl asked to watch is
+ * ready, so that an event loop (cqueues, luv, a C host's poll(2)) or
+ * op:wait can sleep on an op instead of polling it. multi.c's
+ * CURLMOPT_SOCKETFUNCTION adds, changes and removes the sockets; nothing
+ * here calls into Lua (trace.c has the one rule for callbacks).
+ *
+ *   Linux            an epoll descriptor (level-triggered), itself pollable
+ *   BSDs, macOS      a kqueue descriptor, pollable the same way
+ *   anything else    none: sid_pollset_open fails with ENOSYS, op:pollfd()
+ *                    raises "not available", and op:wait keeps libcurl's
+ *                    own wait (curl_multi_poll): simpler, as correct, just
+ *                    not usable by an outside loop
+ *
+ * Build with -DSID_POLLSET_KQUEUE (and libkqueue on Linux) or
+ * -DSID_POLLSET_NONE to try the other two paths here.
+ *
+ * Every descriptor made here is close-on-exec: a child the host spawns
+ * must not keep an op's descriptor (or its sockets) alive.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <string.h>
+#include <unistd.h>
+#include "slashid.h"
+
+#if defined(SID_POLLSET_NONE)
+#define SID_EPOLL 0
+#define SID_KQUEUE 0
+#elif defined(SID_POLLSET_KQUEUE) || defined(__APPLE__) || \
+      defined(__FreeBSD__) || defined(__OpenBSD__) || defined(__NetBSD__) || \
+      defined(__DragonFly__)
+#define SID_EPOLL 0
+#define SID_KQUEUE 1
+#elif defined(__linux__)
+#define SID_EPOLL 1
+#define SID_KQUEUE 0
+#else
+#define SID_EPOLL 0
+#define SID_KQUEUE 0
+#endif
+
+#if SID_EPOLL
+#include <sys/epoll.h>
+#elif SID_KQUEUE
+#include <fcntl.h>
+#include <sys/types.h>
+#include <sys/event.h>
+#include <sys/time.h>
+#endif
+
+int sid_pollset_open(void) {
+#if SID_EPOLL
+  return epoll_create1(EPOLL_CLOEXEC);
+#elif SID_KQUEUE
+  /* kqueue() has no close-on-exec flag everywhere (and a kqueue is never
+     inherited by fork anyway): set it at once */
+  int fd = kqueue();
+  if (fd >= 0 && fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {
+    int err = errno;
+    close(fd);
+    errno = err;
+    return -1;
+  }
+  return fd;
+#else
+  errno = ENOSYS;
+  return -1;
+#endif
+}
+
+#if SID_KQUEUE
+/* One filter on or off; a filter that was not there is not an error. */
+static int kq_change(int set, curl_socket_t s, short filter, int on) {
+  struct kevent ch;
+  EV_SET(&ch, s, filter, on ? EV_ADD : EV_DELETE, 0, 0, 0);
+  if (kevent(set, &ch, 1, NULL, 0, NULL) == 0) return 0;
+  return !on && (errno == ENOENT || errno == EBADF) ? 0 : -1;
+}
+#endif
+
+/* What libcurl wants from socket s (CURL_POLL_IN, _OUT, _INOUT, _NONE,
+   _REMOVE): 0, or -1 with errno. A socket libcurl closed without saying
+   so has already left the set (the kernel drops a closed descriptor), so
+   a change finding no entry adds one. */
+int sid_pollset_watch(int set, curl_socket_t s, int what) {
+#if SID_EPOLL
+  struct epoll_event ev;
+  memset(&ev, 0, sizeof ev);
+  ev.data.fd = s;
+  if (what == CURL_POLL_REMOVE) {
+    if (epoll_ctl(set, EPOLL_CTL_DEL, s, &ev) == 0) return 0;
+    return errno == ENOENT || errno == EBADF ? 0 : -1;
+  }
+  if (what & CURL_POLL_IN) ev.events |= EPOLLIN;
+  if (what & CURL_POLL_OUT) ev.events |= EPOLLOUT;
+  if (epoll_ctl(set, EPOLL_CTL_MOD, s, &ev) == 0) return 0;
+  if (errno != ENOENT) return -1;
+  return epoll_ctl(set, EPOLL_CTL_ADD, s, &ev);
+#elif SID_KQUEUE
+  int in = what != CURL_POLL_REMOVE && (what & CURL_POLL_IN);
+  int out = what != CURL_POLL_REMOVE && (what & CURL_POLL_OUT);
+  int rc = kq_change(set, s, EVFILT_READ, in);
+  if (kq_change(set, s, EVFILT_WRITE, out) != 0) rc = -1;
+  return rc;
+#else
+  (void)set; (void)s; (void)what;
+  errno = ENOSYS;
+  return -1;
+#endif
+}
+
+int sid_pollset_wait(int set, int extra, long ms) {
+  struct pollfd p[2];
+  nfds_t n = 1;
+  int r, ready = 0;
+  memset(p, 0, sizeof p);
+  p[0].fd = set;
+  p[0].events = POLLIN;
+  if (extra >= 0) {
+    p[1].fd = extra;
+    p[1].events = POLLIN;
+    n = 2;
+  }
+  if (ms > INT_MAX) ms = INT_MAX;
+  r = poll(p, n, ms < 0 ? -1 : (int)ms);
+  if (r < 0) return -1;
+  if (p[0].revents) ready |= SID_POLLSET_READY;
+  if (n == 2 && p[1].revents) ready |= SID_POLLSET_EXTRA;
+  return ready;
+}
+
+void sid_pollset_close(int *set) {
+  if (*set >= 0) close(*set);
+  *set = -1;
+}
