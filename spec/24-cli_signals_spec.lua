@@ -815,6 +815,25 @@ describe("slashid-rotate review leftovers (issue 9, third round)", function()
     end
   end)
 
+  it("F5: --check waiting on a slow server: a second SIGINT abandons it at once (exit 2)", function()
+    local org, key = H.new_org()
+    H.faults(org, { { delay = 15 } })
+    local job = spawn({ "--org-id", org, "--base-url", H.http_url, "--check" },
+                      { env = { SLASHID_API_KEY = key } })
+    wait_for("the check to reach the server", 10, function() return H.requests(org) >= 1 end)
+    local t0 = socket.gettime()
+    repeat   -- two separate signals (two pending at once would merge)
+      job.kill("INT")
+      socket.sleep(0.3)
+    until job.ended() or socket.gettime() - t0 > 8
+    local status, _, err = job.wait(10)
+    assert.are.equal(2, status, err)
+    assert.is_true(socket.gettime() - t0 < 8, "the check was not abandoned at once")
+    assert.matches("abandoned", err)
+    assert.are.equal(0, H.org(org).rotations)
+    H.assert_no_secret(err, key)
+  end)
+
   it("R6: --ca-file naming a FIFO nobody writes: refused at once, nothing sent (no hang)", function()
     local org, key = H.new_org()
     local fifo = H.tmpname("fifo-ca")

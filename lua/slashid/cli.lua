@@ -752,20 +752,16 @@ local function rotate_one(ctx, opts, org_id)
   return EXIT_UNKNOWN
 end
 
--- check_key through an op where the library has start_check_key (a second
--- signal then abandons it at once), else blocking.
+-- check_key as an op (start_check_key): a second signal abandons it at
+-- once, as it does a rotation.
 local CHECK_WORD = { [true] = "accepted", [false] = "refused" }
 local function check_call(opts)
-  local slashid = require "slashid"
-  if slashid.start_check_key then
-    local op = checked(slashid.start_check_key, opts)
-    if wait_op(op) then
-      return nil, { { httpcode = 0, message = "interrupted: the check was abandoned" } },
-             { status = 0 }, true
-    end
-    return op:results()
+  local op = checked(require("slashid").start_check_key, opts)
+  if wait_op(op) then
+    return nil, { { httpcode = 0, message = "interrupted: the check was abandoned" } },
+           { status = 0 }, true
   end
-  return checked(slashid.check_key, opts)
+  return op:results()
 end
 
 local function check_one(ctx, opts, org_id)
