@@ -5,6 +5,7 @@
  * attempt that ran on a multi (multi.c).
  */
 #include <string.h>
+#include <unistd.h>
 #include "slashid.h"
 
 sid_handle *sid_check_handle(lua_State *L, int idx) {
@@ -20,6 +21,7 @@ static int handle_new(lua_State *L) {
   memset(h, 0, sizeof *h);
   h->t.debug_ref = LUA_NOREF;
   h->self_ref = LUA_NOREF;
+  h->pid = (long)getpid();
   sid_setmetatable(L, SID_HANDLE_MT);
   h->t.easy = curl_easy_init();
   if (h->t.easy == NULL) return sid_raise(L, "slashid: curl_easy_init failed");
@@ -30,6 +32,20 @@ static void check_idle(lua_State *L, sid_handle *h) {
   if (h->t.easy == NULL) sid_raise(L, "slashid: handle is closed");
   if (h->busy || h->multi)
     sid_raise(L, "slashid: handle is busy (a transfer is running on it)");
+  sid_handle_own(L, h);
+}
+
+/* A handle made before fork, used in the child (a pre-fork server calling
+   slashid.rotate_key in a worker): its kept connections are the parent's
+   too, and two processes on one TLS session corrupt it. The child leaves
+   that libcurl state alone (never cleaned up here: that could end the
+   parent's sessions) and starts afresh. */
+void sid_handle_own(lua_State *L, sid_handle *h) {
+  if (h->pid == (long)getpid()) return;
+  h->t.easy = curl_easy_init();
+  h->own_multi = NULL;
+  h->pid = (long)getpid();
+  if (h->t.easy == NULL) sid_raise(L, "slashid: curl_easy_init failed");
 }
 
 /* The four values are built in a protected call while the handle is
@@ -151,6 +167,11 @@ static int handle_close(lua_State *L) {
   sid_handle *h = sid_check_handle(L, 1);
   if (h->busy) return sid_raise(L, "slashid: handle is busy");
   sid_callbacks_off(&h->t);        /* cleanup traces nothing */
+  if (h->pid != (long)getpid()) {   /* the parent's state: left alone */
+    sid_multi_forget(L, h);
+    h->own_multi = NULL;
+    h->t.easy = NULL;
+  }
   if (h->multi) sid_multi_detach(L, h);
   sid_request_clear(L, &h->t);
   sid_buf_free(&h->t.body);

@@ -20,6 +20,7 @@
  */
 #include <errno.h>
 #include <string.h>
+#include <unistd.h>
 #include "slashid.h"
 
 /* curl_multi_socket_all is deprecated "for performance reasons" (it looks
@@ -39,10 +40,34 @@ typedef struct sid_multi {
   int pollfd_closed;      /* collected: never made again */
   int watch_failed;       /* the kernel refused a socket: it cannot wake */
   double timer_due;       /* when libcurl wants to run (monotonic), < 0 none */
+  sid_fd_identity pollfd_id;  /* which file pollfd is (the host may close it) */
+  int pollfd_lost;        /* the number no longer names our set */
+  int ready_fd;           /* keeps the set readable once over, or -1 */
+  long pid;               /* the process that made it (fork: see below) */
 } sid_multi;
+
+/* Whether pollfd is still our set. A host that closed the number (and
+   maybe got it back for a file of its own) must not see us poll, change
+   or close that file: the set is then forgotten, never closed, and the
+   multi waits the way batches do (curl_multi_poll). */
+static int pollfd_ok(sid_multi *m) {
+  if (m->pollfd < 0) return 0;
+  if (sid_pollset_is(m->pollfd, &m->pollfd_id)) return 1;
+  m->pollfd = -1;
+  m->pollfd_lost = 1;
+  return 0;
+}
+
+/* After fork the child shares the parent's sockets and sets: a child
+   that drove, or cleaned up, the parent's transfers would steal their
+   answers or unregister their sockets from the parent's set. */
+static int foreign(long pid) { return pid != (long)getpid(); }
 
 static sid_multi *check_multi(lua_State *L, int idx) {
   sid_multi *m = (sid_multi *)luaL_checkudata(L, idx, SID_MULTI_MT);
+  if (m->multi != NULL && foreign(m->pid))
+    sid_raise(L, "slashid: this operation belongs to the process that "
+                 "started it (a forked child cannot drive or cancel it)");
   if (m->multi == NULL) sid_raise(L, "slashid: multi is closed");
   return m;
 }
@@ -52,6 +77,14 @@ void sid_multi_detach(lua_State *L, sid_handle *h) {
   if (m == NULL) return;
   sid_callbacks_off(&h->t);   /* removal may trace: no Lua from here */
   curl_multi_remove_handle(m->multi, h->t.easy);
+  sid_multi_forget(L, h);
+}
+
+/* Unlinks h from its multi without telling libcurl (a forked child must
+   leave the parent's libcurl state alone). */
+void sid_multi_forget(lua_State *L, sid_handle *h) {
+  sid_multi *m = h->multi;
+  if (m == NULL) return;
   if (h->prev) h->prev->next = h->next;
   else m->attached = h->next;
   if (h->next) h->next->prev = h->prev;
@@ -70,7 +103,7 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *ud,
   sid_multi *m = (sid_multi *)ud;
   (void)easy;
   (void)sockp;
-  if (m->pollfd >= 0 && sid_pollset_watch(m->pollfd, s, what) != 0 &&
+  if (pollfd_ok(m) && sid_pollset_watch(m->pollfd, s, what) != 0 &&
       what != CURL_POLL_REMOVE)
     m->watch_failed = 1;
   return 0;
@@ -94,7 +127,15 @@ static int on_timer(CURLM *multi, long ms, void *ud) {
 static void open_pollset(sid_multi *m) {
   m->pollfd = sid_pollset_open();
   m->pollfd_err = m->pollfd < 0 ? errno : 0;
-  if (m->pollfd < 0 || m->multi == NULL) return;
+  if (m->pollfd >= 0 && sid_pollset_identify(m->pollfd, &m->pollfd_id) != 0) {
+    m->pollfd_err = errno;
+    sid_pollset_close(&m->pollfd);
+  }
+  if (m->pollfd < 0) return;
+  if (m->multi == NULL) {         /* made after the op was over: ready */
+    m->ready_fd = sid_pollset_ready(m->pollfd);
+    return;
+  }
   curl_multi_setopt(m->multi, CURLMOPT_SOCKETDATA, (void *)m);
   curl_multi_setopt(m->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
   curl_multi_setopt(m->multi, CURLMOPT_TIMERDATA, (void *)m);
@@ -108,7 +149,9 @@ static int multi_new(lua_State *L) {
   m = (sid_multi *)sid_newuserdata(L, sizeof *m);
   memset(m, 0, sizeof *m);
   m->pollfd = -1;
+  m->ready_fd = -1;
   m->timer_due = -1;
+  m->pid = (long)getpid();
   sid_setmetatable(L, SID_MULTI_MT);
   m->multi = curl_multi_init();
   if (m->multi == NULL) return sid_raise(L, "slashid: curl_multi_init failed");
@@ -127,6 +170,7 @@ static int multi_add(lua_State *L) {
   if (h->t.easy == NULL) return sid_raise(L, "slashid: handle is closed");
   if (h->busy || h->multi)
     return sid_raise(L, "slashid: handle is busy (a transfer is running on it)");
+  sid_handle_own(L, h);
   sid_request_clear(L, &h->t);
   h->finished = 0;
   sid_request_setup(L, 3, &h->t);
@@ -253,6 +297,9 @@ static double seconds_left(sid_multi *m) {
     curl_multi_timeout(m->multi, &ms);
     if (ms >= 0) left = (double)ms / 1000.0;
   }
+  /* the host closed the descriptor it waits on: only time can wake it */
+  if (m->pollfd_lost && m->count > 0 && (left < 0 || left > WATCH_FAILED_S))
+    left = WATCH_FAILED_S;
   for (h = m->attached; h; h = h->next) {
     double d;
     if (h->t.deadline <= 0) continue;
@@ -289,7 +336,7 @@ static int multi_wait(lua_State *L) {
   extra.fd = sid_signal_fd();
   extra.events = CURL_WAIT_POLLIN;
   if (extra.fd >= 0) nextra = 1;
-  if (m->pollfd >= 0) {
+  if (pollfd_ok(m)) {
     /* (-1: EINTR, most likely a signal: the pipe is drained all the same) */
     int ready = pollset_wait(m, ms, nextra ? extra.fd : -1);
     if (ready < 0 || (ready & SID_POLLSET_EXTRA)) extra.revents = CURL_WAIT_POLLIN;
@@ -324,13 +371,18 @@ static int multi_timeout(lua_State *L) {
    After close(), a new one, empty (nothing can join it any more). */
 static int multi_pollfd(lua_State *L) {
   sid_multi *m = (sid_multi *)luaL_checkudata(L, 1, SID_MULTI_MT);
-  if (m->pollfd < 0 && m->multi == NULL && !m->pollfd_closed) open_pollset(m);
-  if (m->pollfd >= 0) {
+  if (m->pollfd < 0 && m->multi == NULL && !m->pollfd_closed &&
+      !m->pollfd_lost)
+    open_pollset(m);
+  if (pollfd_ok(m)) {
     lua_pushinteger(L, m->pollfd);
     return 1;
   }
   lua_pushnil(L);
-  if (m->pollfd_closed)
+  if (m->pollfd_lost)
+    lua_pushliteral(L, "slashid: the poll descriptor was closed by the host "
+                       "(the op goes on, waited without it)");
+  else if (m->pollfd_closed)
     lua_pushliteral(L, "slashid: the poll descriptor is closed");
   else if (m->pollfd_err == EINVAL)
     lua_pushliteral(L, "slashid: this multi is not pollable");
@@ -351,6 +403,15 @@ static int multi_count(lua_State *L) {
 /* Ends the transfers and releases libcurl (its sockets, its connection
    cache); the poll descriptor too, unless keep_pollfd. */
 static int close_multi(lua_State *L, sid_multi *m, int keep_pollfd) {
+  if (m->multi && foreign(m->pid)) {
+    /* a forked child collecting the parent's op: its copies of the
+       descriptors are closed, libcurl is left alone (cleaning up would
+       unregister the parent's sockets from the shared set, or end its
+       TLS sessions); what it holds is the child's to lose at exit */
+    while (m->attached) sid_multi_forget(L, m->attached);
+    m->multi = NULL;
+    keep_pollfd = 0;
+  }
   if (m->multi) {
     if (m->busy) return sid_raise(L, "slashid: multi is busy");
     /* libcurl reports the sockets it drops (on_socket): the descriptor is
@@ -358,8 +419,16 @@ static int close_multi(lua_State *L, sid_multi *m, int keep_pollfd) {
     while (m->attached) sid_multi_detach(L, m->attached);
     curl_multi_cleanup(m->multi);
     m->multi = NULL;
+    /* over: whoever sleeps on the descriptor wakes now, and finds it
+       readable whenever it looks again (timeout() is 0 from here) */
+    if (keep_pollfd && pollfd_ok(m) && m->ready_fd < 0)
+      m->ready_fd = sid_pollset_ready(m->pollfd);
   }
-  if (!keep_pollfd) sid_pollset_close(&m->pollfd);
+  if (!keep_pollfd) {
+    if (pollfd_ok(m)) sid_pollset_close(&m->pollfd);
+    m->pollfd = -1;
+    sid_pollset_close(&m->ready_fd);
+  }
   return 0;
 }
 

@@ -21,8 +21,10 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include "slashid.h"
 
@@ -45,7 +47,6 @@
 #if SID_EPOLL
 #include <sys/epoll.h>
 #elif SID_KQUEUE
-#include <fcntl.h>
 #include <sys/types.h>
 #include <sys/event.h>
 #include <sys/time.h>
@@ -135,4 +136,41 @@ int sid_pollset_wait(int set, int extra, long ms) {
 void sid_pollset_close(int *set) {
   if (*set >= 0) close(*set);
   *set = -1;
+}
+
+/* Which open file the descriptor is (device and inode), so that a number
+   the host closed, and the system gave to something else, is never used
+   (nor closed) as ours: 0, or -1 when it cannot be told. */
+int sid_pollset_identify(int set, sid_fd_identity *id) {
+  struct stat st;
+  if (set < 0 || fstat(set, &st) != 0) return -1;
+  id->dev = (unsigned long long)st.st_dev;
+  id->ino = (unsigned long long)st.st_ino;
+  return 0;
+}
+
+int sid_pollset_is(int set, const sid_fd_identity *id) {
+  sid_fd_identity now;
+  return sid_pollset_identify(set, &now) == 0 && now.dev == id->dev &&
+         now.ino == id->ino;
+}
+
+/* Makes the set poll readable for good (an op that has finished: a loop
+   asleep on it must wake, and find it so whenever it looks again). A
+   pipe holding one byte, its write end closed, joins the set; the read
+   end is returned (close it with the set), or -1. Adding a descriptor
+   that is already ready wakes whoever sleeps on the set. */
+int sid_pollset_ready(int set) {
+  int p[2];
+  if (pipe(p) != 0) return -1;
+  (void)fcntl(p[0], F_SETFD, FD_CLOEXEC);
+  (void)fcntl(p[1], F_SETFD, FD_CLOEXEC);
+  if (write(p[1], "!", 1) != 1 ||
+      sid_pollset_watch(set, (curl_socket_t)p[0], CURL_POLL_IN) != 0) {
+    close(p[0]);
+    close(p[1]);
+    return -1;
+  }
+  close(p[1]);
+  return p[0];
 }

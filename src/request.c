@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
 #include "slashid.h"
@@ -105,6 +106,17 @@ static int on_prereq(void *ud, char *primary_ip, char *local_ip,
                                                 : CURL_PREREQFUNC_OK;
 }
 #endif
+
+/* CURLOPT_SOCKOPTFUNCTION: every socket libcurl makes is close-on-exec,
+   so that a program the host starts while a rotation is in flight does
+   not inherit the connection (over plain http it could read the answer,
+   the new key). No Lua here (trace.c). */
+static int on_sockopt(void *ud, curl_socket_t s, curlsocktype purpose) {
+  (void)ud;
+  (void)purpose;
+  (void)fcntl((int)s, F_SETFD, FD_CLOEXEC);
+  return CURL_SOCKOPT_OK;
+}
 
 /* OpenSSL opens the CA file when it connects, with a blocking open(2): a
    FIFO nobody writes would hang the whole process past every deadline
@@ -254,6 +266,7 @@ void sid_request_setup(lua_State *L, int req, sid_transfer *t) {
   SETOPT(t, CURLOPT_ERRORBUFFER, t->errbuf);
   t->errbuf[0] = '\0';
   check_ca_file(t, ca);
+  SETOPT(t, CURLOPT_SOCKOPTFUNCTION, on_sockopt);
   SETOPT(t, CURLOPT_WRITEFUNCTION, sid_answer_on_body);
   SETOPT(t, CURLOPT_WRITEDATA, (void *)t);
   SETOPT(t, CURLOPT_HEADERFUNCTION, sid_answer_on_header);

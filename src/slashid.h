@@ -95,6 +95,7 @@ typedef struct sid_transfer {
 struct sid_multi;
 typedef struct sid_handle {
   sid_transfer t;
+  long pid;                  /* the process that made its libcurl state */
   int busy;                  /* inside a blocking perform */
   CURLM *own_multi;          /* drives the blocking perform (handle.c) */
   struct sid_multi *multi;   /* attached to this multi, or NULL */
@@ -107,7 +108,9 @@ typedef struct sid_handle {
 #define SID_MULTI_MT "slashid.Multi"
 
 sid_handle *sid_check_handle(lua_State *L, int idx);
+void sid_handle_own(lua_State *L, sid_handle *h);  /* after fork: afresh */
 void sid_multi_detach(lua_State *L, sid_handle *h);  /* multi.c */
+void sid_multi_forget(lua_State *L, sid_handle *h);  /* no libcurl call */
 
 /* pollset.c: one descriptor that polls readable while a socket libcurl
    watches (CURLMOPT_SOCKETFUNCTION) is ready: epoll on Linux, kqueue on
@@ -119,10 +122,14 @@ void sid_multi_detach(lua_State *L, sid_handle *h);  /* multi.c */
    time is up, -1 on error (EINTR included). */
 #define SID_POLLSET_READY 1
 #define SID_POLLSET_EXTRA 2
+typedef struct sid_fd_identity { unsigned long long dev, ino; } sid_fd_identity;
 int  sid_pollset_open(void);
 int  sid_pollset_watch(int set, curl_socket_t s, int what);
 int  sid_pollset_wait(int set, int extra, long ms);
 void sid_pollset_close(int *set);
+int  sid_pollset_identify(int set, sid_fd_identity *id);
+int  sid_pollset_is(int set, const sid_fd_identity *id);
+int  sid_pollset_ready(int set);   /* readable for good: the op is over */
 
 /* deadline.c: request_timeout, checked after each look at the socket */
 double   sid_monotonic(void);
