@@ -547,6 +547,41 @@ describe("pollable ops: review findings (issue 10)", function()
     f:close()
   end)
 
+  it("X8: the host closes op:pollfd() and another epoll set (a cqueues controller) takes the number", function()
+    -- every epoll descriptor is the same inode: only the set's marker
+    -- (pollset.c) tells ours from the controller's
+    if not has_cqueues then pending("cqueues not installed (Debian: lua-cqueues)") return end
+    local org, key = H.new_org()
+    H.faults(org, { { delay = 1 } })
+    local op = slashid.start_rotate_key(H.opts(org, key))
+    local fd = op:pollfd()
+    op:wait(0.3)                               -- the request is out
+    local s = socket.tcp()
+    s:setfd(fd)
+    s:close()
+    local cq = cqueues.new()
+    if cq:pollfd() ~= fd then pending("the controller got another number: test void") return end
+    local result, info
+    cq:wrap(function()
+      while not op:poll() do cqueues.sleep(0.05) end
+      cqueues.sleep(0)                         -- one more turn of the controller
+      local r, _, _, i = op:results()
+      result, info = r, i
+    end)
+    assert(cq:loop(10))
+    assert.are.equal("rotated", info.outcome)
+    H.assert_key_equal(H.org(org).api_key, result.api_key)
+    op = nil
+    collectgarbage("collect")
+    collectgarbage("collect")
+    -- the controller's descriptor survived the op's collection, and works
+    assert.are.equal("anon_inode:[eventpoll]", fd_target(fd))
+    local woke = false
+    cq:wrap(function() cqueues.sleep(0.01) woke = true end)
+    assert(cq:loop(5))
+    assert.is_true(woke)
+  end)
+
   it("X4: a program started while a rotation is in flight inherits none of its TCP sockets", function()
     local org, key = H.new_org()
     H.faults(org, { { delay = 1.5 } })

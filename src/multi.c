@@ -40,9 +40,9 @@ typedef struct sid_multi {
   int pollfd_closed;      /* collected: never made again */
   int watch_failed;       /* the kernel refused a socket: it cannot wake */
   double timer_due;       /* when libcurl wants to run (monotonic), < 0 none */
-  sid_fd_identity pollfd_id;  /* which file pollfd is (the host may close it) */
+  int marker;             /* tells our set from any other (pollset.c) */
+  int ready;              /* the set is readable for good: the op is over */
   int pollfd_lost;        /* the number no longer names our set */
-  int ready_fd;           /* keeps the set readable once over, or -1 */
   long pid;               /* the process that made it (fork: see below) */
 } sid_multi;
 
@@ -52,7 +52,7 @@ typedef struct sid_multi {
    multi waits the way batches do (curl_multi_poll). */
 static int pollfd_ok(sid_multi *m) {
   if (m->pollfd < 0) return 0;
-  if (sid_pollset_is(m->pollfd, &m->pollfd_id)) return 1;
+  if (sid_pollset_is(m->pollfd, m->marker, m->ready)) return 1;
   m->pollfd = -1;
   m->pollfd_lost = 1;
   return 0;
@@ -125,15 +125,11 @@ static int on_timer(CURLM *multi, long ms, void *ud) {
    without one, through libcurl's own wait); on an open multi, before any
    transfer, the callbacks that fill it. */
 static void open_pollset(sid_multi *m) {
-  m->pollfd = sid_pollset_open();
+  m->pollfd = sid_pollset_open(&m->marker);
   m->pollfd_err = m->pollfd < 0 ? errno : 0;
-  if (m->pollfd >= 0 && sid_pollset_identify(m->pollfd, &m->pollfd_id) != 0) {
-    m->pollfd_err = errno;
-    sid_pollset_close(&m->pollfd);
-  }
   if (m->pollfd < 0) return;
   if (m->multi == NULL) {         /* made after the op was over: ready */
-    m->ready_fd = sid_pollset_ready(m->pollfd);
+    m->ready = sid_pollset_ready(m->pollfd, &m->marker) == 0;
     return;
   }
   curl_multi_setopt(m->multi, CURLMOPT_SOCKETDATA, (void *)m);
@@ -149,7 +145,7 @@ static int multi_new(lua_State *L) {
   m = (sid_multi *)sid_newuserdata(L, sizeof *m);
   memset(m, 0, sizeof *m);
   m->pollfd = -1;
-  m->ready_fd = -1;
+  m->marker = -1;
   m->timer_due = -1;
   m->pid = (long)getpid();
   sid_setmetatable(L, SID_MULTI_MT);
@@ -404,13 +400,17 @@ static int multi_count(lua_State *L) {
    cache); the poll descriptor too, unless keep_pollfd. */
 static int close_multi(lua_State *L, sid_multi *m, int keep_pollfd) {
   if (m->multi && foreign(m->pid)) {
-    /* a forked child collecting the parent's op: its copies of the
-       descriptors are closed, libcurl is left alone (cleaning up would
-       unregister the parent's sockets from the shared set, or end its
-       TLS sessions); what it holds is the child's to lose at exit */
+    /* a forked child collecting the parent's op: libcurl is left alone
+       (cleaning up would unregister the parent's sockets from the shared
+       set, or end its TLS sessions); what it holds is the child's to lose
+       at exit */
     while (m->attached) sid_multi_forget(L, m->attached);
     m->multi = NULL;
-    keep_pollfd = 0;
+    /* the set and its marker too: even asking whether the number is still
+       ours would change the parent's set (pollset.c); the child's copies
+       are close-on-exec, and go with it */
+    m->pollfd = m->marker = -1;
+    return 0;
   }
   if (m->multi) {
     if (m->busy) return sid_raise(L, "slashid: multi is busy");
@@ -421,13 +421,13 @@ static int close_multi(lua_State *L, sid_multi *m, int keep_pollfd) {
     m->multi = NULL;
     /* over: whoever sleeps on the descriptor wakes now, and finds it
        readable whenever it looks again (timeout() is 0 from here) */
-    if (keep_pollfd && pollfd_ok(m) && m->ready_fd < 0)
-      m->ready_fd = sid_pollset_ready(m->pollfd);
+    if (keep_pollfd && pollfd_ok(m) && !m->ready)
+      m->ready = sid_pollset_ready(m->pollfd, &m->marker) == 0;
   }
   if (!keep_pollfd) {
     if (pollfd_ok(m)) sid_pollset_close(&m->pollfd);
     m->pollfd = -1;
-    sid_pollset_close(&m->ready_fd);
+    sid_pollset_close(&m->marker);
   }
   return 0;
 }

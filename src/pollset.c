@@ -23,6 +23,7 @@
 #include <limits.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -46,15 +47,38 @@
 
 #if SID_EPOLL
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #elif SID_KQUEUE
 #include <sys/types.h>
 #include <sys/event.h>
 #include <sys/time.h>
 #endif
 
-int sid_pollset_open(void) {
+/* Linux: every epoll descriptor is the same anonymous inode, so a set
+   cannot be told from another by fstat. Each set holds a marker instead:
+   an eventfd of ours, registered with no events (it never wakes anyone).
+   A number names our set exactly when the marker is registered in it
+   (epoll_ctl MOD succeeds); a set that is not ours answers ENOENT, a
+   closed number EBADF. Once the op is over the marker is made readable
+   for good (sid_pollset_ready). Elsewhere *marker is -1 until then. */
+int sid_pollset_open(int *marker) {
 #if SID_EPOLL
-  return epoll_create1(EPOLL_CLOEXEC);
+  struct epoll_event ev;
+  int set = epoll_create1(EPOLL_CLOEXEC);
+  *marker = -1;
+  if (set < 0) return -1;
+  *marker = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  memset(&ev, 0, sizeof ev);
+  ev.data.fd = *marker;
+  if (*marker < 0 || epoll_ctl(set, EPOLL_CTL_ADD, *marker, &ev) != 0) {
+    int err = errno;
+    if (*marker >= 0) close(*marker);
+    close(set);
+    *marker = -1;
+    errno = err;
+    return -1;
+  }
+  return set;
 #elif SID_KQUEUE
   /* kqueue() has no close-on-exec flag everywhere (and a kqueue is never
      inherited by fork anyway): set it at once */
@@ -65,8 +89,10 @@ int sid_pollset_open(void) {
     errno = err;
     return -1;
   }
+  *marker = -1;
   return fd;
 #else
+  *marker = -1;
   errno = ENOSYS;
   return -1;
 #endif
@@ -138,30 +164,40 @@ void sid_pollset_close(int *set) {
   *set = -1;
 }
 
-/* Which open file the descriptor is (device and inode), so that a number
-   the host closed, and the system gave to something else, is never used
-   (nor closed) as ours: 0, or -1 when it cannot be told. */
-int sid_pollset_identify(int set, sid_fd_identity *id) {
-  struct stat st;
-  if (set < 0 || fstat(set, &st) != 0) return -1;
-  id->dev = (unsigned long long)st.st_dev;
-  id->ino = (unsigned long long)st.st_ino;
-  return 0;
-}
-
-int sid_pollset_is(int set, const sid_fd_identity *id) {
-  sid_fd_identity now;
-  return sid_pollset_identify(set, &now) == 0 && now.dev == id->dev &&
-         now.ino == id->ino;
+/* Whether `set` still names our set (see sid_pollset_open): a host may
+   have closed the number, and the system given it to something else,
+   another epoll set included. `ready`: the marker's events now. */
+int sid_pollset_is(int set, int marker, int ready) {
+#if SID_EPOLL
+  struct epoll_event ev;
+  if (set < 0 || marker < 0) return 0;
+  memset(&ev, 0, sizeof ev);
+  ev.events = ready ? EPOLLIN : 0;
+  ev.data.fd = marker;
+  return epoll_ctl(set, EPOLL_CTL_MOD, marker, &ev) == 0;
+#else
+  /* no marker to ask: at least an open descriptor */
+  (void)marker;
+  (void)ready;
+  return set >= 0 && fcntl(set, F_GETFD) != -1;
+#endif
 }
 
 /* Makes the set poll readable for good (an op that has finished: a loop
-   asleep on it must wake, and find it so whenever it looks again). A
-   pipe holding one byte, its write end closed, joins the set; the read
-   end is returned (close it with the set), or -1. Adding a descriptor
-   that is already ready wakes whoever sleeps on the set. */
-int sid_pollset_ready(int set) {
+   asleep on it must wake, and find it so whenever it looks again): 0 or
+   -1. Linux: the marker counts 1 and is watched for input. Elsewhere a
+   pipe holding one byte, its write end closed, joins the set and becomes
+   the marker. Making a ready descriptor part of the set wakes whoever
+   sleeps on it. */
+int sid_pollset_ready(int set, int *marker) {
+#if SID_EPOLL
+  uint64_t one = 1;
+  if (*marker < 0 || write(*marker, &one, sizeof one) != (ssize_t)sizeof one)
+    return -1;
+  return sid_pollset_is(set, *marker, 1) ? 0 : -1;
+#else
   int p[2];
+  if (*marker >= 0) return 0;
   if (pipe(p) != 0) return -1;
   (void)fcntl(p[0], F_SETFD, FD_CLOEXEC);
   (void)fcntl(p[1], F_SETFD, FD_CLOEXEC);
@@ -172,5 +208,7 @@ int sid_pollset_ready(int set) {
     return -1;
   }
   close(p[1]);
-  return p[0];
+  *marker = p[0];
+  return 0;
+#endif
 }

@@ -122,14 +122,12 @@ void sid_multi_forget(lua_State *L, sid_handle *h);  /* no libcurl call */
    time is up, -1 on error (EINTR included). */
 #define SID_POLLSET_READY 1
 #define SID_POLLSET_EXTRA 2
-typedef struct sid_fd_identity { unsigned long long dev, ino; } sid_fd_identity;
-int  sid_pollset_open(void);
+int  sid_pollset_open(int *marker);       /* the set; its marker (below) */
 int  sid_pollset_watch(int set, curl_socket_t s, int what);
 int  sid_pollset_wait(int set, int extra, long ms);
 void sid_pollset_close(int *set);
-int  sid_pollset_identify(int set, sid_fd_identity *id);
-int  sid_pollset_is(int set, const sid_fd_identity *id);
-int  sid_pollset_ready(int set);   /* readable for good: the op is over */
+int  sid_pollset_is(int set, int marker, int ready);  /* still ours? */
+int  sid_pollset_ready(int set, int *marker);  /* readable for good */
 
 /* deadline.c: request_timeout, checked after each look at the socket */
 double   sid_monotonic(void);
