@@ -97,10 +97,15 @@ function slashid.rotate_key(opts)
   return with_shared_handle(rotate, cfg)
 end
 
-function slashid.check_key(opts)
+-- check_key's options, checked and resolved over `defaults` (a client's,
+-- or none); `secrets` are hidden from the messages.
+local function check_cfg(defaults, opts, secrets)
   local keep = options.REQUEST_OPTIONS
-  local cfg = options.resolve(EMPTY, options.check(opts, keep), keep)
-  return with_shared_handle(check, cfg)
+  return options.resolve(defaults, options.check(opts, keep, nil, secrets), keep)
+end
+
+function slashid.check_key(opts)
+  return with_shared_handle(check, check_cfg(EMPTY, opts))
 end
 
 function slashid.start_rotate_key(opts)
@@ -109,9 +114,7 @@ function slashid.start_rotate_key(opts)
 end
 
 function slashid.start_check_key(opts)
-  local keep = options.REQUEST_OPTIONS
-  local cfg = options.resolve(EMPTY, options.check(opts, keep), keep)
-  return require("slashid.op").start(cfg, user_agent(), nil, "check")
+  return require("slashid.op").start(check_cfg(EMPTY, opts), user_agent(), nil, "check")
 end
 
 -- A batch item checked (a plain copy); a problem raises `slashid: item N: ...`.
@@ -323,9 +326,7 @@ function Client:rotate_keys(list, opts)
 end
 
 local function client_check_cfg(st, opts)
-  local keep = options.REQUEST_OPTIONS
-  return options.resolve(st.defaults,
-                         options.check(opts, keep, nil, { st.defaults.api_key }), keep)
+  return check_cfg(st.defaults, opts, { st.defaults.api_key })
 end
 
 function Client:check_key(opts)

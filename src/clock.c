@@ -11,9 +11,7 @@
 #include "slashid.h"
 
 static int clock_now(lua_State *L) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  lua_pushnumber(L, (lua_Number)sid_monotonic());   /* deadline.c's clock */
   return 1;
 }
 

@@ -265,15 +265,6 @@ static int multi_perform(lua_State *L) {
   return 2;
 }
 
-/* ms capped at the time left before the nearest attached deadline */
-static long deadline_wait_ms(sid_multi *m, long ms) {
-  sid_handle *h;
-  double now = sid_monotonic();
-  for (h = m->attached; h; h = h->next)
-    ms = sid_deadline_wait_ms(&h->t, now, ms);
-  return ms;
-}
-
 /* The CPU a loop spends when a socket could not join the descriptor: it
    is woken this often instead (still correct, never stuck). */
 #define WATCH_FAILED_S 0.01
@@ -306,13 +297,13 @@ static double seconds_left(sid_multi *m) {
   return left;
 }
 
-/* The pollable wait: the descriptor and the signal pipe, at most ms, and
-   at most until libcurl's timer or a deadline. */
-static int pollset_wait(sid_multi *m, long ms, int sigfd) {
+/* ms capped at seconds_left: a wait ends at libcurl's timer or an
+   attempt's deadline (just after it, not before) */
+static long capped_ms(sid_multi *m, long ms) {
   double left = seconds_left(m);
   if (left >= 0 && (ms < 0 || left * 1000.0 < (double)ms))
-    ms = (long)(left * 1000.0) + 1;   /* at the deadline, not before */
-  return sid_pollset_wait(m->pollfd, sigfd, ms);
+    ms = (long)(left * 1000.0) + 1;
+  return ms;
 }
 
 /* multi:wait([seconds]): blocks until there is socket activity or the
@@ -332,12 +323,12 @@ static int multi_wait(lua_State *L) {
   extra.fd = sid_signal_fd();
   extra.events = CURL_WAIT_POLLIN;
   if (extra.fd >= 0) nextra = 1;
+  ms = capped_ms(m, ms);
   if (pollfd_ok(m)) {
     /* (-1: EINTR, most likely a signal: the pipe is drained all the same) */
-    int ready = pollset_wait(m, ms, nextra ? extra.fd : -1);
+    int ready = sid_pollset_wait(m->pollfd, nextra ? extra.fd : -1, ms);
     if (ready < 0 || (ready & SID_POLLSET_EXTRA)) extra.revents = CURL_WAIT_POLLIN;
   } else {
-    ms = deadline_wait_ms(m, ms);   /* wake for the next request_timeout */
 #if SID_CURL_AT_LEAST(7, 66, 0)
     curl_multi_poll(m->multi, nextra ? &extra : NULL, nextra, (int)ms, NULL);
 #else

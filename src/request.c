@@ -168,6 +168,7 @@ void sid_request_setup(lua_State *L, int req, sid_transfer *t) {
   const char *method, *url, *org_id, *api_key, *consistency, *agent, *ca,
              *proxy;
   double timeout, max_bytes;
+  long timeout_ms;
   char line[64];
 
   req = sid_absindex(L, req);
@@ -249,15 +250,14 @@ void sid_request_setup(lua_State *L, int req, sid_transfer *t) {
   SETOPT(t, CURLOPT_CONNECTTIMEOUT_MS,
          to_ms(field_number(L, req, "connect_timeout", 10)));
   /* request_timeout is not libcurl's CURLOPT_TIMEOUT: see deadline.c */
-  sid_deadline_start(t, (double)to_ms(field_number(L, req, "request_timeout",
-                                                   45)) / 1000.0);
+  timeout_ms = to_ms(field_number(L, req, "request_timeout", 45));
+  sid_deadline_start(t, (double)timeout_ms / 1000.0);
 #if !SID_HAVE_PREREQ
   /* Without the pre-request callback a last look could not keep a request
      from going out: libcurl's own timeout stops it first, as before (an
      answer that arrived while nobody drove the transfer is then lost to
      a timeout; README, "libcurl versions"). */
-  SETOPT(t, CURLOPT_TIMEOUT_MS, to_ms(field_number(L, req, "request_timeout",
-                                                   45)));
+  SETOPT(t, CURLOPT_TIMEOUT_MS, timeout_ms);
 #endif
   SETOPT(t, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)t->max_bytes);
   /* multi.c finds the handle from the easy handle: the transfer is the

@@ -497,13 +497,6 @@ local function fd_of(path)
   return n and tonumber(n)
 end
 
--- A reader of ORG_ID<TAB>CURRENT_KEY lines. reader.next(mode) -> entry
--- { org_id, api_key, line } | { bad = message, line } | nil at the end
--- (reader.interrupted when a signal ended it) | WAIT (mode "now" only).
--- Nothing is kept per line. `seekable`: a regular file (or standard input
--- redirected from one), read twice: a first pass checks every line before
--- anything is sent, and counts them. Anything else (a pipe) is read as it
--- comes; mode "now" never waits for it.
 -- s without leading and trailing white space, in linear time.
 local function trim(s)
   local a = s:find("%S")
@@ -526,6 +519,13 @@ local function open_input(path, flag)
   return f
 end
 
+-- A reader of ORG_ID<TAB>CURRENT_KEY lines. reader.next(mode) -> entry
+-- { org_id, api_key, line } | { bad = message, line } | nil at the end
+-- (reader.interrupted when a signal ended it) | WAIT (mode "now" only).
+-- Nothing is kept per line. `seekable`: a regular file (or standard input
+-- redirected from one), read twice: a first pass checks every line before
+-- anything is sent, and counts them. Anything else (a pipe) is read as it
+-- comes; mode "now" never waits for it.
 local function open_orgs(path, closed)
   local f
   if path == "-" then
