@@ -36,7 +36,7 @@ build = {
   modules = {
     ["slashid.core"] = {
       sources = {
-        "src/core.c", "src/handle.c", "src/request.c", "src/answer.c",
+        "src/core.c", "src/class.c", "src/transfer.c", "src/handle.c", "src/request.c", "src/answer.c",
         "src/json.c", "src/trace.c", "src/secret.c", "src/keyfile.c",
         "src/clock.c", "src/curlcode.c", "src/multi.c", "src/signal.c",
         "src/deadline.c", "src/pollset.c",
@@ -48,7 +48,8 @@ build = {
     ["slashid"] = "lua/slashid.lua",
     ["slashid.options"] = "lua/slashid/options.lua",
     ["slashid.policy"] = "lua/slashid/policy.lua",
-    ["slashid.rotation"] = "lua/slashid/rotation.lua",
+    ["slashid.outcome"] = "lua/slashid/outcome.lua",
+    ["slashid.request"] = "lua/slashid/request.lua",
     ["slashid.job"] = "lua/slashid/job.lua",
     ["slashid.op"] = "lua/slashid/op.lua",
     ["slashid.batch"] = "lua/slashid/batch.lua",

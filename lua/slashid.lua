@@ -1,20 +1,22 @@
 -- slashid: rotate a SlashID organization's API key.
 --
--- This file is the public face and holds the policy; the C module
--- `slashid.core` does the HTTP work over libcurl. A call goes:
---   options checked here -> core builds and sends one request -> core turns
---   the answer into tables -> policy.lua decides the outcome and whether
---   another attempt is allowed (only when the server cannot have acted).
+-- This file is the public face; the C module `slashid.core` does the HTTP
+-- work over libcurl. A call goes: options checked (options.lua) -> the
+-- engine (job.lua) runs its attempts: request.lua builds the request,
+-- the core sends it and turns the answer into tables, policy.lua says
+-- whether another attempt is allowed (only when the server cannot have
+-- acted) -> outcome.lua names the outcome, saves and verifies.
 
 -- The C core is loaded here, not at the first call: a missing or broken
 -- core fails `require "slashid"` itself, with the loader's own message,
 -- as LuaSocket and LuaSec do.
 local core = require "slashid.core"
 local options = require "slashid.options"
-local policy = require "slashid.policy"
-local rotation = require "slashid.rotation"
+local job = require "slashid.job"
+local request = require "slashid.request"
 
 local setmetatable, type, next, tostring, error = setmetatable, type, next, tostring, error
+local rawget, getenv = rawget, os.getenv
 
 local slashid = {
   _VERSION = "0.1.0",
@@ -27,46 +29,15 @@ local default_user_agent =
 local function user_agent() return default_user_agent end
 
 
--- Runs attempts on `handle` until one may not be followed by another.
--- Returns the last attempt's result, errors, pagination, an info table
--- (status, attempts, elapsed, retry_after, headers) and its raw facts.
-local function attempts(handle, cfg, method, path)
-  local request = policy.request(cfg, method, path, user_agent())
-  local started = core.now()
-  local attempt, last_retry_after = 0, nil
-  local result, errors, pagination, facts
-  while true do
-    attempt = attempt + 1
-    result, errors, pagination, facts = handle:perform(request)
-    local retry_after = policy.retry_after(facts.headers, core)
-    if retry_after then last_retry_after = retry_after end
-    local delay = policy.next_delay(cfg, facts, attempt, retry_after, core.random)
-    if not delay then break end
-    core.sleep(delay)
-  end
-  return result, errors, pagination,
-         rotation.info(facts, attempt, started, last_retry_after), facts
-end
-
+-- Blocking calls: the engine (job.lua) driven to the end on `handle`.
+-- `req`: a request table kept for this cfg (clients, module-level calls
+-- repeating themselves), or nil.
 local function check(handle, cfg)
-  local _, errors, _, info, facts = attempts(handle, cfg, "GET", rotation.CHECK_PATH)
-  local ok = policy.accepted(facts)
-  if ok then errors = {} end
-  return ok, errors, info
+  return job.run(job.new(cfg, handle, "check", default_user_agent))
 end
 
-local function rotate(handle, cfg)
-  local result, errors, pagination, info =
-    rotation.settle(attempts(handle, cfg, "PUT", rotation.ROTATE_PATH))
-  if result then
-    -- From here on the old key is dead: nothing may lose the new one.
-    rotation.save(cfg, result, errors, info)
-    if cfg.verify then
-      rotation.verified(errors, info,
-                        check(handle, rotation.verify_cfg(cfg, result.api_key)))
-    end
-  end
-  return result, errors, pagination, info
+local function rotate(handle, cfg, req, on_rotated)
+  return job.run(job.new(cfg, handle, "rotate", default_user_agent, on_rotated, req))
 end
 
 -- ---- module-level calls ------------------------------------------------
@@ -92,9 +63,83 @@ end
 
 local EMPTY = {}
 
+-- ---- work done once -----------------------------------------------------
+-- A configuration resolved for rotate_key, with its request table, is
+-- kept while nothing that went into it changes: the options (a client's
+-- defaults; a module-level call's table, compared value by value) and
+-- the environment variables it read. Then a call repeating the last one
+-- skips checking, resolving and building, and the handle skips its setup
+-- (it keeps the request it last set up: src/request.c).
+
+-- The environment variables `cfg` depends on, given the options that were
+-- set (`set`): SLASHID_* for each option left out, and the proxy
+-- variables when libcurl reads them (https://, proxy unset). Flattened
+-- name, value pairs.
+local function env_read(set, cfg)
+  local snap, n = {}, 0
+  for name, var in next, options.ENV do
+    if set[name] == nil then
+      snap[n + 1], snap[n + 2], n = var, getenv(var) or false, n + 2
+    end
+  end
+  if cfg.proxy == nil and cfg.base_url:sub(1, 8):lower() == "https://" then
+    for _, var in ipairs(request.PROXY_ENV) do
+      snap[n + 1], snap[n + 2], n = var, getenv(var) or false, n + 2
+    end
+  end
+  return snap
+end
+
+local function env_unchanged(snap)
+  for i = 1, #snap, 2 do
+    if (getenv(snap[i]) or false) ~= snap[i + 1] then return false end
+  end
+  return true
+end
+
+-- Whether the caller's table holds exactly the options of `copy` (the
+-- checked copy of an earlier call), read without metamethods.
+local function same_options(opts, copy, n)
+  local k, count = next(opts), 0
+  while k ~= nil do
+    if rawget(opts, k) ~= copy[k] then return false end
+    count = count + 1
+    k = next(opts, k)
+  end
+  return count == n
+end
+
+local function count(t)
+  local n = 0
+  for _ in next, t do n = n + 1 end
+  return n
+end
+
+-- The last module-level rotate_key: its checked options, their number,
+-- the resolved cfg, the request, the environment read.
+local last_call
+
+local function module_rotate_cfg(opts)
+  local c = last_call
+  local t = opts == nil and EMPTY or opts
+  if c and type(t) == "table" and same_options(t, c.given, c.n) and
+     env_unchanged(c.env) then
+    return c.cfg, c.req
+  end
+  local given = options.check(opts)
+  local cfg = options.resolve(EMPTY, given)
+  local req = job.request(cfg, "rotate", default_user_agent)
+  last_call = { given = given, n = count(given), cfg = cfg, req = req,
+                env = env_read(given, cfg) }
+  return cfg, req
+end
+
 function slashid.rotate_key(opts)
-  local cfg = options.resolve(EMPTY, options.check(opts))
-  return with_shared_handle(rotate, cfg)
+  local cfg, req = module_rotate_cfg(opts)
+  if shared_busy then return rotate(core.handle(), cfg, req) end
+  shared_handle = shared_handle or core.handle()
+  shared_busy = true
+  return release_shared(pcall(rotate, shared_handle, cfg, req))
 end
 
 -- check_key's options, checked and resolved over `defaults` (a client's,
@@ -290,19 +335,40 @@ end
 -- calls never present a dead key.
 local function adopt(st, cfg, result)
   if st.handle then
-    st.defaults.api_key = result.api_key
-    st.defaults.org_id = cfg.org_id
+    local d = st.defaults
+    if d.api_key ~= result.api_key or d.org_id ~= cfg.org_id then
+      d.api_key = result.api_key
+      d.org_id = cfg.org_id
+      st.kept = nil          -- resolved from the old key: resolve again
+    end
   end
+end
+
+-- rotate_key without options: the configuration kept from the last such
+-- call (see "work done once"), or resolved afresh.
+local function client_rotate_cfg(st)
+  local k = st.kept
+  if k and env_unchanged(k.env) then return k.cfg, k.req, k.own end
+  local cfg = options.resolve(st.defaults, EMPTY)
+  k = { cfg = cfg, req = job.request(cfg, "rotate", default_user_agent),
+        own = holds(st, cfg), env = env_read(st.defaults, cfg) }
+  st.kept = k
+  return k.cfg, k.req, k.own
 end
 
 function Client:rotate_key(opts)
   local st = state_of(self, "rotate_key")
-  local given = options.check(opts, nil, nil, { st.defaults.api_key })
-  local cfg = options.resolve(st.defaults, given)
-  local own = holds(st, cfg)
-  local result, errors, pagination, info = rotate(st.handle, cfg)
-  if result and own then adopt(st, cfg, result) end
-  return result, errors, pagination, info
+  local cfg, req, own
+  if opts == nil then
+    cfg, req, own = client_rotate_cfg(st)
+  else
+    local given = options.check(opts, nil, nil, { st.defaults.api_key })
+    cfg = options.resolve(st.defaults, given)
+    own = holds(st, cfg)
+  end
+  return rotate(st.handle, cfg, req, own and function(result)
+    adopt(st, cfg, result)
+  end or nil)
 end
 
 function Client:start_rotate_key(opts)
@@ -347,6 +413,7 @@ function Client:close()
     st.handle:close()
     st.handle = nil
     st.defaults = {}
+    st.kept = nil
   end
 end
 

@@ -54,6 +54,16 @@ size_t sid_answer_on_header(char *p, size_t size, size_t n, void *ud) {
   return len;
 }
 
+/* The answer's bytes and flags, gone: the body held the new key. */
+void sid_answer_clear(sid_transfer *t) {
+  sid_buf_reset(&t->body);
+  sid_buf_reset(&t->head);
+  t->received = t->head_received = 0;
+  t->too_large = t->head_too_large = t->out_of_memory = 0;
+  t->secrets.key[SID_SECRET_NEW_KEY] = NULL;
+  t->secrets.len[SID_SECRET_NEW_KEY] = 0;
+}
+
 /* ---- helpers ---------------------------------------------------------- */
 
 static void set_int(lua_State *L, const char *k, long v) {
@@ -67,7 +77,7 @@ static void append(lua_State *L, int list) {
 }
 
 static void push_entry(lua_State *L, long httpcode) {
-  lua_newtable(L);
+  lua_createtable(L, 0, 3);
   set_int(L, "httpcode", httpcode);
 }
 
@@ -78,7 +88,7 @@ static void push_excerpt(lua_State *L, sid_transfer *t) {
 /* Lower-case header names, last value wins, names and values redacted. */
 static void push_headers(lua_State *L, sid_transfer *t) {
   const char *p = t->head.data, *end = p ? p + t->head.len : NULL;
-  lua_newtable(L);
+  lua_createtable(L, 0, 8);
   while (p && p < end) {
     const char *eol = (const char *)memchr(p, '\n', (size_t)(end - p));
     const char *next = eol ? eol + 1 : end;
@@ -210,7 +220,7 @@ static void push_pagination(lua_State *L, int envelope) {
     lua_pushnil(L);
     return;
   }
-  lua_newtable(L);
+  lua_createtable(L, 0, 3);
   for (i = 0; i < 3; i++) {
     lua_getfield(L, -2, names[i]);   /* json.c made integral numbers ints */
     if (lua_type(L, -1) == LUA_TNUMBER)
@@ -355,7 +365,7 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
   else lua_pushnil(L);
 
   /* facts */
-  lua_newtable(L);
+  lua_createtable(L, 0, 11);
   facts = lua_gettop(L);
   set_int(L, "status", status);
   set_int(L, "connect_status", t->connect_status);

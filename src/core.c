@@ -25,20 +25,6 @@ void sid_global_init(lua_State *L) {
                curl_easy_strerror(global_rc));
 }
 
-/* A userdata type: its metatable in the registry under `name` (also its
-   __name, for error messages), with `meta` and an __index of `methods`. */
-void sid_new_class(lua_State *L, const char *name, const luaL_Reg *meta,
-                   const luaL_Reg *methods) {
-  luaL_newmetatable(L, name);
-  sid_setfuncs(L, meta);
-  lua_newtable(L);
-  sid_setfuncs(L, methods);
-  lua_setfield(L, -2, "__index");
-  lua_pushstring(L, name);
-  lua_setfield(L, -2, "__name");
-  lua_pop(L, 1);
-}
-
 SID_API int luaopen_slashid_core(lua_State *L) {
   curl_version_info_data *info;
   sid_json_init(L);

@@ -54,39 +54,51 @@ int sid_json_init(lua_State *L) {
 }
 
 static void normalize(lua_State *L, int null_idx);
+static int normalize_value(lua_State *L, int null_idx);
 
-/* Value on top of the stack: replaced in place by its native form. */
-static void normalize_value(lua_State *L, int null_idx) {
-  if (lua_rawequal(L, -1, null_idx)) {
+/* Value on top of the stack: replaced in place by its native form.
+   Returns whether it was replaced (a table is changed in place). */
+static int normalize_value(lua_State *L, int null_idx) {
+  int type = lua_type(L, -1);
+  if (type == LUA_TTABLE) {
+    normalize(L, null_idx);
+    return 0;
+  }
+  if (type != LUA_TSTRING && type != LUA_TNUMBER && lua_rawequal(L, -1, null_idx)) {
     lua_pop(L, 1);
     lua_pushnil(L);
-  } else if (lua_type(L, -1) == LUA_TTABLE) {
-    normalize(L, null_idx);
+    return 1;
   }
 #if SID_HAS_INTEGERS
-  else if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
+  if (type == LUA_TNUMBER && !lua_isinteger(L, -1)) {
     lua_Number d = lua_tonumber(L, -1);
     /* 2^63 is exact as a double; integers in [-2^63, 2^63) fit. */
     if (floor(d) == d && d >= -9223372036854775808.0 &&
         d < 9223372036854775808.0) {
       lua_pop(L, 1);
       lua_pushinteger(L, (lua_Integer)d);
+      return 1;
     }
   }
 #endif
+  return 0;
 }
 
-/* Table on top of the stack: rewrite its values. Lua allows assigning to
-   (and clearing) existing fields during lua_next traversal. */
+/* Table on top of the stack: rewrite the values that change (strings,
+   the bulk of an envelope, are left as they are). Lua allows assigning
+   to (and clearing) existing fields during lua_next traversal. */
 static void normalize(lua_State *L, int null_idx) {
   int t = lua_gettop(L);
   luaL_checkstack(L, 4, "JSON nesting");
   lua_pushnil(L);
   while (lua_next(L, t)) {
-    normalize_value(L, null_idx);
-    lua_pushvalue(L, -2);     /* key */
-    lua_insert(L, -2);        /* key, key, value */
-    lua_rawset(L, t);
+    if (normalize_value(L, null_idx)) {
+      lua_pushvalue(L, -2);     /* key */
+      lua_insert(L, -2);        /* key, key, value */
+      lua_rawset(L, t);
+    } else {
+      lua_pop(L, 1);
+    }
   }
 }
 

@@ -31,9 +31,7 @@
 #endif
 
 typedef struct sid_multi {
-  CURLM *multi;
-  sid_handle *attached;   /* doubly linked through sid_handle.prev/next */
-  int count;
+  sid_transfer_list list; /* libcurl's multi and the transfers on it */
   int busy;               /* inside curl_multi_perform */
   int pollfd;             /* pollset.c's descriptor, or -1 */
   int pollfd_err;         /* why a pollable multi has none (errno) */
@@ -65,34 +63,11 @@ static int foreign(long pid) { return pid != (long)getpid(); }
 
 static sid_multi *check_multi(lua_State *L, int idx) {
   sid_multi *m = (sid_multi *)luaL_checkudata(L, idx, SID_MULTI_MT);
-  if (m->multi != NULL && foreign(m->pid))
+  if (m->list.multi != NULL && foreign(m->pid))
     sid_raise(L, "slashid: this operation belongs to the process that "
                  "started it (a forked child cannot drive or cancel it)");
-  if (m->multi == NULL) sid_raise(L, "slashid: multi is closed");
+  if (m->list.multi == NULL) sid_raise(L, "slashid: multi is closed");
   return m;
-}
-
-void sid_multi_detach(lua_State *L, sid_handle *h) {
-  sid_multi *m = h->multi;
-  if (m == NULL) return;
-  sid_callbacks_off(&h->t);   /* removal may trace: no Lua from here */
-  curl_multi_remove_handle(m->multi, h->t.easy);
-  sid_multi_forget(L, h);
-}
-
-/* Unlinks h from its multi without telling libcurl (a forked child must
-   leave the parent's libcurl state alone). */
-void sid_multi_forget(lua_State *L, sid_handle *h) {
-  sid_multi *m = h->multi;
-  if (m == NULL) return;
-  if (h->prev) h->prev->next = h->next;
-  else m->attached = h->next;
-  if (h->next) h->next->prev = h->prev;
-  h->prev = h->next = NULL;
-  h->multi = NULL;
-  m->count--;
-  luaL_unref(L, LUA_REGISTRYINDEX, h->self_ref);
-  h->self_ref = LUA_NOREF;
 }
 
 /* CURLMOPT_SOCKETFUNCTION: libcurl says which sockets to watch. Nothing
@@ -128,14 +103,14 @@ static void open_pollset(sid_multi *m) {
   m->pollfd = sid_pollset_open(&m->marker);
   m->pollfd_err = m->pollfd < 0 ? errno : 0;
   if (m->pollfd < 0) return;
-  if (m->multi == NULL) {         /* made after the op was over: ready */
+  if (m->list.multi == NULL) {         /* made after the op was over: ready */
     m->ready = sid_pollset_ready(m->pollfd, &m->marker) == 0;
     return;
   }
-  curl_multi_setopt(m->multi, CURLMOPT_SOCKETDATA, (void *)m);
-  curl_multi_setopt(m->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-  curl_multi_setopt(m->multi, CURLMOPT_TIMERDATA, (void *)m);
-  curl_multi_setopt(m->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+  curl_multi_setopt(m->list.multi, CURLMOPT_SOCKETDATA, (void *)m);
+  curl_multi_setopt(m->list.multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+  curl_multi_setopt(m->list.multi, CURLMOPT_TIMERDATA, (void *)m);
+  curl_multi_setopt(m->list.multi, CURLMOPT_TIMERFUNCTION, on_timer);
 }
 
 /* core.multi([pollable]) */
@@ -149,8 +124,8 @@ static int multi_new(lua_State *L) {
   m->timer_due = -1;
   m->pid = (long)getpid();
   sid_setmetatable(L, SID_MULTI_MT);
-  m->multi = curl_multi_init();
-  if (m->multi == NULL) return sid_raise(L, "slashid: curl_multi_init failed");
+  m->list.multi = curl_multi_init();
+  if (m->list.multi == NULL) return sid_raise(L, "slashid: curl_multi_init failed");
   if (lua_toboolean(L, 1)) open_pollset(m);
   else m->pollfd_err = EINVAL;
   return 1;
@@ -160,36 +135,26 @@ static int multi_new(lua_State *L) {
    even be set up (then handle:collect() reports why). */
 static int multi_add(lua_State *L) {
   sid_multi *m = check_multi(L, 1);
-  sid_handle *h = sid_check_handle(L, 2);
-  CURLMcode mc;
+  sid_transfer *t = sid_transfer_check(L, 2);
   luaL_checktype(L, 3, LUA_TTABLE);
-  if (h->t.easy == NULL) return sid_raise(L, "slashid: handle is closed");
-  if (h->busy || h->multi)
+  if (t->easy == NULL) return sid_raise(L, "slashid: handle is closed");
+  if (t->busy || t->list)
     return sid_raise(L, "slashid: handle is busy (a transfer is running on it)");
-  sid_handle_own(L, h);
-  sid_request_clear(L, &h->t);
-  h->finished = 0;
-  sid_request_setup(L, 3, &h->t);
-  if (h->t.setup_rc != CURLE_OK) {
-    h->finished = 1;
-    h->finished_rc = h->t.setup_rc;
+  sid_transfer_own(L, t);
+  sid_request_set(L, 3, t);
+  sid_request_attempt(t);
+  if (t->setup_rc != CURLE_OK) {
+    t->finished = 1;
+    t->finished_rc = t->setup_rc;
     lua_pushboolean(L, 0);
     return 1;
   }
-  mc = curl_multi_add_handle(m->multi, h->t.easy);
-  if (mc != CURLM_OK) {
-    h->finished = 1;
-    h->finished_rc = CURLE_FAILED_INIT;
+  if (sid_transfer_attach(L, t, 2, &m->list) != CURLM_OK) {
+    t->finished = 1;
+    t->finished_rc = CURLE_FAILED_INIT;
     lua_pushboolean(L, 0);
     return 1;
   }
-  lua_pushvalue(L, 2);
-  h->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  h->multi = m;
-  h->next = m->attached;
-  if (m->attached) m->attached->prev = h;
-  m->attached = h;
-  m->count++;
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -202,7 +167,7 @@ static int multi_add(lua_State *L) {
    not gone out yet is stopped before its first byte. */
 static int multi_perform(lua_State *L) {
   sid_multi *m = check_multi(L, 1);
-  sid_handle *h, *next;
+  sid_transfer *h, *next;
   CURLMsg *msg;
   double now;
   int running = 0, left = 0, n = 0;
@@ -214,52 +179,50 @@ static int multi_perform(lua_State *L) {
     /* nothing could stop a request that has not gone out from going out
        now: no last look without the pre-request callback */
     lua_newtable(L);
-    lua_pushinteger(L, m->count);
+    lua_pushinteger(L, m->list.count);
     return 2;
 #endif
   }
   lua_newtable(L);      /* before any message is taken from libcurl */
   now = sid_monotonic();
-  for (h = m->attached; h; h = h->next) {
-    sid_callbacks_on(&h->t, L);
-    sid_deadline_before_look(&h->t, now, last_look);
+  for (h = m->list.first; h; h = h->next) {
+    sid_callbacks_on(h, L);
+    sid_deadline_before_look(h, now, last_look);
   }
   m->busy = 1;
   if (m->pollfd >= 0) {
     /* curl_multi_perform, then the socket callback for every transfer:
        every attached transfer still gets its look (deadline.c, the last
        look), and the descriptor follows its sockets */
-    CURL_IGNORE_DEPRECATION(curl_multi_socket_all(m->multi, &running);)
+    CURL_IGNORE_DEPRECATION(curl_multi_socket_all(m->list.multi, &running);)
   } else {
-    curl_multi_perform(m->multi, &running);
+    curl_multi_perform(m->list.multi, &running);
   }
   m->busy = 0;
-  for (h = m->attached; h; h = h->next) sid_callbacks_off(&h->t);
-  while ((msg = curl_multi_info_read(m->multi, &left)) != NULL) {
-    void *p = NULL;
+  for (h = m->list.first; h; h = h->next) sid_callbacks_off(h);
+  while ((msg = curl_multi_info_read(m->list.multi, &left)) != NULL) {
     if (msg->msg != CURLMSG_DONE) continue;
-    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &p);
-    h = (sid_handle *)p;   /* the transfer is the handle's first member */
-    if (h == NULL || h->multi != m) continue;
+    h = sid_transfer_of(msg->easy_handle);
+    if (h == NULL || h->list != &m->list) continue;
     h->finished = 1;
-    h->finished_rc = sid_deadline_after_look(&h->t, 1, msg->data.result);
+    h->finished_rc = sid_deadline_after_look(h, 1, msg->data.result);
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->self_ref);
     lua_rawseti(L, -2, ++n);
-    sid_multi_detach(L, h);
+    sid_transfer_detach(L, h);
   }
   /* Past their deadline and still without a complete answer after that
      last look: they end now, as timeouts (deadline.c). */
-  for (h = m->attached; h; h = next) {
+  for (h = m->list.first; h; h = next) {
     next = h->next;
-    if (!h->t.expired) {
-      h->t.no_new_send = 0;
+    if (!h->expired) {
+      h->no_new_send = 0;
       continue;
     }
     h->finished = 1;
-    h->finished_rc = sid_deadline_after_look(&h->t, 0, CURLE_OK);
+    h->finished_rc = sid_deadline_after_look(h, 0, CURLE_OK);
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->self_ref);
     lua_rawseti(L, -2, ++n);
-    sid_multi_detach(L, h);
+    sid_transfer_detach(L, h);
   }
   lua_pushinteger(L, running);
   return 2;
@@ -273,24 +236,24 @@ static int multi_perform(lua_State *L) {
    libcurl's timer, the nearest attempt's request_timeout deadline (to
    the deadline itself, never past it: deadline.c); < 0 for none. */
 static double seconds_left(sid_multi *m) {
-  sid_handle *h;
+  sid_transfer *h;
   double now = sid_monotonic(), left = -1;
   if (m->pollfd >= 0) {
     if (m->timer_due >= 0) left = m->timer_due > now ? m->timer_due - now : 0;
-    if (m->watch_failed && m->count > 0 && (left < 0 || left > WATCH_FAILED_S))
+    if (m->watch_failed && m->list.count > 0 && (left < 0 || left > WATCH_FAILED_S))
       left = WATCH_FAILED_S;
   } else {
     long ms = -1;
-    curl_multi_timeout(m->multi, &ms);
+    curl_multi_timeout(m->list.multi, &ms);
     if (ms >= 0) left = (double)ms / 1000.0;
   }
   /* the host closed the descriptor it waits on: only time can wake it */
-  if (m->pollfd_lost && m->count > 0 && (left < 0 || left > WATCH_FAILED_S))
+  if (m->pollfd_lost && m->list.count > 0 && (left < 0 || left > WATCH_FAILED_S))
     left = WATCH_FAILED_S;
-  for (h = m->attached; h; h = h->next) {
+  for (h = m->list.first; h; h = h->next) {
     double d;
-    if (h->t.deadline <= 0) continue;
-    d = h->t.deadline - now;
+    if (h->deadline <= 0) continue;
+    d = h->deadline - now;
     if (d < 0) d = 0;
     if (left < 0 || d < left) left = d;
   }
@@ -330,9 +293,9 @@ static int multi_wait(lua_State *L) {
     if (ready < 0 || (ready & SID_POLLSET_EXTRA)) extra.revents = CURL_WAIT_POLLIN;
   } else {
 #if SID_CURL_AT_LEAST(7, 66, 0)
-    curl_multi_poll(m->multi, nextra ? &extra : NULL, nextra, (int)ms, NULL);
+    curl_multi_poll(m->list.multi, nextra ? &extra : NULL, nextra, (int)ms, NULL);
 #else
-    curl_multi_wait(m->multi, nextra ? &extra : NULL, nextra, (int)ms, NULL);
+    curl_multi_wait(m->list.multi, nextra ? &extra : NULL, nextra, (int)ms, NULL);
 #endif
   }
   if (nextra && extra.revents) sid_signal_drain();
@@ -358,7 +321,7 @@ static int multi_timeout(lua_State *L) {
    After close(), a new one, empty (nothing can join it any more). */
 static int multi_pollfd(lua_State *L) {
   sid_multi *m = (sid_multi *)luaL_checkudata(L, 1, SID_MULTI_MT);
-  if (m->pollfd < 0 && m->multi == NULL && !m->pollfd_closed &&
+  if (m->pollfd < 0 && m->list.multi == NULL && !m->pollfd_closed &&
       !m->pollfd_lost)
     open_pollset(m);
   if (pollfd_ok(m)) {
@@ -383,33 +346,33 @@ static int multi_pollfd(lua_State *L) {
 }
 
 static int multi_count(lua_State *L) {
-  lua_pushinteger(L, check_multi(L, 1)->count);
+  lua_pushinteger(L, check_multi(L, 1)->list.count);
   return 1;
 }
 
 /* Ends the transfers and releases libcurl (its sockets, its connection
    cache); the poll descriptor too, unless keep_pollfd. */
 static int close_multi(lua_State *L, sid_multi *m, int keep_pollfd) {
-  if (m->multi && foreign(m->pid)) {
+  if (m->list.multi && foreign(m->pid)) {
     /* a forked child collecting the parent's op: libcurl is left alone
        (cleaning up would unregister the parent's sockets from the shared
        set, or end its TLS sessions); what it holds is the child's to lose
        at exit */
-    while (m->attached) sid_multi_forget(L, m->attached);
-    m->multi = NULL;
+    while (m->list.first) sid_transfer_forget(L, m->list.first);
+    m->list.multi = NULL;
     /* the set and its marker too: even asking whether the number is still
        ours would change the parent's set (pollset.c); the child's copies
        are close-on-exec, and go with it */
     m->pollfd = m->marker = -1;
     return 0;
   }
-  if (m->multi) {
+  if (m->list.multi) {
     if (m->busy) return sid_raise(L, "slashid: multi is busy");
     /* libcurl reports the sockets it drops (on_socket): the descriptor is
        still open here, and closed after */
-    while (m->attached) sid_multi_detach(L, m->attached);
-    curl_multi_cleanup(m->multi);
-    m->multi = NULL;
+    while (m->list.first) sid_transfer_detach(L, m->list.first);
+    curl_multi_cleanup(m->list.multi);
+    m->list.multi = NULL;
     /* over: whoever sleeps on the descriptor wakes now, and finds it
        readable whenever it looks again (timeout() is 0 from here) */
     if (keep_pollfd && pollfd_ok(m) && !m->ready)
@@ -448,7 +411,7 @@ static int multi_close_all(lua_State *L) {
 static int multi_tostring(lua_State *L) {
   sid_multi *m = (sid_multi *)luaL_checkudata(L, 1, SID_MULTI_MT);
   lua_pushfstring(L, "slashid.Multi: %p%s", (void *)m,
-                  m->multi ? "" : " (closed)");
+                  m->list.multi ? "" : " (closed)");
   return 1;
 }
 

@@ -1,13 +1,16 @@
 /*
- * request.c - one request on a kept easy handle: URL, the four SlashID
- * headers, user agent, timeouts, TLS, no redirects, the answer cap and
- * the callbacks. The Lua layer has already checked every value; a missing
- * field here is a bug in the library, and raises.
+ * request.c - where a request is built: the request table the Lua layer
+ * made (policy.lua) becomes the URL, the four SlashID headers, user
+ * agent, timeouts, TLS, proxy and the answer cap on a kept easy handle.
+ * A handle keeps its request (options, header list, key copy) across
+ * attempts and calls until another table comes: a client calling again
+ * with the same configuration costs no setup at all. The Lua layer has
+ * already checked every value; a missing field here is a bug in the
+ * library, and raises.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
 #include "slashid.h"
@@ -85,39 +88,6 @@ static void add_header_kv(sid_transfer *t, const char *name,
   free(line);
 }
 
-#if SID_HAVE_PREREQ
-/* libcurl retries a request by itself when a reused connection turns out
-   dead before any answer byte. The server may have acted on the first
-   one (and killed the key it carried), so a second send is refused: the
-   attempt then ends as "unknown", never as a blind resend. */
-static int on_prereq(void *ud, char *primary_ip, char *local_ip,
-                     int primary_port, int local_port) {
-  sid_transfer *t = (sid_transfer *)ud;
-  (void)primary_ip; (void)local_ip; (void)primary_port; (void)local_port;
-  if (t->no_new_send) {       /* a last look: nothing new goes out */
-    if (!t->expired) t->cancelled = 1;   /* else a timeout (deadline.c) */
-    return CURL_PREREQFUNC_ABORT;
-  }
-  t->requests_sent++;
-  /* A GET (check_key) changes nothing: libcurl may send it again, for
-     instance after an HTTP/2 REFUSED_STREAM, which the server never
-     processed. */
-  return t->requests_sent > 1 && t->single_send ? CURL_PREREQFUNC_ABORT
-                                                : CURL_PREREQFUNC_OK;
-}
-#endif
-
-/* CURLOPT_SOCKOPTFUNCTION: every socket libcurl makes is close-on-exec,
-   so that a program the host starts while a rotation is in flight does
-   not inherit the connection (over plain http it could read the answer,
-   the new key). No Lua here (trace.c). */
-static int on_sockopt(void *ud, curl_socket_t s, curlsocktype purpose) {
-  (void)ud;
-  (void)purpose;
-  (void)fcntl((int)s, F_SETFD, FD_CLOEXEC);
-  return CURL_SOCKOPT_OK;
-}
-
 /* OpenSSL opens the CA file when it connects, with a blocking open(2): a
    FIFO nobody writes would hang the whole process past every deadline
    and every signal. Only a regular file (or a link to one) is handed to
@@ -131,7 +101,8 @@ static void check_ca_file(sid_transfer *t, const char *ca) {
   else if (!S_ISREG(st.st_mode)) why = "not a regular file";
   if (why == NULL) return;
   if (t->setup_rc == CURLE_OK) t->setup_rc = CURLE_SSL_CACERT_BADFILE;
-  snprintf(t->errbuf, sizeof t->errbuf, "ca_file cannot be used: %s", why);
+  snprintf(t->setup_err, sizeof t->setup_err, "ca_file cannot be used: %s",
+           why);
 }
 
 /* request.proxy_secrets: proxy credentials (user, password, both) that
@@ -163,7 +134,19 @@ static void take_extra_secrets(lua_State *L, int req, sid_transfer *t) {
   lua_pop(L, 1);
 }
 
-void sid_request_setup(lua_State *L, int req, sid_transfer *t) {
+/* Whether the table at req is the request already set up on the handle
+   (the registry reference keeps it alive, so its identity cannot be a
+   new table's). The Lua layer never changes a request table once built. */
+static int is_current(lua_State *L, int req, sid_transfer *t) {
+  int same;
+  if (t->req_ref == LUA_NOREF) return 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->req_ref);
+  same = lua_rawequal(L, -1, req);
+  lua_pop(L, 1);
+  return same;
+}
+
+void sid_request_set(lua_State *L, int req, sid_transfer *t) {
   size_t len;
   const char *method, *url, *org_id, *api_key, *consistency, *agent, *ca,
              *proxy;
@@ -173,6 +156,8 @@ void sid_request_setup(lua_State *L, int req, sid_transfer *t) {
 
   req = sid_absindex(L, req);
   luaL_checktype(L, req, LUA_TTABLE);
+  if (is_current(L, req, t)) return;
+  sid_request_clear(L, t);
   method = field_string(L, req, "method", &len, 1);
   url = field_string(L, req, "url", &len, 1);
   org_id = field_string(L, req, "org_id", &len, 1);
@@ -212,9 +197,10 @@ void sid_request_setup(lua_State *L, int req, sid_transfer *t) {
     lua_pop(L, 1);
   }
 
-  /* A clean slate each time: the connection cache, TLS sessions and DNS
-     cache survive curl_easy_reset, stale options do not. */
-  curl_easy_reset(t->easy);
+  {
+    CURLcode rc = (CURLcode)sid_transfer_reset(t);
+    if (rc != CURLE_OK && t->setup_rc == CURLE_OK) t->setup_rc = rc;
+  }
   SETOPT(t, CURLOPT_URL, url);
   if (strcmp(method, "GET") == 0) {
     SETOPT(t, CURLOPT_HTTPGET, 1L);
@@ -232,26 +218,14 @@ void sid_request_setup(lua_State *L, int req, sid_transfer *t) {
   /* The Lua layer decides: a URL, "" for no proxy at all (environment
      ignored), or absent: the environment, as curl reads it. */
   if (proxy) SETOPT(t, CURLOPT_PROXY, proxy);
-#if SID_HAVE_SUPPRESS_CONNECT
-  SETOPT(t, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
-#endif
   SETOPT(t, CURLOPT_HTTPHEADER, t->headers);
   if (agent) SETOPT(t, CURLOPT_USERAGENT, agent);
-  SETOPT(t, CURLOPT_NOSIGNAL, 1L);
-  SETOPT(t, CURLOPT_FOLLOWLOCATION, 0L);
-#if SID_HAVE_PROTOCOLS_STR
-  SETOPT(t, CURLOPT_PROTOCOLS_STR, "http,https");
-#else
-  SETOPT(t, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
-#endif
-  SETOPT(t, CURLOPT_SSL_VERIFYPEER, 1L);
-  SETOPT(t, CURLOPT_SSL_VERIFYHOST, 2L);
   if (ca) SETOPT(t, CURLOPT_CAINFO, ca);
   SETOPT(t, CURLOPT_CONNECTTIMEOUT_MS,
          to_ms(field_number(L, req, "connect_timeout", 10)));
   /* request_timeout is not libcurl's CURLOPT_TIMEOUT: see deadline.c */
   timeout_ms = to_ms(field_number(L, req, "request_timeout", 45));
-  sid_deadline_start(t, (double)timeout_ms / 1000.0);
+  t->request_timeout = (double)timeout_ms / 1000.0;
 #if !SID_HAVE_PREREQ
   /* Without the pre-request callback a last look could not keep a request
      from going out: libcurl's own timeout stops it first, as before (an
@@ -260,21 +234,7 @@ void sid_request_setup(lua_State *L, int req, sid_transfer *t) {
   SETOPT(t, CURLOPT_TIMEOUT_MS, timeout_ms);
 #endif
   SETOPT(t, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)t->max_bytes);
-  /* multi.c finds the handle from the easy handle: the transfer is the
-     first member of a sid_handle, so the two pointers are the same. */
-  SETOPT(t, CURLOPT_PRIVATE, (void *)t);
-  SETOPT(t, CURLOPT_ERRORBUFFER, t->errbuf);
-  t->errbuf[0] = '\0';
   check_ca_file(t, ca);
-  SETOPT(t, CURLOPT_SOCKOPTFUNCTION, on_sockopt);
-  SETOPT(t, CURLOPT_WRITEFUNCTION, sid_answer_on_body);
-  SETOPT(t, CURLOPT_WRITEDATA, (void *)t);
-  SETOPT(t, CURLOPT_HEADERFUNCTION, sid_answer_on_header);
-  SETOPT(t, CURLOPT_HEADERDATA, (void *)t);
-#if SID_HAVE_PREREQ
-  SETOPT(t, CURLOPT_PREREQFUNCTION, on_prereq);
-  SETOPT(t, CURLOPT_PREREQDATA, (void *)t);
-#endif
   lua_getfield(L, req, "pipewait");
   if (lua_toboolean(L, -1)) SETOPT(t, CURLOPT_PIPEWAIT, 1L);
   lua_pop(L, 1);
@@ -283,6 +243,22 @@ void sid_request_setup(lua_State *L, int req, sid_transfer *t) {
     SETOPT(t, CURLOPT_DEBUGDATA, (void *)t);
     SETOPT(t, CURLOPT_VERBOSE, 1L);
   }
+  lua_pushvalue(L, req);
+  t->req_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+/* One attempt of the request set up: a clean answer state, a fresh
+   deadline. */
+void sid_request_attempt(sid_transfer *t) {
+  sid_answer_clear(t);
+  t->requests_sent = 0;
+  t->connect_status = 0;
+  t->no_new_send = 0;
+  t->debug_failed = 0;
+  t->cancelled = 0;
+  t->finished = 0;
+  memcpy(t->errbuf, t->setup_err, sizeof t->errbuf);
+  sid_deadline_start(t, t->request_timeout);
 }
 
 void sid_request_clear(lua_State *L, sid_transfer *t) {
@@ -299,22 +275,19 @@ void sid_request_clear(lua_State *L, sid_transfer *t) {
     t->extra_secret_len[i] = 0;
   }
   memset(&t->secrets, 0, sizeof t->secrets);
-  sid_buf_reset(&t->body);
-  sid_buf_reset(&t->head);
-  t->received = t->head_received = 0;
-  t->too_large = t->head_too_large = t->out_of_memory = 0;
-  t->requests_sent = 0;
-  t->connect_status = 0;
   t->single_send = 0;
-  t->no_new_send = 0;
   t->setup_rc = CURLE_OK;
-  t->debug_failed = 0;
-  t->cancelled = 0;
+  t->setup_err[0] = '\0';
   t->deadline = 0;
   t->expired = t->timed_out = 0;
   if (t->debug_ref != LUA_NOREF) {
     luaL_unref(L, LUA_REGISTRYINDEX, t->debug_ref);
     t->debug_ref = LUA_NOREF;
   }
+  if (t->req_ref != LUA_NOREF) {
+    luaL_unref(L, LUA_REGISTRYINDEX, t->req_ref);
+    t->req_ref = LUA_NOREF;
+  }
+  sid_answer_clear(t);
   sid_callbacks_off(t);
 }

@@ -241,8 +241,31 @@ void sid_push_redacted(lua_State *L, const char *s, size_t n,
 
 /* A header name: secrets matched in any case (HTTP/2 lowers names, and a
    server may too), the result in lower case. */
+/* True when a header name needs nothing but lowering: printable, no
+   quote (no "api_key" member), no secret in any case. */
+static int name_is_clean(const char *s, size_t n, const sid_secrets *k) {
+  size_t i;
+  int j;
+  for (i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c < 0x20 || c == 0x7f || c == '"') return 0;
+  }
+  for (j = 0; k && j < SID_SECRETS; j++)
+    if (k->key[j] && k->len[j] && k->len[j] <= n)
+      for (i = 0; i + k->len[j] <= n; i++)
+        if (secret_at(k, s, n, i, SID_FOLD_MATCH)) return 0;
+  return 1;
+}
+
 void sid_push_redacted_name(lua_State *L, const char *s, size_t n,
                             const sid_secrets *secrets) {
+  char lower[64];
+  if (n > 0 && n <= sizeof lower && name_is_clean(s, n, secrets)) {
+    size_t i;
+    for (i = 0; i < n; i++) lower[i] = (char)tolower((unsigned char)s[i]);
+    lua_pushlstring(L, lower, n);
+    return;
+  }
   push_redacted(L, s, n, secrets, 0, 1, SID_FOLD_MATCH | SID_FOLD_LOWER);
 }
 

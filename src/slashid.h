@@ -8,8 +8,6 @@
 #include <stddef.h>
 #include "compat.h"
 
-#define SID_HANDLE_MT "slashid.Handle"
-
 /* Raises a message as is: no "file:line:" of the Lua caller in front, so
    it starts with "slashid: " like the Lua layer's errors. */
 #define sid_raise(L, msg) (lua_pushstring((L), (msg)), lua_error(L))
@@ -57,16 +55,51 @@ void sid_push_redacted_name(lua_State *L, const char *s, size_t n,
 void sid_push_redacted_folded(lua_State *L, const char *s, size_t n,
                               const sid_secrets *secrets);
 
-/* ---- one attempt: the state shared by request.c, answer.c, trace.c --- */
+/* ---- transfer.c: a transfer, owned in one place --------------------- */
+/* A slashid.Handle is a sid_transfer: one kept easy handle, the request
+   set up on it, and one attempt's state. transfer.c decides where it
+   lives (blocking on its own multi, or attached to a slashid.Multi's
+   list), which lua_State its callbacks may call, and when it dies;
+   request.c fills in the request, answer.c reads the answer. libcurl's
+   CURLOPT_PRIVATE points at the object itself. */
+struct sid_transfer;
+typedef struct sid_transfer_list {   /* a slashid.Multi's transfers */
+  CURLM *multi;
+  struct sid_transfer *first;  /* doubly linked through prev/next */
+  int count;
+} sid_transfer_list;
+
 typedef struct sid_transfer {
   CURL *easy;
+  /* ---- where it lives (transfer.c) */
+  long pid;                   /* the process that made its libcurl state */
+  CURLM *own_multi;           /* drives the blocking perform */
+  int busy;                   /* inside a blocking perform or a collect */
+  sid_transfer_list *list;    /* attached to this multi's list, or NULL */
+  struct sid_transfer *prev, *next;
+  int self_ref;               /* registry ref while attached (keeps it alive) */
+  int finished;               /* the multi reported it done */
+  CURLcode finished_rc;
+  lua_State *L;               /* the state whose call is driving libcurl
+                                 right now, NULL otherwise: see trace.c */
+  /* ---- the request set up on the handle (request.c), kept across
+     attempts and calls until another request table comes */
+  int req_ref;                /* registry ref of that table, or LUA_NOREF */
   struct curl_slist *headers; /* one of them holds the key: wiped on clear */
   char *api_key;              /* copy kept for redaction, wiped on clear */
   size_t api_key_len;
   sid_secrets secrets;        /* api_key, then the new key once known */
+  char *extra_secret[SID_SECRETS - SID_SECRET_EXTRA]; /* owned, wiped */
+  size_t extra_secret_len[SID_SECRETS - SID_SECRET_EXTRA];
+  size_t max_bytes;           /* cap on the body (max_response_bytes) */
+  double request_timeout;     /* seconds (deadline.c) */
+  int single_send;            /* refuse libcurl's own re-send (the PUT) */
+  int debug_ref;              /* registry ref of the debug function or NOREF */
+  CURLcode setup_rc;          /* first refused setopt, or CURLE_OK */
+  char setup_err[CURL_ERROR_SIZE];  /* why setup_rc, or "" */
+  /* ---- one attempt (reset by sid_request_attempt) */
   sid_buf body;               /* answer body, capped */
   sid_buf head;               /* header lines of the last response */
-  size_t max_bytes;           /* cap on the body (max_response_bytes) */
   size_t received;            /* body bytes so far */
   size_t head_received;       /* header bytes so far, every block */
   int too_large;              /* the body went over max_bytes */
@@ -74,14 +107,7 @@ typedef struct sid_transfer {
   int out_of_memory;
   int requests_sent;          /* how many times libcurl was about to send */
   long connect_status;        /* a proxy's answer to CONNECT, 0 if none */
-  int single_send;            /* refuse libcurl's own re-send (the PUT) */
   int no_new_send;            /* op:cancel's last look: send nothing new */
-  char *extra_secret[SID_SECRETS - SID_SECRET_EXTRA]; /* owned, wiped */
-  size_t extra_secret_len[SID_SECRETS - SID_SECRET_EXTRA];
-  CURLcode setup_rc;          /* first refused setopt, or CURLE_OK */
-  lua_State *L;               /* the state whose call is driving libcurl
-                                 right now, NULL otherwise: see trace.c */
-  int debug_ref;              /* registry ref of the debug function or NOREF */
   int debug_failed;
   int cancelled;              /* collected before it finished */
   double deadline;            /* monotonic seconds: request_timeout ends */
@@ -90,27 +116,25 @@ typedef struct sid_transfer {
   char errbuf[CURL_ERROR_SIZE];
 } sid_transfer;
 
-/* A slashid.Handle: one kept easy handle and its attempt state. It runs
-   either blocking (handle.c) or attached to a slashid.Multi (multi.c). */
-struct sid_multi;
-typedef struct sid_handle {
-  sid_transfer t;
-  long pid;                  /* the process that made its libcurl state */
-  int busy;                  /* inside a blocking perform */
-  CURLM *own_multi;          /* drives the blocking perform (handle.c) */
-  struct sid_multi *multi;   /* attached to this multi, or NULL */
-  struct sid_handle *prev, *next;  /* the multi's list of attached handles */
-  int self_ref;              /* registry ref while attached (keeps it alive) */
-  int finished;              /* the multi reported it done */
-  CURLcode finished_rc;
-} sid_handle;
-
+#define SID_HANDLE_MT "slashid.Handle"
 #define SID_MULTI_MT "slashid.Multi"
 
-sid_handle *sid_check_handle(lua_State *L, int idx);
-void sid_handle_own(lua_State *L, sid_handle *h);  /* after fork: afresh */
-void sid_multi_detach(lua_State *L, sid_handle *h);  /* multi.c */
-void sid_multi_forget(lua_State *L, sid_handle *h);  /* no libcurl call */
+sid_transfer *sid_transfer_new(lua_State *L);      /* pushes the userdata */
+sid_transfer *sid_transfer_check(lua_State *L, int idx);
+void sid_transfer_own(lua_State *L, sid_transfer *t);  /* after fork: afresh */
+int  sid_transfer_reset(sid_transfer *t);  /* curl_easy_reset + fixed options */
+sid_transfer *sid_transfer_of(CURL *easy);  /* CURLOPT_PRIVATE */
+CURLcode sid_transfer_run(sid_transfer *t);  /* blocking, to the end */
+/* A multi's list: attach (the userdata at idx is kept alive meanwhile),
+   detach (libcurl told), forget (libcurl left alone: a forked child). */
+CURLMcode sid_transfer_attach(lua_State *L, sid_transfer *t, int idx,
+                              sid_transfer_list *list);
+void sid_transfer_detach(lua_State *L, sid_transfer *t);
+void sid_transfer_forget(lua_State *L, sid_transfer *t);
+void sid_transfer_release(lua_State *L, sid_transfer *t);  /* close */
+/* the one rule for when a libcurl callback may call into Lua (trace.c) */
+void sid_callbacks_on(sid_transfer *t, lua_State *L);
+void sid_callbacks_off(sid_transfer *t);
 
 /* pollset.c: one descriptor that polls readable while a socket libcurl
    watches (CURLMOPT_SOCKETFUNCTION) is ready: epoll on Linux, kqueue on
@@ -136,8 +160,13 @@ int      sid_deadline_before_look(sid_transfer *t, double now, int last_look);
 CURLcode sid_deadline_after_look(sid_transfer *t, int finished, CURLcode rc);
 long     sid_deadline_wait_ms(const sid_transfer *t, double now, long ms);
 
-/* request.c */
-void sid_request_setup(lua_State *L, int req, sid_transfer *t);
+/* request.c: sid_request_set sets up the request table at req on the
+   handle, unless it is the table already set up (then nothing is done:
+   the options, header list and key copy are kept); sid_request_attempt
+   starts one attempt of it (clean answer state, the deadline);
+   sid_request_clear drops the request (key copies wiped). */
+void sid_request_set(lua_State *L, int req, sid_transfer *t);
+void sid_request_attempt(sid_transfer *t);
 void sid_request_clear(lua_State *L, sid_transfer *t);
 
 /* answer.c */
@@ -146,6 +175,7 @@ size_t sid_answer_on_header(char *p, size_t size, size_t n, void *ud);
 int    sid_answer_push(lua_State *L, sid_transfer *t, CURLcode rc);
 int    sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc,
                         long status, double elapsed);
+void   sid_answer_clear(sid_transfer *t);   /* wiped: it held the new key */
 
 /* trace.c: the one place that decides when callbacks may call into Lua */
 void sid_callbacks_on(sid_transfer *t, lua_State *L);
@@ -178,7 +208,7 @@ SID_API int luaopen_slashid_core(lua_State *L);
 /* core.c: curl_global_init, once per process (raises if it failed) */
 void sid_global_init(lua_State *L);
 
-/* core.c: registers a userdata type */
+/* class.c: registers a userdata type */
 void sid_new_class(lua_State *L, const char *name, const luaL_Reg *meta,
                    const luaL_Reg *methods);
 

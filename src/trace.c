@@ -7,7 +7,8 @@
  * Which lua_State a callback may use, and when: only the state whose Lua
  * call is driving libcurl at that moment (handle:perform, multi:perform,
  * the building of an answer), set by sid_callbacks_on just before and
- * cleared by sid_callbacks_off just after. That state is running, so it
+ * cleared by sid_callbacks_off just after (transfer.c, which owns the
+ * transfer's life). That state is running, so it
  * is alive; a coroutine that once polled an op may be long dead by the
  * time the op is cancelled or collected. Outside those windows (detach,
  * cleanup, __gc: libcurl still emits "Closing connection" lines there)
@@ -23,9 +24,6 @@
 #include <string.h>
 #include <strings.h>
 #include "slashid.h"
-
-void sid_callbacks_on(sid_transfer *t, lua_State *L) { t->L = L; }
-void sid_callbacks_off(sid_transfer *t) { t->L = NULL; }
 
 /* Header names whose value is a credential: the key, and the proxy's or
    server's authorization (proxy credentials are secrets too). */

@@ -1,57 +1,100 @@
--- slashid.job: one rotation (or key check) as a state machine over a
--- slashid.core multi, for the non-blocking paths (ops and batches). The
--- rules are the blocking path's (policy.lua, rotation.lua); the only
--- difference is that a retry back-off is a deadline (`wait_until`), never
--- a sleep.
+-- slashid.job: the engine. One rotation (or key check) as a state
+-- machine, with two drivers:
+--
+--   blocking      M.run(job): each attempt runs to its end on the job's
+--                 handle (handle:perform), a retry back-off is a sleep;
+--                 rotate_key and check_key, module-level and clients
+--   non-blocking  job:start(multi): attempts run on a slashid.core multi,
+--                 a back-off is a deadline (`wait_until`) the owner
+--                 honours; ops (op.lua) and batches (batch.lua)
+--
+-- Either way the same code decides what an attempt meant and what comes
+-- next (policy.lua), and concludes (outcome.lua): there is one path for a
+-- rotation.
 --
 -- phases: "rotate" -> ["verify"] -> "done", or "check" -> "done".
 
 local core = require "slashid.core"
 local policy = require "slashid.policy"
-local rotation = require "slashid.rotation"
+local outcome = require "slashid.outcome"
+local request = require "slashid.request"
+
+local setmetatable = setmetatable
+local now, sleep, random = core.now, core.sleep, core.random
 
 local M = {}
 local Job = {}
 Job.__index = Job
 
+M.ROTATE_PATH = outcome.ROTATE_PATH
+M.CHECK_PATH = outcome.CHECK_PATH
+
 -- kind: "rotate" or "check". `on_rotated(result)` runs the moment a new
 -- key is known (after it is saved): key adoption, batch hand-over.
-function M.new(cfg, handle, kind, user_agent, on_rotated)
+-- `req`: the request table of the first phase when the caller keeps one
+-- for this cfg (a client's next call: the handle then skips its setup).
+function M.new(cfg, handle, kind, user_agent, on_rotated, req)
   return setmetatable({
     cfg = cfg, handle = handle, kind = kind, user_agent = user_agent,
-    on_rotated = on_rotated, phase = "new", running = false,
+    on_rotated = on_rotated, phase = "new", running = false, request = req,
   }, Job)
+end
+
+-- The request table of `cfg` for a phase (built once per phase: every
+-- attempt of it sends the same table).
+function M.request(cfg, kind, user_agent)
+  if kind == "rotate" then
+    return request.build(cfg, "PUT", outcome.ROTATE_PATH, user_agent)
+  end
+  return request.build(cfg, "GET", outcome.CHECK_PATH, user_agent)
+end
+
+-- The attempt's values, whichever driver ran it.
+function Job:attempted(result, errors, pagination, facts)
+  local retry_after = policy.retry_after(facts.headers, core)
+  if retry_after then self.last_retry_after = retry_after end
+  local delay = not self.cancelled and
+    policy.next_delay(self.phase_cfg, facts, self.attempt, retry_after, random)
+  if delay then
+    self.wait_until = now() + delay
+    self.last = { result, errors, pagination, facts }
+    return
+  end
+  self:conclude(result, errors, pagination, facts)
 end
 
 function Job:launch()
   self.attempt = self.attempt + 1
   self.wait_until = nil
+  if self.multi == nil then            -- blocking: to the attempt's end
+    return self:attempted(self.handle:perform(self.request))
+  end
   self.running = true
   if not self.multi:add(self.handle, self.request) then
     self:finished()          -- could not even be set up: collect the reason
   end
 end
 
-function Job:begin(phase, cfg)
+function Job:begin(phase, cfg, req)
   self.phase, self.phase_cfg = phase, cfg
   self.attempt, self.last_retry_after = 0, nil
-  self.phase_started = core.now()
-  if phase == "rotate" then
-    self.request = policy.request(cfg, "PUT", rotation.ROTATE_PATH, self.user_agent)
-  else
-    self.request = policy.request(cfg, "GET", rotation.CHECK_PATH, self.user_agent)
-  end
+  self.phase_started = now()
+  self.request = req or M.request(cfg, phase == "rotate" and "rotate" or "check",
+                                  self.user_agent)
   -- batches: wait for the first connection to learn whether the server
   -- multiplexes (HTTP/2) instead of opening one connection per item
-  self.request.pipewait = self.pipewait
+  if self.pipewait then self.request.pipewait = true end
   self:launch()
 end
 
--- Starts the first attempt on `multi`.
+-- Starts the first attempt: on `multi` (non-blocking), or with no multi
+-- (blocking, from M.run).
 function Job:start(multi)
   self.multi = multi
-  self.started = core.now()
-  self:begin(self.kind, self.cfg)
+  self.started = now()
+  local req = self.request
+  self.request = nil
+  self:begin(self.kind, self.cfg, req)
 end
 
 function Job:done()
@@ -62,31 +105,31 @@ end
 
 -- The last attempt of a phase is known: conclude the phase.
 function Job:conclude(result, errors, pagination, facts)
-  local info = rotation.info(facts, self.attempt, self.phase_started,
-                             self.last_retry_after)
+  local info = outcome.info(facts, self.attempt, self.phase_started,
+                            self.last_retry_after)
   if self.phase == "rotate" then
     result, errors, pagination, info =
-      rotation.settle(result, errors, pagination, info, facts)
+      outcome.settle(result, errors, pagination, info, facts)
     self.values = { result, errors, pagination, info }
     if result then
       -- the old key is dead: save and hand over before anything else
-      rotation.save(self.cfg, result, errors, info)
+      outcome.save(self.cfg, result, errors, info)
       if self.on_rotated then self.on_rotated(result) end
       if self.cfg.verify then
         if not self.cancelled then
-          return self:begin("verify", rotation.verify_cfg(self.cfg, result.api_key))
+          return self:begin("verify", outcome.verify_cfg(self.cfg, result.api_key))
         end
         -- cancelled (or a batch interrupted) as the key arrived: it is
         -- kept, and said to be unverified rather than passed as verified
         info.verified = false
-        rotation.add_error(errors, 0, "not verified: the operation was cancelled " ..
-                           "before the new key could be checked")
+        outcome.add_error(errors, 0, "not verified: the operation was cancelled " ..
+                          "before the new key could be checked")
       end
     end
   elseif self.phase == "verify" then
     local v = self.values
     local ok = policy.accepted(facts)
-    rotation.verified(v[2], v[4], ok, errors, info)
+    outcome.verified(v[2], v[4], ok, errors, info)
   else
     local ok = policy.accepted(facts)
     if ok then errors = {} end
@@ -95,29 +138,21 @@ function Job:conclude(result, errors, pagination, facts)
   self:done()
 end
 
--- The multi reported this job's attempt finished (or it was cancelled
--- mid-transfer: collect then reports the abort).
+-- Non-blocking: the multi reported this job's attempt finished (or it was
+-- cancelled mid-transfer: collect then reports the abort).
 function Job:finished()
   -- running is cleared only once the answer is collected: if collecting
   -- raises (a memory error), the handle still says done and the next poll
   -- collects again instead of leaving the job stuck
   local result, errors, pagination, facts = self.handle:collect()
   self.running = false
-  local retry_after = policy.retry_after(facts.headers, core)
-  if retry_after then self.last_retry_after = retry_after end
-  local delay = not self.cancelled and
-    policy.next_delay(self.phase_cfg, facts, self.attempt, retry_after, core.random)
-  if delay then
-    self.wait_until = core.now() + delay
-    self.last = { result, errors, pagination, facts }
-    return
-  end
-  self:conclude(result, errors, pagination, facts)
+  self:attempted(result, errors, pagination, facts)
 end
 
--- Starts the next attempt once its back-off deadline has passed.
-function Job:due(now)
-  if self.wait_until and now >= self.wait_until then self:launch() end
+-- Non-blocking: starts the next attempt once its back-off deadline has
+-- passed.
+function Job:due(t)
+  if self.wait_until and t >= self.wait_until then self:launch() end
 end
 
 function Job:cancel()
@@ -128,10 +163,25 @@ function Job:cancel()
   elseif self.wait_until then
     -- between attempts: nothing in flight, the last attempt stands
     local last = self.last
-    rotation.add_error(last[2], 0, "the operation was cancelled (op:cancel) " ..
-                       "while waiting to retry")
+    outcome.add_error(last[2], 0, "the operation was cancelled (op:cancel) " ..
+                      "while waiting to retry")
     self:conclude(last[1], last[2], last[3], last[4])
   end
+end
+
+-- The blocking driver: runs the job to its end on its handle, sleeping
+-- through back-offs. Returns the job's values (rotate: result, errors,
+-- pagination, info; check: ok, errors, info).
+function M.run(job)
+  job:start(nil)
+  while job.phase ~= "done" do
+    local left = job.wait_until - now()
+    if left > 0 then sleep(left) end
+    job:launch()
+  end
+  local v = job.values
+  if job.kind == "check" then return v[1], v[2], v[3] end
+  return v[1], v[2], v[3], v[4]
 end
 
 M.Job = Job

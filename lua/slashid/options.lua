@@ -11,11 +11,12 @@ local string_format = string.format
 M.PRODUCTION = "https://api.slashid.com"
 M.SANDBOX = "https://api.sandbox.slashid.com"
 
-local ENV = {
+local ENV = {  -- (M.ENV: a configuration resolved from them is kept while they hold)
   org_id = "SLASHID_ORG_ID",
   api_key = "SLASHID_API_KEY",
   base_url = "SLASHID_BASE_URL",
 }
+M.ENV = ENV
 
 -- Errors are raised at level 0: the message starts with "slashid: " and
 -- carries no file:line prefix (it is for people, and a contract).

@@ -1,11 +1,11 @@
 -- The invariants fuzz_answer.c checks after each input: the shapes of the
 -- four values sid_answer_build returns, the outcome the Lua policy names
--- from them (lua/slashid/policy.lua, rotation.lua: the rules of API.md),
+-- from them (lua/slashid/policy.lua, outcome.lua: the rules of API.md),
 -- that no retry is ever allowed after an `unknown`, and that neither key
 -- appears in anything handed back but `result`. Raising here is a finding.
 local core = require "slashid.core"
 local policy = require "slashid.policy"
-local rotation = require "slashid.rotation"
+local outcome = require "slashid.outcome"
 
 local M = {}
 
@@ -108,8 +108,8 @@ local CFG = { retries = 2, retry_delay = 0.5, retry_max_delay = 30 }
 local OUTCOMES = { rotated = true, not_rotated = true, unknown = true }
 
 local function check_outcome(result, errors, pagination, facts, rc)
-  local info = rotation.info(facts, 1, core.now(), nil)
-  local r, e, p, i = rotation.settle(result, errors, pagination, info, facts)
+  local info = outcome.info(facts, 1, core.now(), nil)
+  local r, e, p, i = outcome.settle(result, errors, pagination, info, facts)
   local outcome = i.outcome
   if not OUTCOMES[outcome] then fail("outcome %s", tostring(outcome)) end
   if (outcome == "rotated") ~= (r ~= nil) then fail("result and outcome disagree") end

@@ -3,7 +3,7 @@
  * what a caller gets: status, header lines and body are fed through the
  * libcurl callbacks of src/answer.c into a sid_transfer, sid_answer_build
  * turns them into result, errors, pagination and facts, and the Lua policy
- * (lua/slashid/policy.lua, rotation.lua) names the outcome. The invariants
+ * (lua/slashid/policy.lua, outcome.lua) names the outcome. The invariants
  * are checked in spec/fuzz/answer_check.lua; any violation aborts.
  * sid_push_redacted is fuzzed on its own too, with two fixed keys.
  *

@@ -1,6 +1,7 @@
--- slashid.rotation: what happens after the last attempt, shared by blocking
--- calls, ops and batches: naming the outcome, completing `errors`, saving
--- the new key, and reporting a verification.
+-- slashid.outcome: where the outcome is decided. After the last attempt of
+-- a call (any call: the engine, job.lua, runs them all): naming the
+-- outcome, completing `errors`, saving the new key, and reporting a
+-- verification.
 
 local core = require "slashid.core"
 local policy = require "slashid.policy"
