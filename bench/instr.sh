@@ -74,7 +74,7 @@ for v in $variants; do
   awk -v a="$a" -v b="$b" -v d=$((N2 - N1)) 'BEGIN {printf "%.0f\n", (b - a) / d}' >"$tmp/$v"
 done
 get() { cat "$tmp/$1" 2>/dev/null || true; }
-ratio() { [ -n "$1" ] && [ -n "$2" ] && awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}' || true; }
+ratio() { if [ -n "$1" ] && [ -n "$2" ]; then awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; fi; }
 raw=$(get raw); peer=$(get peer); client=$(get client); module=$(get module)
 
 echo

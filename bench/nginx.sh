@@ -1,3 +1,4 @@
+# shellcheck shell=sh disable=SC2034,SC2154
 # Sourced by bench/run.sh and bench/instr.sh (POSIX sh): starts nginx on a
 # free 127.0.0.1 port from bench/nginx.conf.in, state in $tmp (the caller
 # makes it and removes it), and sets nginx_pid and url (http://127.0.0.1:P).
