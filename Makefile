@@ -57,7 +57,7 @@ BUILD_PKGS  = gcc libc6-dev $(LUA_PKGS) libcurl4-openssl-dev lua-cjson ca-certif
 RUN_PKGS    = python3 openssl
 TEST_PKGS   = lua-busted lua-socket python3-yaml tinyproxy-bin valgrind lua-argparse
 
-.PHONY: all deps test demo emulator install uninstall clean rockcheck bench
+.PHONY: all deps test demo emulator install uninstall clean rockcheck bench bench-instr
 
 all: $(MODULE)
 
@@ -108,11 +108,19 @@ rockcheck: deps
 	@sh scripts/deps.sh luarocks
 	@LUA=$(LUA) LUA_VERSION=$(LUA_VERSION) sh scripts/rockcheck.sh
 
-# Benchmarks (figures, not pass/fail): see bench/run.sh.
+# Benchmarks (figures, not pass/fail): see bench/run.sh. `make bench` runs
+# bench/instr.sh too; `make bench-instr` runs only it (instructions per
+# call under callgrind: raw libcurl, the Lua-cURLv3 peer, client, module).
+BENCH_PKGS = nginx libnginx-mod-http-echo curl lua-socket valgrind
 bench: deps
-	@sh scripts/deps.sh nginx libnginx-mod-http-echo curl lua-socket
+	@sh scripts/deps.sh $(BENCH_PKGS)
 	@$(MAKE) --no-print-directory all
 	@LUA=$(LUA) BUILD=$(BUILD) sh bench/run.sh
+
+bench-instr: deps
+	@sh scripts/deps.sh $(BENCH_PKGS)
+	@$(MAKE) --no-print-directory all
+	@LUA=$(LUA) BUILD=$(BUILD) sh bench/instr.sh
 
 # ---- hosts: static archive, C embedding example, OpenResty prerequisites --
 #   make libslashid   $(BUILD)/libslashid.a: the C core for static linking

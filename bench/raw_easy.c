@@ -1,8 +1,10 @@
 /*
  * raw_easy.c - the baseline for `make bench`: the same PUT the library
  * sends (same headers, body kept in memory), N times on one easy handle,
- * with nothing else. Prints "raw_easy_us_per_call=<float>".
- *   raw_easy URL N
+ * with nothing else. N calls after WARMUP (100) untimed ones; prints
+ * "raw_easy_us_per_call=<float>". bench/instr.sh runs it under callgrind
+ * for two values of N: what runs once per process cancels out there.
+ *   raw_easy URL N [WARMUP]
  */
 #include <curl/curl.h>
 #include <stdio.h>
@@ -25,17 +27,18 @@ static double now(void) {
 
 int main(int argc, char **argv) {
   const char *url;
-  long n, i, status = 0;
+  long n, warmup = 100, i, status = 0;
   size_t total = 0;
   struct curl_slist *h = NULL;
   CURL *easy;
   double t0;
-  if (argc != 3) {
-    fprintf(stderr, "usage: raw_easy URL N\n");
+  if (argc != 3 && argc != 4) {
+    fprintf(stderr, "usage: raw_easy URL N [WARMUP]\n");
     return 2;
   }
   url = argv[1];
   n = atol(argv[2]);
+  if (argc == 4) warmup = atol(argv[3]);
   curl_global_init(CURL_GLOBAL_DEFAULT);
   easy = curl_easy_init();
   h = curl_slist_append(h, "SlashID-OrgID: bench-org");
@@ -50,7 +53,7 @@ int main(int argc, char **argv) {
   curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, keep);
   curl_easy_setopt(easy, CURLOPT_WRITEDATA, &total);
-  for (i = 0; i < 100; i++) curl_easy_perform(easy);   /* warm-up */
+  for (i = 0; i < warmup; i++) curl_easy_perform(easy);   /* warm-up */
   t0 = now();
   for (i = 0; i < n; i++) {
     if (curl_easy_perform(easy) != CURLE_OK) return 1;

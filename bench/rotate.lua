@@ -1,21 +1,28 @@
--- bench/rotate.lua URL N MODE: per-call time of client:rotate_key ("client")
--- or module-level slashid.rotate_key ("module") against a fast local
--- server answering a static envelope. Prints "<mode>_us_per_call=<float>".
+-- bench/rotate.lua URL N MODE [WARMUP]: per-call time of client:rotate_key
+-- ("client") or module-level slashid.rotate_key ("module") against a fast
+-- local server answering a static envelope: N calls after WARMUP (100)
+-- untimed ones. Prints "<mode>_us_per_call=<float>". bench/instr.sh runs
+-- it under callgrind for two values of N: whatever runs once per process
+-- (start-up, warm-up, timing) cancels out there.
 local slashid = require "slashid"
 local core = require "slashid.core"
-local url, n, mode = arg[1], tonumber(arg[2]), arg[3]
+local url, n, mode, warmup = arg[1], tonumber(arg[2]), arg[3], tonumber(arg[4] or 100)
+assert(url and n and (mode == "client" or mode == "module"),
+       "usage: lua bench/rotate.lua URL N client|module [WARMUP]")
 local opts = { org_id = "bench-org", api_key = "bench-key", base_url = url }
 local call
 if mode == "client" then
   local client = slashid.new(opts)
-  -- a fixed key per call: the static server does not rotate, and adopting
-  -- would change nothing measurable
-  local per_call = { api_key = "bench-key" }
-  call = function() return client:rotate_key(per_call) end
+  -- The common case: no per-call options. The client adopts the key each
+  -- rotation returns (the static server's, the same every call).
+  call = function() return client:rotate_key() end
 else
   call = function() return slashid.rotate_key(opts) end
 end
-for _ = 1, 100 do call() end
+for _ = 1, warmup do
+  local result, errors = call()
+  if not result then error(errors[1].message) end
+end
 local t0 = core.now()
 for _ = 1, n do
   local result, errors = call()
