@@ -163,3 +163,82 @@ describe("a handle's kept request", function()
     h:close()
   end)
 end)
+
+describe("what a kept request must not keep (review of issue 11)", function()
+  it("a setup that failed is not kept: a ca_file missing at the first call, there at the second", function()
+    local org, key = H.new_org()
+    local ca = H.tmpname("late-ca") .. ".pem"
+    local client = slashid.new({ org_id = org, api_key = key, base_url = H.https_url,
+                                 ca_file = ca, retries = 0 })
+    local _, e1, _, i1 = client:rotate_key()
+    assert.are.equal("not_rotated", i1.outcome)
+    assert.matches("ca_file cannot be used", e1[1].message)
+    H.write(ca, H.read_file(H.ca_file))
+    local r2, e2, _, i2 = client:rotate_key()
+    rotated(i2, e2)
+    H.assert_key_equal(H.org(org).api_key, r2.api_key)
+    client:close()
+  end)
+
+  it("the ca_file is looked at on every attempt: a FIFO put in its place ends the call at once", function()
+    -- in a process of its own: a regression blocks in open(2) for good
+    local org, key = H.new_org()
+    local dir = H.mkdir(H.tmpname("fifo-ca"))
+    local ca = dir .. "/ca.pem"
+    H.write(ca, H.read_file(H.ca_file))
+    H.faults(org, { { status = 400, message = "no", headers = { Connection = "close" } } })
+    local script = H.write(dir .. "/run.lua", [[
+      local slashid = require "slashid"
+      local ca = os.getenv("CA")
+      local c = slashid.new({ org_id = os.getenv("ORG"), api_key = os.getenv("KEY"),
+                              base_url = os.getenv("URL"), ca_file = ca, retries = 0,
+                              request_timeout = 3 })
+      -- the PUT set up and kept; the server answers 400 and closes the
+      -- connection, so the next attempt makes a new one (OpenSSL opens
+      -- the CA file then)
+      local _, _, _, i0 = c:rotate_key()
+      io.write("second ", i0.outcome, "\n")
+      assert(os.remove(ca))
+      assert(os.execute("mkfifo " .. ca))
+      local _, e, _, i = c:rotate_key()
+      io.write("third ", i.outcome, " ", e[1] and e[1].message or "", "\n")
+    ]])
+    local p = io.popen(("ORG=%s KEY=%s URL=%s CA=%s timeout 30 %s %s 2>&1; echo rc=$?"):format(
+      H.q(org), H.q(key), H.q(H.https_url), H.q(ca), H.lua, H.q(script)))
+    local out = p:read("*a")
+    p:close()
+    H.assert_no_secret(out, key)
+    assert.matches("second not_rotated", out)
+    assert.matches("third not_rotated [^\n]*ca_file cannot be used: not a regular file", out)
+    assert.matches("rc=0", out)
+  end)
+
+  it("a client whose debug function refers to the client is still collected", function()
+    if _VERSION == "Lua 5.1" then
+      -- (LuaJIT too) a weak-keyed table is not an ephemeron there: a value
+      -- that refers to its own key (the client's private state holding
+      -- the debug function) keeps it, whatever the C core does
+      pending("Lua 5.1 and LuaJIT have no ephemeron tables: such a client is kept")
+      return
+    end
+    local before = H.baseline_fds()
+    if not before then
+      pending("no /proc/PID/fd: open descriptors cannot be counted here")
+      return
+    end
+    local weak = setmetatable({}, { __mode = "k" })
+    for _ = 1, 10 do
+      local org, key = H.new_org()
+      local c
+      c = slashid.new(H.opts(org, key, { debug = function() local _ = c end }))
+      local _, e, _, i = c:rotate_key()
+      rotated(i, e)
+      weak[c] = true
+    end
+    for _ = 1, 4 do collectgarbage("collect") end   -- finalizers, then weak keys
+    assert.are.equal(before, H.fds_after(before))
+    local left = 0
+    for _ in pairs(weak) do left = left + 1 end
+    assert.are.equal(0, left, "clients still alive")
+  end)
+end)

@@ -34,8 +34,22 @@
 #define SID_HAS_CLOSE 0
 #endif
 
-/* lua_newuserdata became a macro over lua_newuserdatauv in 5.4; both exist. */
+/* lua_newuserdata became a macro over lua_newuserdatauv in 5.4; both exist
+   (and give one user value). */
 #define sid_newuserdata(L, sz) lua_newuserdata(L, (sz))
+
+/* A userdata's user value (a table here): 5.4 numbers them, 5.2/5.3 have
+   one, 5.1 and LuaJIT call it the environment (a table only). */
+#if LUA_VERSION_NUM >= 504
+#define sid_setuservalue(L, idx) ((void)lua_setiuservalue((L), (idx), 1))
+#define sid_getuservalue(L, idx) ((void)lua_getiuservalue((L), (idx), 1))
+#elif LUA_VERSION_NUM >= 502
+#define sid_setuservalue(L, idx) lua_setuservalue((L), (idx))
+#define sid_getuservalue(L, idx) ((void)lua_getuservalue((L), (idx)))
+#else
+#define sid_setuservalue(L, idx) ((void)lua_setfenv((L), (idx)))
+#define sid_getuservalue(L, idx) lua_getfenv((L), (idx))
+#endif
 
 /* Set a metatable from the registry by name (luaL_setmetatable is 5.2+). */
 static inline void sid_setmetatable(lua_State *L, const char *tname) {

@@ -38,17 +38,24 @@ static void prepare_push(lua_State *L, sid_transfer *t) {
   lua_pushlightuserdata(L, t);
 }
 
-/* After the answer is built (or building failed) the answer's bytes are
-   wiped: the body held the new key. The request stays set up. */
+/* Once the answer is built its bytes are wiped: the body held the new
+   key. If building it failed (out of memory), they are kept and the
+   handle still says done: handle:collect() builds it again (the engine
+   does, job.lua), instead of losing a key the server has issued. The
+   request stays set up either way. */
 static int answer_push_busy(lua_State *L, sid_transfer *t, CURLcode rc) {
   int top = lua_gettop(L) - 2, status;   /* below the function and t */
   t->finished_rc = rc;
   status = lua_pcall(L, 1, 4, 0);
   t->busy = 0;
-  t->finished = 0;
   sid_callbacks_off(t);
+  if (status != 0) {
+    t->finished = 1;
+    return lua_error(L);
+  }
+  t->finished = 0;
+  sid_request_end(L, t);
   sid_answer_clear(t);
-  if (status != 0) return lua_error(L);   /* out of memory building tables */
   return lua_gettop(L) - top;
 }
 
@@ -58,8 +65,8 @@ static int handle_perform(lua_State *L) {
   CURLcode rc = CURLE_OK;
   luaL_checktype(L, 2, LUA_TTABLE);
   check_idle(L, t);
-  sid_request_set(L, 2, t);
-  sid_request_attempt(t);
+  sid_request_set(L, 2, 1, t);
+  sid_request_attempt(L, 2, t);
   prepare_push(L, t);
   sid_callbacks_on(t, L);
   /* Busy until the answer is built: the answer's trace calls the debug

@@ -141,8 +141,8 @@ static int multi_add(lua_State *L) {
   if (t->busy || t->list)
     return sid_raise(L, "slashid: handle is busy (a transfer is running on it)");
   sid_transfer_own(L, t);
-  sid_request_set(L, 3, t);
-  sid_request_attempt(t);
+  sid_request_set(L, 3, 2, t);
+  sid_request_attempt(L, 3, t);
   if (t->setup_rc != CURLE_OK) {
     t->finished = 1;
     t->finished_rc = t->setup_rc;

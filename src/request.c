@@ -101,8 +101,7 @@ static void check_ca_file(sid_transfer *t, const char *ca) {
   else if (!S_ISREG(st.st_mode)) why = "not a regular file";
   if (why == NULL) return;
   if (t->setup_rc == CURLE_OK) t->setup_rc = CURLE_SSL_CACERT_BADFILE;
-  snprintf(t->setup_err, sizeof t->setup_err, "ca_file cannot be used: %s",
-           why);
+  snprintf(t->errbuf, sizeof t->errbuf, "ca_file cannot be used: %s", why);
 }
 
 /* request.proxy_secrets: proxy credentials (user, password, both) that
@@ -135,18 +134,18 @@ static void take_extra_secrets(lua_State *L, int req, sid_transfer *t) {
 }
 
 /* Whether the table at req is the request already set up on the handle
-   (the registry reference keeps it alive, so its identity cannot be a
-   new table's). The Lua layer never changes a request table once built. */
-static int is_current(lua_State *L, int req, sid_transfer *t) {
+   at ud (its user value keeps it alive, so its identity cannot be a new
+   table's). The Lua layer never changes a request table once built. */
+static int is_current(lua_State *L, int req, int ud, sid_transfer *t) {
   int same;
-  if (t->req_ref == LUA_NOREF) return 0;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->req_ref);
+  if (!t->req_set) return 0;
+  sid_getuservalue(L, ud);
   same = lua_rawequal(L, -1, req);
   lua_pop(L, 1);
   return same;
 }
 
-void sid_request_set(lua_State *L, int req, sid_transfer *t) {
+void sid_request_set(lua_State *L, int req, int ud, sid_transfer *t) {
   size_t len;
   const char *method, *url, *org_id, *api_key, *consistency, *agent, *ca,
              *proxy;
@@ -155,8 +154,9 @@ void sid_request_set(lua_State *L, int req, sid_transfer *t) {
   char line[64];
 
   req = sid_absindex(L, req);
+  ud = sid_absindex(L, ud);
   luaL_checktype(L, req, LUA_TTABLE);
-  if (is_current(L, req, t)) return;
+  if (is_current(L, req, ud, t)) return;
   sid_request_clear(L, t);
   method = field_string(L, req, "method", &len, 1);
   url = field_string(L, req, "url", &len, 1);
@@ -189,13 +189,6 @@ void sid_request_set(lua_State *L, int req, sid_transfer *t) {
 
   proxy = field_string(L, req, "proxy", &len, 0);
   take_extra_secrets(L, req, t);
-
-  lua_getfield(L, req, "debug");
-  if (lua_isfunction(L, -1)) {
-    t->debug_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  } else {
-    lua_pop(L, 1);
-  }
 
   {
     CURLcode rc = (CURLcode)sid_transfer_reset(t);
@@ -234,22 +227,33 @@ void sid_request_set(lua_State *L, int req, sid_transfer *t) {
   SETOPT(t, CURLOPT_TIMEOUT_MS, timeout_ms);
 #endif
   SETOPT(t, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)t->max_bytes);
-  check_ca_file(t, ca);
   lua_getfield(L, req, "pipewait");
   if (lua_toboolean(L, -1)) SETOPT(t, CURLOPT_PIPEWAIT, 1L);
   lua_pop(L, 1);
-  if (t->debug_ref != LUA_NOREF) {
+  lua_getfield(L, req, "debug");
+  if (lua_isfunction(L, -1)) {
     SETOPT(t, CURLOPT_DEBUGFUNCTION, sid_trace_on_debug);
     SETOPT(t, CURLOPT_DEBUGDATA, (void *)t);
     SETOPT(t, CURLOPT_VERBOSE, 1L);
   }
+  lua_pop(L, 1);
+  /* A setup that failed is not kept: the next attempt sets up again
+     (memory may be back). */
+  if (t->setup_rc != CURLE_OK) return;
   lua_pushvalue(L, req);
-  t->req_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  sid_setuservalue(L, ud);
+  t->req_set = 1;
 }
 
-/* One attempt of the request set up: a clean answer state, a fresh
-   deadline. */
-void sid_request_attempt(sid_transfer *t) {
+/* One attempt of the request at req, set up on the handle: a clean
+   answer state, the ca_file looked at again (it may have become a FIFO
+   since the request was set up), the debug function held for the call,
+   a fresh deadline. */
+void sid_request_attempt(lua_State *L, int req, sid_transfer *t) {
+  const char *ca;
+  size_t len;
+  req = sid_absindex(L, req);
+  sid_request_end(L, t);
   sid_answer_clear(t);
   t->requests_sent = 0;
   t->connect_status = 0;
@@ -257,8 +261,22 @@ void sid_request_attempt(sid_transfer *t) {
   t->debug_failed = 0;
   t->cancelled = 0;
   t->finished = 0;
-  memcpy(t->errbuf, t->setup_err, sizeof t->errbuf);
+  t->errbuf[0] = '\0';
+  ca = field_string(L, req, "ca_file", &len, 0);
+  check_ca_file(t, ca);
+  if (t->setup_rc != CURLE_OK) t->req_set = 0;   /* set up again next time */
+  lua_getfield(L, req, "debug");
+  if (lua_isfunction(L, -1)) t->debug_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  else lua_pop(L, 1);
   sid_deadline_start(t, t->request_timeout);
+}
+
+/* The end of a call: the debug function is no longer held. */
+void sid_request_end(lua_State *L, sid_transfer *t) {
+  if (t->debug_ref != LUA_NOREF) {
+    luaL_unref(L, LUA_REGISTRYINDEX, t->debug_ref);
+    t->debug_ref = LUA_NOREF;
+  }
 }
 
 void sid_request_clear(lua_State *L, sid_transfer *t) {
@@ -277,17 +295,10 @@ void sid_request_clear(lua_State *L, sid_transfer *t) {
   memset(&t->secrets, 0, sizeof t->secrets);
   t->single_send = 0;
   t->setup_rc = CURLE_OK;
-  t->setup_err[0] = '\0';
   t->deadline = 0;
   t->expired = t->timed_out = 0;
-  if (t->debug_ref != LUA_NOREF) {
-    luaL_unref(L, LUA_REGISTRYINDEX, t->debug_ref);
-    t->debug_ref = LUA_NOREF;
-  }
-  if (t->req_ref != LUA_NOREF) {
-    luaL_unref(L, LUA_REGISTRYINDEX, t->req_ref);
-    t->req_ref = LUA_NOREF;
-  }
+  t->req_set = 0;
+  sid_request_end(L, t);
   sid_answer_clear(t);
   sid_callbacks_off(t);
 }

@@ -83,8 +83,10 @@ typedef struct sid_transfer {
   lua_State *L;               /* the state whose call is driving libcurl
                                  right now, NULL otherwise: see trace.c */
   /* ---- the request set up on the handle (request.c), kept across
-     attempts and calls until another request table comes */
-  int req_ref;                /* registry ref of that table, or LUA_NOREF */
+     attempts and calls until another request table comes. The table
+     itself is the handle's user value, not a registry reference: a debug
+     function that refers to its client must not keep the client alive. */
+  int req_set;                /* the user value is the request set up */
   struct curl_slist *headers; /* one of them holds the key: wiped on clear */
   char *api_key;              /* copy kept for redaction, wiped on clear */
   size_t api_key_len;
@@ -94,9 +96,8 @@ typedef struct sid_transfer {
   size_t max_bytes;           /* cap on the body (max_response_bytes) */
   double request_timeout;     /* seconds (deadline.c) */
   int single_send;            /* refuse libcurl's own re-send (the PUT) */
-  int debug_ref;              /* registry ref of the debug function or NOREF */
-  CURLcode setup_rc;          /* first refused setopt, or CURLE_OK */
-  char setup_err[CURL_ERROR_SIZE];  /* why setup_rc, or "" */
+  CURLcode setup_rc;          /* first refused setopt, or CURLE_OK: such a
+                                 request is never kept (set up again) */
   /* ---- one attempt (reset by sid_request_attempt) */
   sid_buf body;               /* answer body, capped */
   sid_buf head;               /* header lines of the last response */
@@ -108,6 +109,8 @@ typedef struct sid_transfer {
   int requests_sent;          /* how many times libcurl was about to send */
   long connect_status;        /* a proxy's answer to CONNECT, 0 if none */
   int no_new_send;            /* op:cancel's last look: send nothing new */
+  int debug_ref;              /* the debug function, held during a call only
+                                 (registry ref), or LUA_NOREF */
   int debug_failed;
   int cancelled;              /* collected before it finished */
   double deadline;            /* monotonic seconds: request_timeout ends */
@@ -161,12 +164,15 @@ CURLcode sid_deadline_after_look(sid_transfer *t, int finished, CURLcode rc);
 long     sid_deadline_wait_ms(const sid_transfer *t, double now, long ms);
 
 /* request.c: sid_request_set sets up the request table at req on the
-   handle, unless it is the table already set up (then nothing is done:
-   the options, header list and key copy are kept); sid_request_attempt
-   starts one attempt of it (clean answer state, the deadline);
-   sid_request_clear drops the request (key copies wiped). */
-void sid_request_set(lua_State *L, int req, sid_transfer *t);
-void sid_request_attempt(sid_transfer *t);
+   handle at ud, unless it is the table already set up (then nothing is
+   done: the options, header list and key copy are kept);
+   sid_request_attempt starts one attempt of it (clean answer state, the
+   ca_file check, the debug function, the deadline); sid_request_end
+   releases what one call held; sid_request_clear drops the request (key
+   copies wiped). */
+void sid_request_set(lua_State *L, int req, int ud, sid_transfer *t);
+void sid_request_attempt(lua_State *L, int req, sid_transfer *t);
+void sid_request_end(lua_State *L, sid_transfer *t);
 void sid_request_clear(lua_State *L, sid_transfer *t);
 
 /* answer.c */

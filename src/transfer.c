@@ -41,7 +41,6 @@ sid_transfer *sid_transfer_new(lua_State *L) {
   memset(t, 0, sizeof *t);
   t->debug_ref = LUA_NOREF;
   t->self_ref = LUA_NOREF;
-  t->req_ref = LUA_NOREF;
   t->pid = (long)getpid();
   sid_setmetatable(L, SID_HANDLE_MT);
   t->easy = curl_easy_init();
@@ -60,10 +59,7 @@ void sid_transfer_own(lua_State *L, sid_transfer *t) {
   t->easy = curl_easy_init();
   t->own_multi = NULL;
   t->pid = (long)getpid();
-  if (t->req_ref != LUA_NOREF) {
-    luaL_unref(L, LUA_REGISTRYINDEX, t->req_ref);
-    t->req_ref = LUA_NOREF;
-  }
+  t->req_set = 0;
   if (t->easy == NULL) sid_raise(L, "slashid: curl_easy_init failed");
 }
 

@@ -19,7 +19,7 @@ local policy = require "slashid.policy"
 local outcome = require "slashid.outcome"
 local request = require "slashid.request"
 
-local setmetatable = setmetatable
+local setmetatable, pcall, error, collectgarbage = setmetatable, pcall, error, collectgarbage
 local now, sleep, random = core.now, core.sleep, core.random
 
 local M = {}
@@ -37,6 +37,10 @@ function M.new(cfg, handle, kind, user_agent, on_rotated, req)
   return setmetatable({
     cfg = cfg, handle = handle, kind = kind, user_agent = user_agent,
     on_rotated = on_rotated, phase = "new", running = false, request = req,
+    -- the last attempt's tables, stored without allocating (the fields
+    -- exist): M.run's rescue reads them after a memory error
+    answer = false, answer_errors = false, answer_pagination = false,
+    answer_facts = false,
   }, Job)
 end
 
@@ -51,6 +55,8 @@ end
 
 -- The attempt's values, whichever driver ran it.
 function Job:attempted(result, errors, pagination, facts)
+  self.answer, self.answer_errors, self.answer_pagination, self.answer_facts =
+    result, errors, pagination, facts
   local retry_after = policy.retry_after(facts.headers, core)
   if retry_after then self.last_retry_after = retry_after end
   local delay = not self.cancelled and
@@ -63,11 +69,27 @@ function Job:attempted(result, errors, pagination, facts)
   self:conclude(result, errors, pagination, facts)
 end
 
+-- Blocking: one attempt to its end. An answer whose tables could not be
+-- built (out of memory) is kept by the handle, which still says done: it
+-- is built again from the same bytes (after a collection) rather than
+-- lost, as it may hold a key the server has issued. Anything else raised
+-- (nothing was sent: the handle is not done) passes through.
+local function perform(handle, req)
+  local ok, r, e, p, f = pcall(handle.perform, handle, req)
+  for _ = 1, 3 do
+    if ok then return r, e, p, f end
+    if not handle:done() then break end
+    collectgarbage("collect")
+    ok, r, e, p, f = pcall(handle.collect, handle)
+  end
+  error(r, 0)
+end
+
 function Job:launch()
   self.attempt = self.attempt + 1
   self.wait_until = nil
   if self.multi == nil then            -- blocking: to the attempt's end
-    return self:attempted(self.handle:perform(self.request))
+    return self:attempted(perform(self.handle, self.request))
   end
   self.running = true
   if not self.multi:add(self.handle, self.request) then
@@ -172,14 +194,48 @@ end
 -- The blocking driver: runs the job to its end on its handle, sleeping
 -- through back-offs. Returns the job's values (rotate: result, errors,
 -- pagination, info; check: ok, errors, info).
-function M.run(job)
-  job:start(nil)
+local function to_the_end(job)
   while job.phase ~= "done" do
     local left = job.wait_until - now()
     if left > 0 then sleep(left) end
     job:launch()
   end
+end
+
+local function drive(job)
+  job:start(nil)
+  to_the_end(job)
+end
+
+-- The rotation's answer became tables but its outcome was not named yet
+-- (a memory error in between): name it again, then go on (save, verify).
+local function conclude_again(job)
+  job:conclude(job.answer, job.answer_errors, job.answer_pagination, job.answer_facts)
+  to_the_end(job)
+end
+
+local AFTER = "the key was rotated, but an error came after (out of memory?): " ..
+              "the new key is in result.api_key; info.saved and info.verified say " ..
+              "what was done"
+
+function M.run(job)
+  local ok, err = pcall(drive, job)
+  if not ok and job.kind == "rotate" and job.phase == "rotate" and not job.values and
+     job.answer_facts and policy.outcome(job.answer, job.answer_facts) == "rotated" then
+    collectgarbage("collect")
+    ok, err = pcall(conclude_again, job)
+  end
   local v = job.values
+  if not ok then
+    -- Once the server has issued a key, nothing may lose it: an error in
+    -- saving, verifying or adopting hands the key back, saying so (what
+    -- the error was is not quoted: it is not ours to show).
+    if job.kind ~= "rotate" or not (v and v[1]) then error(err, 0) end
+    local info = v[4]
+    if job.cfg.save_to and info.saved == nil then info.saved = false end
+    if job.cfg.verify and info.verified == nil then info.verified = false end
+    pcall(outcome.add_error, v[2], 0, AFTER)
+  end
   if job.kind == "check" then return v[1], v[2], v[3] end
   return v[1], v[2], v[3], v[4]
 end

@@ -1,0 +1,44 @@
+-- Run by build/alloc-host (spec 20). A memory error at every allocation k
+-- of a client:rotate_key that sets its request up afresh (a check_key in
+-- between made the handle set up another table), with verify on every
+-- other k: once the server has rotated, the call must hand the new key
+-- back (never raise, never lose it), and the next call must work with
+-- the key the client then holds. Prints one summary line, then "ok" or
+-- a line per failure (never a key).
+local C = require "alloc.common"
+local H, slashid = C.H, C.slashid
+local KMAX = tonumber(arg[1] or "120")
+local cases, raised, lost, bad = 0, 0, 0, 0
+for k = 0, KMAX do
+  local org, key = H.new_org()
+  local c = slashid.new(H.opts(org, key, { retries = 0, verify = (k % 2 == 0) }))
+  H.faults(org, { { status = 400, message = "no" } })
+  c:rotate_key()                 -- the client's request, set up and kept
+  c:check_key()                  -- the handle now holds another table
+  local before = H.org(org).rotations
+  alloc_reset()
+  alloc_fail_after(k, 2)
+  local ok, result = pcall(c.rotate_key, c)
+  alloc_reset()
+  cases = cases + 1
+  local server = H.org(org)
+  if not ok then
+    raised = raised + 1
+    if server.rotations > before then
+      lost = lost + 1
+      C.say("FAIL k=%d: raised after the server rotated: the key is lost", k)
+    end
+  elseif server.rotations > before and not (result and result.api_key == server.api_key) then
+    lost = lost + 1
+    C.say("FAIL k=%d: the server rotated, the call did not hand its key back", k)
+  end
+  local r2, e2, _, i2 = c:rotate_key()
+  if not r2 or H.org(org).api_key ~= r2.api_key then
+    bad = bad + 1
+    C.say("FAIL k=%d: the next call: %s %s", k, i2.outcome, e2[1] and e2[1].message or "")
+  end
+  c:close()
+end
+C.say("alloc after_rotation: %d cases, %d raised, %d keys lost, " ..
+      "%d next calls failed", cases, raised, lost, bad)
+if lost == 0 and bad == 0 then C.say("alloc after_rotation: ok") end
