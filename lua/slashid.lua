@@ -277,7 +277,7 @@ local function rotate_keys(defaults, list, opts, on_rotated, on_resolved)
     end
   end
   return require("slashid.batch").run(pull, n, {
-    concurrency = own.concurrency or 8,
+    concurrency = own.concurrency or options.BATCH_DEFAULTS.concurrency,
     rate = own.rate,
     on_progress = own.on_progress,
     on_result = own.on_result,

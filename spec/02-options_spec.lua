@@ -1,14 +1,20 @@
 -- Options and argument errors (API.md: "Options", "Argument errors",
--- "Secrets", "check_key", "slashid.new"): every option accepted with a
--- valid value and, where the emulator can see it, having its effect; every
--- wrong type, out-of-range value, unknown option, control character and
--- base_url form refused with a `slashid: ` message that names the option,
--- never quotes the API key, and comes before any network activity.
+-- "Secrets", "check_key", "slashid.new", "rotate_keys"). Table-driven:
+--   ROWS    {option, value} -> the exact message, checked through every
+--           call that takes options (rotate_key, start_rotate_key,
+--           check_key, start_check_key, slashid.new, client:rotate_key,
+--           client:check_key, rotate_keys' items and shared options),
+--           before any network activity and never quoting the API key;
+--   ACCEPT  {option, value} accepted by every call that takes it;
+-- then ordinary tests for what rows cannot say: effects seen by the
+-- emulator, environment variables, precedence, metatables, non-tables.
+-- The messages are written out here, apart from lua/slashid/options.lua:
+-- they are a contract (an acceptance suite matches them byte for byte).
 --
 -- No call in this file may reach anything but 127.0.0.1 (and the closed
 -- loopback ports of ::1 and localhost). base_url forms naming other hosts
 -- are only ever given to slashid.new (which makes no request) in this
--- process, or to rotate_key/check_key in a subprocess whose proxy settings
+-- process, or to the other calls in a subprocess whose proxy settings
 -- send any request for a non-loopback host to a closed loopback port.
 local H = require "helpers"
 local slashid = require "slashid"
@@ -21,11 +27,38 @@ local PORT = ("%d"):format(H.emulator.http_port)
 local NAN = 0 / 0
 local HUGE = math.huge
 
-local REQUEST_OPTIONS = {
-  "org_id", "api_key", "base_url", "connect_timeout", "request_timeout", "ca_file",
-  "retries", "retry_delay", "retry_max_delay", "max_response_bytes", "user_agent", "debug",
+-- What each option expects, as its "bad option" message says it; which
+-- options check_key takes; rotate_keys' own options.
+local EXPECTED = {
+  org_id = "non-empty string", api_key = "non-empty string",
+  consistency = "local_region or all_regions", timeout = "integer 1..120",
+  base_url = "https:// URL string", connect_timeout = "finite number > 0",
+  request_timeout = "finite number > 0", ca_file = "non-empty path string",
+  retries = "integer >= 0", retry_delay = "finite number > 0",
+  retry_max_delay = "finite number > 0", max_response_bytes = "integer >= 1",
+  proxy = "proxy URL string or false", save_to = "non-empty path string",
+  verify = "boolean", user_agent = "string", debug = "function",
+  concurrency = "integer >= 1", rate = "finite number > 0", on_progress = "function",
+  on_result = "function", keep_results = "boolean",
 }
-local NOT_FOR_CHECK_KEY = { "consistency", "timeout", "save_to", "verify" }
+local REQUEST = {
+  org_id = true, api_key = true, base_url = true, connect_timeout = true,
+  request_timeout = true, ca_file = true, retries = true, retry_delay = true,
+  retry_max_delay = true, max_response_bytes = true, user_agent = true, debug = true,
+  proxy = true,
+}
+local BATCH = { concurrency = true, rate = true, on_progress = true, on_result = true,
+                keep_results = true }
+local OPTIONS = {}   -- every per-item option, sorted
+for name in pairs(EXPECTED) do
+  if not BATCH[name] then OPTIONS[#OPTIONS + 1] = name end
+end
+table.sort(OPTIONS)
+
+local HTTPS_ONLY = "https:// is required; http:// is only allowed for loopback hosts " ..
+                   "(127.0.0.0/8, ::1, localhost)"
+local QUERY = "a query or fragment is not allowed"
+local CTRL = "control characters such as CR, LF or NUL are not allowed"
 
 -- ---- small utilities ---------------------------------------------------
 
@@ -41,18 +74,12 @@ local function exists(path)
   return f ~= nil
 end
 
--- A Lua pattern that finds `name` as a whole word (not inside a longer
--- option name: 'timeout' must not be found in 'request_timeout').
-local function word(name)
-  return "%f[%w_]" .. (name:gsub("%p", "%%%0")) .. "%f[^%w_]"
-end
-
 -- A printable description of a value, for test names.
 local function show(v)
   local t = type(v)
   if t == "string" then
-    if v == SECRET then return "the API key" end
-    return '"' .. v:gsub("[%c\127\\\"]", function(c) return ("\\%d"):format(c:byte()) end) .. '"'
+    local s = v:gsub(SECRET:gsub("%p", "%%%0"), "<key>")
+    return '"' .. s:gsub("[%c\127\\\"]", function(c) return ("\\%d"):format(c:byte()) end) .. '"'
   elseif t == "number" then
     if v ~= v then return "NaN" end
     if v == HUGE then return "math.huge" end
@@ -80,31 +107,25 @@ local function hostile(tag)
   })
 end
 
--- Calls fn(...) (directly under pcall, so no position prefix is added by
--- Lua) and checks it raised an argument error for `option` (a name, a list
--- of acceptable names, or nil to skip that check), with no API key in the
--- message and no request or connection seen by the emulator. Returns the
--- message.
-local function raises(option, org, fn, ...)
-  local before = H.stats()
+local function merged(a, b)
+  local t = {}
+  for k, v in pairs(a) do t[k] = v end
+  for k, v in pairs(b or {}) do t[k] = v end
+  return t
+end
+
+-- Calls fn(...) under pcall and checks it raised exactly `expected`
+-- (a string, or { pattern }) with no API key in it. `what` names the call.
+local function raises_exactly(expected, what, fn, ...)
   local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "the call did not raise")
-  assert.is_string(err, "the error value is not a string")
-  assert.is_truthy(err:find("^slashid: "), "message does not start with 'slashid: ': " .. err)
-  if option then
-    local names = type(option) == "table" and option or { option }
-    local named = false
-    for _, name in ipairs(names) do
-      if err:find(word(name)) then named = true end
-    end
-    assert.is_true(named, "message does not name '" .. table.concat(names, "' or '") .. "': " .. err)
-  end
+  assert(not ok, what .. ": the call did not raise")
+  assert(type(err) == "string", what .. ": the error value is not a string")
   H.assert_no_secret(err, SECRET)
-  assert.is_falsy(err:find("METAMETHOD_CALLED", 1, true), "a metamethod's error escaped: " .. err)
-  if org then assert.are.equal(0, H.requests(org)) end
-  local after = H.stats()
-  assert.are.equal(before.requests, after.requests, "a request reached the emulator")
-  assert.are.equal(before.connections, after.connections, "a connection reached the emulator")
+  if type(expected) == "table" then
+    assert(err:find(expected[1]), what .. ": got " .. err)
+  else
+    assert(err == expected, ("%s:\n  expected %s\n  got      %s"):format(what, expected, err))
+  end
   return err
 end
 
@@ -126,12 +147,6 @@ local function chk(...)
   local ok, accepted, e, i = pcall(...)
   if not ok then return failed(accepted) end
   return { ok = true, accepted = accepted, status = i and i.status }
-end
-local function new(...)
-  local ok, c = pcall(slashid.new, ...)
-  if not ok then return failed(c) end
-  c:close()
-  return { ok = true }
 end
 local function main()
 %s
@@ -160,56 +175,106 @@ local function run_lua(env, body)
   return decoded
 end
 
--- Checks a subprocess's report of a raising call.
-local function raised_in_subprocess(r, option)
+-- Checks a subprocess's report of a call that must have raised `expected`.
+local function raised_in_subprocess(r, expected, what)
   assert.is_table(r)
-  assert.is_false(r.ok, "the call did not raise")
-  assert.is_string(r.err)
-  assert.is_truthy(r.err:find("^slashid: "), "message does not start with 'slashid: ': " .. r.err)
-  assert.is_truthy(r.err:find(word(option)), "message does not name '" .. option .. "': " .. r.err)
+  assert(r.ok == false, what .. ": the call did not raise")
   H.assert_no_secret(r.err, SECRET)
+  assert(r.err == expected, ("%s:\n  expected %s\n  got      %s"):format(what, expected, r.err))
 end
 
--- ---- the wrong values --------------------------------------------------
+-- ---- the rows ------------------------------------------------------------
 
--- Each case: the option the message must name, the options to set, a label.
-local function case(option, value, label)
-  return { option = option, set = { [option] = value },
-           label = option .. " = " .. (label or show(value)) }
+local function bad_option(name, why)
+  return ("slashid: bad option '%s' (%s)"):format(name, why)
 end
 
-local BAD = {
-  case("org_id", 123), case("org_id", true), case("org_id", {}), case("org_id", ""),
-  case("org_id", io.stdout, "a file"),
-  case("api_key", 123456789), case("api_key", false), case("api_key", {}), case("api_key", ""),
-  case("consistency", "ALL_REGIONS"), case("consistency", "global"), case("consistency", ""),
-  case("consistency", 1), case("consistency", true), case("consistency", SECRET),
-  case("timeout", 0), case("timeout", 121), case("timeout", 1.5), case("timeout", -1),
-  case("timeout", 0.5), case("timeout", NAN), case("timeout", HUGE), case("timeout", -HUGE),
-  case("timeout", "30"), case("timeout", true), case("timeout", SECRET),
-  case("base_url", 1), case("base_url", ""), case("base_url", true), case("base_url", {}),
-  case("base_url", SECRET),
-  case("connect_timeout", 0), case("connect_timeout", -1), case("connect_timeout", NAN),
-  case("connect_timeout", HUGE), case("connect_timeout", -HUGE), case("connect_timeout", "10"),
-  case("request_timeout", -1), case("request_timeout", 0), case("request_timeout", NAN),
-  case("request_timeout", HUGE), case("request_timeout", "45"), case("request_timeout", SECRET),
-  case("ca_file", 1), case("ca_file", ""), case("ca_file", true), case("ca_file", {}),
-  case("retries", -1), case("retries", 1.5), case("retries", NAN), case("retries", HUGE),
-  case("retries", "2"), case("retries", true),
-  case("retry_delay", 0), case("retry_delay", -1), case("retry_delay", NAN),
-  case("retry_delay", HUGE), case("retry_delay", "0.5"),
-  case("retry_max_delay", 0), case("retry_max_delay", -1), case("retry_max_delay", NAN),
-  case("retry_max_delay", "1"),
-  { option = "retry_max_delay", set = { retry_delay = 1, retry_max_delay = 0.5 },
+-- A row: `name` is the option the message is about (nil: not a known
+-- option), `set` the options given besides org_id, api_key and base_url.
+local function row(name, value, why, label)
+  return { name = name, set = { [name] = value }, msg = bad_option(name, why),
+           label = name .. " = " .. (label or show(value)) }
+end
+-- The usual type or range message: "<expected> expected, got <got>".
+local function got(name, value, what, label)
+  return row(name, value, EXPECTED[name] .. " expected, got " .. what, label)
+end
+local function unknown(key, shown, hint, value)
+  return { set = { [key] = value == nil and 30 or value },
+           msg = "slashid: unknown option '" .. shown .. "'" ..
+                 (hint and " (did you mean '" .. hint .. "'?)" or ""),
+           label = "the unknown option " .. shown }
+end
+
+local ROWS = {
+  got("org_id", 123, "a number"), got("org_id", true, "boolean"), got("org_id", {}, "table"),
+  got("org_id", "", "an empty string"), got("org_id", io.stdout, "userdata", "a file"),
+  got("api_key", 123456789, "a number"), got("api_key", false, "boolean"),
+  got("api_key", {}, "table"), got("api_key", "", "an empty string"),
+  got("consistency", "ALL_REGIONS", "a string"), got("consistency", "global", "a string"),
+  got("consistency", "", "an empty string"), got("consistency", 1, "1"),
+  got("consistency", true, "boolean"), got("consistency", SECRET, "a string"),
+  got("timeout", 0, "0"), got("timeout", 121, "121"), got("timeout", 1.5, "1.5"),
+  got("timeout", -1, "-1"), got("timeout", 0.5, "0.5"), got("timeout", NAN, "nan"),
+  got("timeout", HUGE, "inf"), got("timeout", -HUGE, "-inf"), got("timeout", "30", "a string"),
+  got("timeout", true, "boolean"), got("timeout", SECRET, "a string"),
+  got("base_url", 1, "1"), got("base_url", "", "an empty string"),
+  got("base_url", true, "boolean"), got("base_url", {}, "table"),
+  row("base_url", SECRET, "an absolute https:// URL is required"),
+  got("connect_timeout", 0, "0"), got("connect_timeout", -1, "-1"),
+  got("connect_timeout", NAN, "nan"), got("connect_timeout", HUGE, "inf"),
+  got("connect_timeout", -HUGE, "-inf"), got("connect_timeout", "10", "a string"),
+  got("request_timeout", -1, "-1"), got("request_timeout", 0, "0"),
+  got("request_timeout", NAN, "nan"), got("request_timeout", HUGE, "inf"),
+  got("request_timeout", "45", "a string"), got("request_timeout", SECRET, "a string"),
+  got("ca_file", 1, "1"), got("ca_file", "", "an empty string"), got("ca_file", true, "boolean"),
+  got("ca_file", {}, "table"),
+  got("retries", -1, "-1"), got("retries", 1.5, "1.5"), got("retries", NAN, "nan"),
+  got("retries", HUGE, "inf"), got("retries", "2", "a string"), got("retries", true, "boolean"),
+  got("retry_delay", 0, "0"), got("retry_delay", -1, "-1"), got("retry_delay", NAN, "nan"),
+  got("retry_delay", HUGE, "inf"), got("retry_delay", "0.5", "a string"),
+  got("retry_max_delay", 0, "0"), got("retry_max_delay", -1, "-1"),
+  got("retry_max_delay", NAN, "nan"), got("retry_max_delay", "1", "a string"),
+  { name = "retry_max_delay", set = { retry_delay = 1, retry_max_delay = 0.5 },
+    msg = bad_option("retry_max_delay", "number >= retry_delay (1) expected, got 0.5"),
     label = "retry_max_delay = 0.5 < retry_delay = 1" },
-  case("max_response_bytes", 0), case("max_response_bytes", -1), case("max_response_bytes", 1.5),
-  case("max_response_bytes", NAN), case("max_response_bytes", HUGE),
-  case("max_response_bytes", "1024"),
-  case("save_to", 1), case("save_to", ""), case("save_to", true), case("save_to", {}),
-  case("save_to", SECRET .. "\0", "the API key and a NUL"),
-  case("verify", "yes"), case("verify", "true"), case("verify", 1), case("verify", {}),
-  case("user_agent", 1), case("user_agent", true), case("user_agent", {}),
-  case("debug", "print"), case("debug", true), case("debug", {}), case("debug", SECRET),
+  -- below the default retry_delay: only resolve can tell (not slashid.new)
+  { name = "retry_max_delay", set = { retry_max_delay = 0.1 }, resolve = true,
+    msg = bad_option("retry_max_delay", "number >= retry_delay (0.5) expected, got 0.1"),
+    label = "retry_max_delay = 0.1 < the default retry_delay (0.5)" },
+  got("max_response_bytes", 0, "0"), got("max_response_bytes", -1, "-1"),
+  got("max_response_bytes", 1.5, "1.5"), got("max_response_bytes", NAN, "nan"),
+  got("max_response_bytes", HUGE, "inf"), got("max_response_bytes", "1024", "a string"),
+  got("proxy", true, "boolean"), got("proxy", "", "an empty string"), got("proxy", 1, "1"),
+  got("proxy", {}, "table"),
+  row("proxy", "ftp://127.0.0.1:1", "http://, https:// or socks5h:// proxy URL expected"),
+  row("proxy", "http://", "the proxy URL has no host"),
+  row("proxy", "http://127.0.0.1:0", "bad proxy port"),
+  row("proxy", "http://127.0.0.1:1/ x", "spaces and control characters are not allowed"),
+  got("save_to", 1, "1"), got("save_to", "", "an empty string"), got("save_to", true, "boolean"),
+  got("save_to", {}, "table"), row("save_to", SECRET .. "\0", "NUL byte in path"),
+  got("verify", "yes", "a string"), got("verify", "true", "a string"), got("verify", 1, "1"),
+  got("verify", {}, "table"),
+  got("user_agent", 1, "1"), got("user_agent", true, "boolean"), got("user_agent", {}, "table"),
+  row("user_agent", "ua\r\nX-Injected: 1", "control characters are not allowed"),
+  got("debug", "print", "a string"), got("debug", true, "boolean"), got("debug", {}, "table"),
+  got("debug", SECRET, "a string"),
+  row("org_id", "org\r\nSlashID-API-Key: " .. SECRET, CTRL, "a header injection with the API key"),
+  -- unknown options: shown with a hint when one is near, hidden when not
+  -- identifier-like (a key used as a name is never quoted)
+  unknown("timout", "timout", "timeout"), unknown("apikey", "apikey", "api_key"),
+  unknown("orgId", "orgId", "org_id"), unknown("org", "org", "org_id"),
+  unknown("key", "key", "api_key"), unknown("consistancy", "consistancy", "consistency"),
+  unknown("base_uri", "base_uri", "base_url"), unknown("retry", "retry", "retry_delay"),
+  unknown("Timeout", "Timeout", "timeout"),
+  unknown("consistence", "consistence", "consistency", "all_regions"),
+  unknown("concurrency", "concurrency"), unknown("rate", "rate"),
+  unknown("on_progress", "on_progress"),
+  unknown(1, "[1]", nil, "all_regions"), unknown(true, "[boolean]", nil, 1),
+  unknown({}, "[table]", nil, 1), unknown(1.5, "[1.5]", nil, SECRET),
+  unknown(hostile("key"), "[table]", nil, 1),
+  unknown(SECRET, "(a name that is not an option, not shown)", nil, true),
+  unknown("timeout\r\nX-Injected: 1", "(a name that is not an option, not shown)"),
 }
 
 -- Control characters in org_id and api_key (API.md: "CR, LF, NUL, ...").
@@ -218,23 +283,375 @@ local CONTROL = {
   { "DEL", "\127" }, { "ESC", "\27" }, { "BEL", "\7" }, { "US", "\31" },
 }
 for _, c in ipairs(CONTROL) do
-  BAD[#BAD + 1] = { option = "api_key", set = { api_key = SECRET .. c[2] },
-                    label = "api_key = the API key followed by " .. c[1] }
-  BAD[#BAD + 1] = { option = "api_key", set = { api_key = c[2] .. SECRET },
-                    label = "api_key = " .. c[1] .. " followed by the API key" }
-  BAD[#BAD + 1] = { option = "api_key", set = { api_key = "sk_SECRET_do" .. c[2] .. "not_leak_123456" },
-                    label = "api_key = a key with " .. c[1] .. " inside" }
-  BAD[#BAD + 1] = { option = "org_id", set = { org_id = "af5fbd30-7ce7" .. c[2] .. "-4548" },
-                    label = "org_id with " .. c[1] .. " inside" }
+  ROWS[#ROWS + 1] = row("api_key", SECRET .. c[2], CTRL, "the API key followed by " .. c[1])
+  ROWS[#ROWS + 1] = row("api_key", c[2] .. SECRET, CTRL, c[1] .. " followed by the API key")
+  ROWS[#ROWS + 1] = row("api_key", "sk_SECRET_do" .. c[2] .. "not_leak_123456", CTRL,
+                        "a key with " .. c[1] .. " inside")
+  ROWS[#ROWS + 1] = row("org_id", "af5fbd30-7ce7" .. c[2] .. "-4548", CTRL,
+                        "an org_id with " .. c[1] .. " inside")
 end
-BAD[#BAD + 1] = { option = "org_id", set = { org_id = "org\r\nSlashID-API-Key: " .. SECRET },
-                  label = "org_id carrying a header injection with the API key" }
 
--- A BAD case's options for a call against `org` (the real org, so that the
--- emulator would record any request), with the recognizable API key.
-local function bad_options(org, c)
-  return H.opts(org, SECRET, c.set)
+-- base_url forms on loopback hosts (safe to give to any call).
+for _, b in ipairs({
+  { "ftp://127.0.0.1:" .. PORT, "https:// URL expected" },
+  { "ftp://127.0.0.1:" .. PORT .. "/", "https:// URL expected" },
+  { "file:///etc/passwd", "the URL has no host" },
+  { "127.0.0.1:" .. PORT, "an absolute https:// URL is required" },
+  { "//127.0.0.1:" .. PORT, "an absolute https:// URL is required" },
+  { "http://", "the URL has no host" },
+  { "http://:" .. PORT, "the URL has no host" },
+  { "http://127.0.0.1:" .. PORT .. "?x=1", QUERY },
+  { "http://127.0.0.1:" .. PORT .. "/?x=1", QUERY },
+  { "http://127.0.0.1:" .. PORT .. "/#frag", QUERY },
+  { "http://127.0.0.1:" .. PORT .. "#frag", QUERY },
+  { "https://127.0.0.1:" .. PORT .. "/?x=1", QUERY },
+  { "http://127.0.0.1:0", "bad port" },
+  { "http://127.0.0.1:65536", "bad port" },
+  { "http://127.0.0.1:x", "bad port" },
+  { "http://127.0.0.1:" .. PORT .. " ", "spaces and control characters are not allowed" },
+  { "http://127.0.0.01:" .. PORT, HTTPS_ONLY },
+  { "http://127.000.0.1:" .. PORT, HTTPS_ONLY },
+  { "http://127.0.0.001:" .. PORT, HTTPS_ONLY },
+  { "http://127.0.0.1:" .. PORT .. "/?key=" .. SECRET, QUERY },
+  { "http://127.0.0.1:" .. PORT .. "/#" .. SECRET, QUERY },
+  { "ftp://127.0.0.1:" .. PORT .. "/" .. SECRET, "https:// URL expected" },
+  { SECRET .. "://127.0.0.1:" .. PORT, "an absolute https:// URL is required" },
+}) do
+  ROWS[#ROWS + 1] = row("base_url", b[1], b[2])
 end
+
+-- Every option refuses a table value without touching its metatable: one
+-- whose metamethods all raise, one whose __tostring raises, one whose
+-- __tostring and __name would give the key.
+for _, name in ipairs(OPTIONS) do
+  ROWS[#ROWS + 1] = got(name, hostile(name), "table", "a table with raising metamethods")
+  ROWS[#ROWS + 1] = got(name, setmetatable({}, { __tostring = function()
+    error("METAMETHOD_CALLED_tostring", 0) end }), "table", "a table whose __tostring raises")
+  ROWS[#ROWS + 1] = got(name, setmetatable({}, { __tostring = function() return SECRET end,
+    __name = SECRET }), "table", "a table whose __tostring gives the key")
+end
+
+-- What check_key says where rotate_key says `msg`: an option it does not
+-- take is unknown to it, whatever its value.
+local function check_key_msg(r)
+  if r.name and not REQUEST[r.name] then return "slashid: unknown option '" .. r.name .. "'" end
+  return r.msg
+end
+
+local function in_item(msg) return "slashid: item 1: " .. msg:sub(10) end
+
+-- rotate_keys' own options: given to rotate_keys, refused like the others.
+local BATCH_ROWS = {
+  got("concurrency", 0, "0"), got("concurrency", 0.5, "0.5"), got("concurrency", -1, "-1"),
+  got("concurrency", "8", "a string"), got("concurrency", HUGE, "inf"),
+  got("rate", 0, "0"), got("rate", -1, "-1"), got("rate", HUGE, "inf"), got("rate", NAN, "nan"),
+  got("rate", "1", "a string"),
+  got("on_progress", 1, "1"), got("on_progress", "print", "a string"),
+  got("on_result", true, "boolean"), got("keep_results", "no", "a string"),
+  got("keep_results", 0, "0"),
+  unknown("concurency", "concurency", "concurrency", 2),
+  unknown("keep_result", "keep_result", "keep_results", false),
+}
+
+-- Accepted: { option, value } given alone (with org_id, api_key and the
+-- emulator's base_url) is accepted by every call that takes the option,
+-- and the rotation goes through.
+local ACCEPT = {
+  { "consistency", "local_region" }, { "consistency", "all_regions" },
+  { "timeout", 1 }, { "timeout", 120 }, { "timeout", 60.0 }, { "timeout", 1.0 },
+  { "timeout", 120.0 },
+  { "connect_timeout", 0.75 }, { "connect_timeout", 3 }, { "request_timeout", 2.5 },
+  { "request_timeout", 5 }, { "request_timeout", 3600 },
+  { "ca_file", H.ca_file }, { "retries", 0 }, { "retries", 1.0 }, { "retries", 1000 },
+  { "retries", 2 ^ 70 },
+  { "retry_delay", 0.01 }, { "retry_delay", 45 }, { "retry_max_delay", 0.5 },
+  { "retry_max_delay", 1e6 },
+  { "max_response_bytes", 4096.0 }, { "max_response_bytes", 2 ^ 40 },
+  { "max_response_bytes", math.maxinteger or 2 ^ 53 },
+  { "proxy", false }, { "save_to", "/nonexistent/dir/key", rotate = false },
+  { "verify", false }, { "verify", true },
+  { "user_agent", "" }, { "user_agent", "key-rotator/3.1 (ops)" },
+  { "debug", function() end },
+  { "base_url", "http://127.0.0.1:" .. PORT .. "/" },
+  { "base_url", "http://127.0.0.1:" .. PORT .. "///" },
+  { "base_url", "http://localhost:" .. PORT },
+  { "base_url", "HTTP://LOCALHOST:" .. PORT },
+  { "base_url", "http://127.0.0.1:" .. PORT .. "/prefix", rotate = false },
+}
+
+-- ---- the rows, run -------------------------------------------------------
+
+describe("argument errors, row by row", function()
+  -- Every call that takes options, with the message it must raise for row
+  -- `r` (nil: the call does not apply). `base` holds org_id, api_key and
+  -- base_url; the client holds them as defaults.
+  local function calls(r, base, client)
+    local given = merged(base, r.set)
+    local check_msg = check_key_msg(r)
+    local shares = true   -- rotate_keys' options pass them on to items
+    for k in pairs(r.set) do
+      if BATCH[k] then shares = false end
+    end
+    return {
+      { "rotate_key", r.msg, slashid.rotate_key, given },
+      { "start_rotate_key", r.msg, slashid.start_rotate_key, given },
+      { "check_key", check_msg, slashid.check_key, given },
+      { "start_check_key", check_msg, slashid.start_check_key, given },
+      { "slashid.new", not r.resolve and r.msg or nil, slashid.new, given },
+      { "client:rotate_key", r.msg, client.rotate_key, client, r.set },
+      { "client:check_key", check_msg, client.check_key, client, r.set },
+      { "client:start_rotate_key", r.msg, client.start_rotate_key, client, r.set },
+      { "rotate_keys (an item)", in_item(r.msg), slashid.rotate_keys, { given } },
+      { "rotate_keys (shared options)", shares and (r.resolve and in_item(r.msg) or r.msg),
+        slashid.rotate_keys, { base }, r.set },
+    }
+  end
+
+  for _, r in ipairs(ROWS) do
+    it("raises for " .. r.label, function()
+      local org = H.new_org()
+      local base = { org_id = org, api_key = SECRET, base_url = H.http_url }
+      local client = slashid.new(base)
+      local before = H.stats()
+      for _, c in ipairs(calls(r, base, client)) do
+        if c[2] then raises_exactly(c[2], c[1], c[3], c[4], c[5]) end
+      end
+      client:close()
+      local after = H.stats()
+      assert.are.equal(0, H.requests(org))
+      assert.are.equal(before.requests, after.requests, "a request reached the emulator")
+      assert.are.equal(before.connections, after.connections, "a connection reached the emulator")
+    end)
+  end
+
+  for _, r in ipairs(BATCH_ROWS) do
+    it("rotate_keys raises for " .. r.label, function()
+      local org = H.new_org()
+      local base = { org_id = org, api_key = SECRET, base_url = H.http_url }
+      local client = slashid.new(base)
+      local before = H.stats()
+      raises_exactly(r.msg, "rotate_keys", slashid.rotate_keys, { base }, r.set)
+      raises_exactly(r.msg, "client:rotate_keys", client.rotate_keys, client, { {} }, r.set)
+      -- not an option of one item, nor of rotate_key
+      local name = next(r.set)
+      local shown = "slashid: unknown option '" .. name .. "'"
+      if r.name then
+        raises_exactly(in_item(shown), "rotate_keys (an item)", slashid.rotate_keys,
+                       { merged(base, r.set) })
+        raises_exactly(shown, "rotate_key", slashid.rotate_key, merged(base, r.set))
+      end
+      client:close()
+      assert.are.equal(0, H.requests(org))
+      assert.are.equal(before.requests, H.stats().requests, "a request reached the emulator")
+    end)
+  end
+
+  -- base_url forms naming other hosts: slashid.new here, the calls that
+  -- would send a request in a guarded subprocess.
+  local REMOTE = {
+    { "http://example.com", HTTPS_ONLY }, { "http://example.com/", HTTPS_ONLY },
+    { "http://example.com:8080", HTTPS_ONLY }, { "http://api.slashid.com", HTTPS_ONLY },
+    { "HTTP://example.com", HTTPS_ONLY }, { "ftp://example.com", "https:// URL expected" },
+    { "http://localhost@evil.com", "user information in the URL is not allowed" },
+    { "http://localhost:8080@evil.com", "user information in the URL is not allowed" },
+    { "http://127.0.0.1@evil.com", "user information in the URL is not allowed" },
+    { "http://127.0.0.1:8080@evil.com", "user information in the URL is not allowed" },
+    { "http://" .. SECRET .. "@example.com", "user information in the URL is not allowed" },
+    { "https://" .. SECRET .. "@example.com", "user information in the URL is not allowed" },
+    { "http://127.0.0.1.evil.com", HTTPS_ONLY }, { "http://127.0.0.1.evil.com:8080", HTTPS_ONLY },
+    { "http://localhost.evil.com", HTTPS_ONLY }, { "http://evil.com/127.0.0.1", HTTPS_ONLY },
+    { "http://evil.com#@127.0.0.1", QUERY }, { "http://evil.com?@127.0.0.1", QUERY },
+    { "http://0177.0.0.1:8080", HTTPS_ONLY }, { "http://0127.0.0.1:8080", HTTPS_ONLY },
+    { "http://10.0.0.1", HTTPS_ONLY }, { "http://192.168.1.1:8080", HTTPS_ONLY },
+    { "http://128.0.0.1", HTTPS_ONLY }, { "http://[::2]:8080", HTTPS_ONLY },
+    { "http://[fe80::1]:8080", HTTPS_ONLY }, { "http://example.com/" .. SECRET, HTTPS_ONLY },
+    { "https://example.com/?key=" .. SECRET, QUERY }, { "https://example.com/#" .. SECRET, QUERY },
+    { "https://example.com:0", "bad port" }, { "https://example.com:99999", "bad port" },
+  }
+  local URLS = {}
+  for i, b in ipairs(REMOTE) do URLS[i] = b[1] end
+
+  local results, org
+  lazy_setup(function()
+    org = H.new_org()
+    results = run_lua({ SPEC_ORG = org, SPEC_URLS = cjson.encode(URLS) }, [[
+      local org = os.getenv("SPEC_ORG")
+      local out = {}
+      for i, url in ipairs(cjson.decode(os.getenv("SPEC_URLS"))) do
+        local o = { org_id = org, api_key = SECRET, base_url = url, retries = 0,
+                    connect_timeout = 2, request_timeout = 3 }
+        out[i] = { rotate = rot(slashid.rotate_key, o), check = chk(slashid.check_key, o),
+                   start = rot(slashid.start_rotate_key, o),
+                   batch = rot(slashid.rotate_keys, { o }),
+                   shared = rot(slashid.rotate_keys, { { org_id = org, api_key = SECRET } },
+                                { base_url = url }) }
+      end
+      return out
+    ]])
+  end)
+
+  for i, b in ipairs(REMOTE) do
+    local msg = bad_option("base_url", b[2])
+    it("raises for base_url = " .. show(b[1]) .. " (other hosts)", function()
+      raises_exactly(msg, "slashid.new", slashid.new, { base_url = b[1] })
+      local r = results[i]
+      assert.is_table(r)
+      raised_in_subprocess(r.rotate, msg, "rotate_key")
+      raised_in_subprocess(r.check, msg, "check_key")
+      raised_in_subprocess(r.start, msg, "start_rotate_key")
+      raised_in_subprocess(r.batch, in_item(msg), "rotate_keys (an item)")
+      raised_in_subprocess(r.shared, msg, "rotate_keys (shared base_url)")
+      assert.are.equal(0, H.requests(org))
+    end)
+  end
+end)
+
+describe("accepted values, row by row", function()
+  for _, a in ipairs(ACCEPT) do
+    local name, value = a[1], a[2]
+    it("accepts " .. name .. " = " .. show(value), function()
+      local org, key = H.new_org()
+      local opts = { org_id = org, api_key = key, base_url = H.http_url, [name] = value }
+      local ok, client = pcall(slashid.new, opts)
+      assert(ok, "slashid.new: " .. tostring(client))
+      client:close()
+      local ok2, result, errors, _, info = pcall(slashid.rotate_key, opts)
+      assert(ok2, "rotate_key: " .. tostring(result))
+      if a.rotate ~= false then
+        assert.are.equal("rotated", info.outcome, errors[1] and errors[1].message)
+        key = result.api_key
+      end
+      if REQUEST[name] then
+        opts.api_key = key
+        local ok3, accepted = pcall(slashid.check_key, opts)
+        assert(ok3, "check_key: " .. tostring(accepted))
+      end
+    end)
+  end
+
+  -- Given to slashid.new only: no request is made.
+  for _, url in ipairs({
+    "https://example.com", "https://example.com/", "https://example.com:8443/api/",
+    "https://api.slashid.com", "https://api.sandbox.slashid.com", slashid.PRODUCTION,
+    slashid.SANDBOX, "https://10.0.0.1", "https://[2001:db8::1]:443", "HTTPS://Example.COM",
+    "http://127.0.0.1", "http://127.0.0.1:8080", "http://127.0.0.1:8080/", "http://127.1.2.3:9",
+    "http://127.255.255.254", "http://localhost", "http://localhost:8080",
+    "http://[::1]", "http://[::1]:8080", "http://127.0.0.1:8080/prefix",
+  }) do
+    it("accepts base_url = " .. url .. " (slashid.new)", function()
+      local ok, client = pcall(slashid.new, { base_url = url })
+      assert.is_true(ok, not ok and tostring(client) or nil)
+      client:close()
+    end)
+  end
+
+  for _, p in ipairs({ "http://127.0.0.1:3128", "https://proxy.example:8443",
+                       "socks5h://127.0.0.1:1080", "http://user:" .. SECRET .. "@proxy:3128",
+                       "HTTP://[::1]:3128/" }) do
+    it("accepts proxy = " .. show(p) .. " (slashid.new)", function()
+      local ok, client = pcall(slashid.new, { proxy = p })
+      assert.is_true(ok, not ok and tostring(client) or nil)
+      client:close()
+    end)
+  end
+end)
+
+describe("the rules and their rows", function()
+  local options = require "slashid.options"
+
+  it("every option of options.RULES has rows here, and is known to this file", function()
+    local refused, accepted = {}, {}
+    for _, r in ipairs(ROWS) do if r.name then refused[r.name] = true end end
+    for _, r in ipairs(BATCH_ROWS) do if r.name then refused[r.name] = true end end
+    for _, a in ipairs(ACCEPT) do accepted[a[1]] = true end
+    local seen = {}
+    for _, rule in ipairs(options.RULES) do
+      seen[rule.name] = true
+      assert(EXPECTED[rule.name], rule.name .. ": no expected message in this file")
+      assert(refused[rule.name], rule.name .. ": no row refusing a value")
+      assert.are.equal(rule.calls == "batch", BATCH[rule.name] == true, rule.name)
+      assert.are.equal(rule.calls == "request", REQUEST[rule.name] == true, rule.name)
+      if rule.calls ~= "batch" and rule.kind ~= "text" then
+        assert(accepted[rule.name], rule.name .. ": no row accepting a value")
+      end
+    end
+    for name in pairs(EXPECTED) do assert(seen[name], name .. " is not in options.RULES") end
+  end)
+
+  it("README's options table is what scripts/options-table.lua prints from the rules", function()
+    local p = assert(io.popen(H.lua .. " scripts/options-table.lua 2>&1"))
+    local printed = p:read("*a")
+    p:close()
+    local readme = H.read_file("README.md")
+    local section = readme:match("\n### Options\n(.-)\n### ")
+    assert(section, "README.md has no \"### Options\" section")
+    local lines = {}
+    for line in section:gmatch("[^\n]+") do
+      if line:sub(1, 1) == "|" then lines[#lines + 1] = line end
+    end
+    assert.are.equal(table.concat(lines, "\n") .. "\n", printed)
+  end)
+end)
+-- ---- ordinary tests ---------------------------------------------------------
+
+-- Calls fn(...) and checks it raised exactly `expected` (or { pattern }),
+-- with no request or connection seen by the emulator (nor by `org`).
+local function refuses(expected, org, fn, ...)
+  local before = H.stats()
+  local err = raises_exactly(expected, "the call", fn, ...)
+  assert.is_falsy(err:find("METAMETHOD_CALLED", 1, true), "a metamethod's error escaped: " .. err)
+  if org then assert.are.equal(0, H.requests(org)) end
+  local after = H.stats()
+  assert.are.equal(before.requests, after.requests, "a request reached the emulator")
+  assert.are.equal(before.connections, after.connections, "a connection reached the emulator")
+  return err
+end
+
+local MISSING_ORG = "slashid: missing option 'org_id' (or set SLASHID_ORG_ID)"
+local MISSING_KEY = "slashid: missing option 'api_key' (or set SLASHID_API_KEY)"
+
+describe("options that are missing or not a table", function()
+  it("raises for a missing org_id, then a missing api_key", function()
+    local org = H.new_org()
+    refuses(MISSING_ORG, org, slashid.rotate_key, { api_key = SECRET, base_url = H.http_url })
+    refuses(MISSING_KEY, org, slashid.rotate_key, { org_id = org, base_url = H.http_url })
+    refuses(MISSING_ORG, nil, slashid.rotate_key, {})
+    refuses(MISSING_ORG, nil, slashid.rotate_key, nil)
+    refuses(MISSING_ORG, nil, slashid.rotate_key)
+    refuses(MISSING_ORG, nil, slashid.check_key)
+    refuses(MISSING_KEY, org, slashid.check_key, { org_id = org })
+    refuses(in_item(MISSING_KEY), org, slashid.rotate_keys, { { org_id = org } })
+  end)
+
+  it("does not need org_id or api_key at new, but the call raises without them", function()
+    local ok, client = pcall(slashid.new, { base_url = H.http_url, timeout = 10 })
+    assert.is_true(ok, not ok and tostring(client) or nil)
+    refuses(MISSING_ORG, nil, client.rotate_key, client)
+    refuses(MISSING_ORG, nil, client.check_key, client, {})
+    local org = H.new_org()
+    refuses(MISSING_KEY, org, client.rotate_key, client, { org_id = org })
+    client:close()
+  end)
+
+  for _, v in ipairs({ { SECRET, "a string" }, { 42, "42" }, { true, "boolean" },
+                       { print, "function" }, { io.stdout, "userdata" } }) do
+    it("raises when the options are " .. show(v[1]) .. " instead of a table", function()
+      local org = H.new_org()
+      local msg = "slashid: options must be a table, got " .. v[2]
+      refuses(msg, org, slashid.rotate_key, v[1])
+      refuses(msg, org, slashid.check_key, v[1])
+      refuses(msg, org, slashid.start_rotate_key, v[1])
+      refuses(msg, org, slashid.start_check_key, v[1])
+      refuses(msg, org, slashid.rotate_keys, { H.opts(org, SECRET) }, v[1])
+      refuses(in_item(msg), org, slashid.rotate_keys, { v[1] })
+      refuses("slashid: defaults must be a table, got " .. v[2], org, slashid.new, v[1])
+      local client = slashid.new(H.opts(org, SECRET))
+      refuses(msg, org, client.rotate_key, client, v[1])
+      refuses(msg, org, client.check_key, client, v[1])
+      client:close()
+    end)
+  end
+end)
 
 -- ---- accepted options and their effects -----------------------------------
 
@@ -332,14 +749,6 @@ describe("rotate_key options: accepted values", function()
     assert.are.equal(3, H.requests(org))
   end)
 
-  it("accepts a large retries (integer >= 0 has no upper bound in API.md)", function()
-    local org, key = H.new_org()
-    local ok, result, _, _, info = pcall(slashid.rotate_key, H.opts(org, key, { retries = 1000 }))
-    assert.is_true(ok, not ok and tostring(result) or nil)
-    assert.are.equal("rotated", info.outcome)
-    assert.are.equal(1, info.attempts)
-  end)
-
   it("accepts retry_delay and retry_max_delay, equal or with the cap above", function()
     local org, key = H.new_org()
     H.faults(org, { { status = 429 } })
@@ -348,14 +757,6 @@ describe("rotate_key options: accepted values", function()
     assert.are.equal(2, info.attempts)
     org, key = H.new_org()
     _, _, _, info = rotate(org, key, { retry_delay = 0.001, retry_max_delay = 0.01 })
-    assert.are.equal("rotated", info.outcome)
-  end)
-
-  it("accepts retry_delay above 30 without retry_max_delay (its default is max(30, retry_delay))", function()
-    local org, key = H.new_org()
-    local opts = { org_id = org, api_key = key, base_url = H.http_url, retry_delay = 45 }
-    local ok, result, _, _, info = pcall(slashid.rotate_key, opts)
-    assert.is_true(ok, not ok and tostring(result) or nil)
     assert.are.equal("rotated", info.outcome)
   end)
 
@@ -377,16 +778,6 @@ describe("rotate_key options: accepted values", function()
     org, key = H.new_org()
     result, errors, _, info = rotate(org, key, { max_response_bytes = 4096.0 })
     assert.are.equal("rotated", info.outcome, errors[1] and errors[1].message)
-  end)
-
-  it("accepts a large max_response_bytes (integer > 0 has no upper bound in API.md)", function()
-    local big = math.maxinteger or 2 ^ 53
-    for _, n in ipairs({ 2 ^ 40, big }) do
-      local org, key = H.new_org()
-      local ok, result, _, _, info = pcall(slashid.rotate_key, H.opts(org, key, { max_response_bytes = n }))
-      assert.is_true(ok, not ok and tostring(result) or nil)
-      assert.are.equal("rotated", info.outcome)
-    end
   end)
 
   it("accepts ca_file: HTTPS to the emulator works with its CA, not with the system store", function()
@@ -477,312 +868,74 @@ describe("rotate_key options: accepted values", function()
   end)
 end)
 
--- ---- argument errors -------------------------------------------------------
+describe("base_url: rotations over loopback", function()
+  it("rotates over http://127.0.0.1 (the emulator) with and without a trailing slash", function()
+    local org, key = H.new_org()
+    local _, errors, _, info = slashid.rotate_key(H.opts(org, key, { base_url = H.http_url }))
+    assert.are.equal("rotated", info.outcome, errors[1] and errors[1].message)
+    local key2 = H.org(org).api_key
+    _, errors, _, info = slashid.rotate_key(H.opts(org, key2, { base_url = H.http_url .. "/" }))
+    assert.are.equal("rotated", info.outcome, errors[1] and errors[1].message)
+    assert.are.equal("/organizations/api-keys", H.org(org).requests[2].path)
+  end)
 
-describe("rotate_key argument errors", function()
-  for _, c in ipairs(BAD) do
-    it("raises for " .. c.label, function()
-      local org = H.new_org()
-      raises(c.option, org, slashid.rotate_key, bad_options(org, c))
-    end)
+  it("rotates over http://localhost:<port>", function()
+    local org, key = H.new_org()
+    local base = "http://localhost:" .. PORT
+    local _, errors, _, info = slashid.rotate_key(H.opts(org, key, { base_url = base }))
+    assert.are.equal("rotated", info.outcome, errors[1] and errors[1].message)
+    assert.are.equal(1, H.org(org).rotations)
+  end)
+
+  local function closed(url_of)
+    local url = url_of(H.closed_port())
+    local ok, result, errors, _, info = pcall(slashid.rotate_key, {
+      org_id = "af5fbd30-7ce7-4548-8b30-4cd59cb2aba1", api_key = SECRET, base_url = url,
+      retries = 0, connect_timeout = 2, request_timeout = 3,
+    })
+    assert.is_true(ok, not ok and tostring(result) or nil)
+    assert.is_nil(result)
+    assert.are.equal("not_rotated", info.outcome)
+    assert.is_true(#errors >= 1)
+    H.assert_no_secret(H.flatten(errors, info), SECRET)
   end
 
-  it("raises for retry_max_delay below the default retry_delay (0.5)", function()
-    local org = H.new_org()
-    raises("retry_max_delay", org, slashid.rotate_key,
-           { org_id = org, api_key = SECRET, base_url = H.http_url, retry_max_delay = 0.1 })
+  it("accepts http://[::1]:<port> (a closed port: not_rotated, no raise)", function()
+    closed(function(p) return "http://[::1]:" .. p end)
   end)
 
-  it("raises for a missing org_id", function()
-    local org = H.new_org()
-    raises("org_id", org, slashid.rotate_key, { api_key = SECRET, base_url = H.http_url })
+  it("accepts https://127.0.0.1:<port> (a closed port: not_rotated, no raise)", function()
+    closed(function(p) return "https://127.0.0.1:" .. p end)
   end)
 
-  it("raises for a missing api_key", function()
-    local org = H.new_org()
-    raises("api_key", org, slashid.rotate_key, { org_id = org, base_url = H.http_url })
+  it("accepts https://localhost:<port> (a closed port: not_rotated, no raise)", function()
+    closed(function(p) return "https://localhost:" .. p .. "/" end)
   end)
 
-  it("raises for an empty options table, nil and no argument", function()
-    raises({ "org_id", "api_key" }, nil, slashid.rotate_key, {})
-    raises({ "org_id", "api_key" }, nil, slashid.rotate_key, nil)
-    raises({ "org_id", "api_key" }, nil, slashid.rotate_key)
-  end)
-
-  for _, v in ipairs({ SECRET, 42, true, print, io.stdout }) do
-    it("raises when the options are " .. show(v) .. " instead of a table", function()
-      local err = raises(nil, nil, slashid.rotate_key, v)
-      assert.is_truthy(err:find("table", 1, true), err)
-    end)
-  end
-
-  for _, name in ipairs({ "timout", "apikey", "orgId", "org", "key", "consistancy", "base_uri",
-                          "retry", "concurrency", "rate", "on_progress", "Timeout" }) do
-    it("raises for the unknown option '" .. name .. "'", function()
-      local org = H.new_org()
-      raises(name, org, slashid.rotate_key, bad_options(org, { set = { [name] = 30 } }))
-    end)
-  end
-
-  it("raises for an unknown option given a valid value of a known one", function()
-    local org = H.new_org()
-    raises("timout", org, slashid.rotate_key, bad_options(org, { set = { timout = 30 } }))
-    raises("consistence", org, slashid.rotate_key,
-           bad_options(org, { set = { consistence = "all_regions" } }))
-  end)
-
-  it("raises for non-string keys (array items, booleans, tables)", function()
-    local org = H.new_org()
-    local opts = bad_options(org, { set = {} })
-    opts[1] = "all_regions"
-    raises(nil, org, slashid.rotate_key, opts)
-    opts = bad_options(org, { set = {} })
-    opts[true] = 1
-    raises(nil, org, slashid.rotate_key, opts)
-    opts = bad_options(org, { set = {} })
-    opts[{}] = 1
-    raises(nil, org, slashid.rotate_key, opts)
-    opts = bad_options(org, { set = {} })
-    opts[1.5] = SECRET
-    raises(nil, org, slashid.rotate_key, opts)
-  end)
-
-  it("raises for the API key used as an option name, without quoting it", function()
-    local org = H.new_org()
-    local opts = bad_options(org, { set = {} })
-    opts[SECRET] = true
-    raises(nil, org, slashid.rotate_key, opts)
-  end)
-
-  it("raises for a name with control characters, without echoing it raw", function()
-    local org = H.new_org()
-    local opts = bad_options(org, { set = {} })
-    opts["timeout\r\nX-Injected: 1"] = 30
-    local err = raises(nil, org, slashid.rotate_key, opts)
-    assert.is_falsy(err:find("\r\nX-Injected", 1, true), err)
-  end)
-end)
-
--- ---- base_url ----------------------------------------------------------------
-
-describe("base_url", function()
-  -- Forms that name only loopback hosts: safe to give to any call.
-  local function loopback_refused(port)
-    return {
-      "ftp://127.0.0.1:" .. port,
-      "ftp://127.0.0.1:" .. port .. "/",
-      "file:///etc/passwd",
-      "127.0.0.1:" .. port,
-      "//127.0.0.1:" .. port,
-      "http://",
-      "http://:" .. port,
-      "http://127.0.0.1:" .. port .. "?x=1",
-      "http://127.0.0.1:" .. port .. "/?x=1",
-      "http://127.0.0.1:" .. port .. "/#frag",
-      "http://127.0.0.1:" .. port .. "#frag",
-      "https://127.0.0.1:" .. port .. "/?x=1",
-      "http://127.0.0.01:" .. port,
-      "http://127.000.0.1:" .. port,
-      "http://127.0.0.001:" .. port,
-    }
-  end
-
-  describe("refused forms on loopback hosts", function()
-    local port = PORT
-    for _, url in ipairs(loopback_refused(port)) do
-      it("refuses " .. url .. " in rotate_key, check_key and new", function()
-        local org = H.new_org()
-        raises("base_url", org, slashid.rotate_key, H.opts(org, SECRET, { base_url = url }))
-        raises("base_url", org, slashid.check_key, H.opts(org, SECRET, { base_url = url }))
-        raises("base_url", org, slashid.new, { base_url = url })
-      end)
-    end
-  end)
-
-  describe("refused forms naming other hosts", function()
-    local P = 8080
-    local URLS = {
-      "http://example.com",
-      "http://example.com/",
-      "http://example.com:" .. P,
-      "http://api.slashid.com",
-      "HTTP://example.com",
-      "ftp://example.com",
-      "http://localhost@evil.com",
-      "http://localhost:" .. P .. "@evil.com",
-      "http://127.0.0.1@evil.com",
-      "http://127.0.0.1:" .. P .. "@evil.com",
-      "http://" .. SECRET .. "@example.com",
-      "http://127.0.0.1.evil.com",
-      "http://127.0.0.1.evil.com:" .. P,
-      "http://localhost.evil.com",
-      "http://evil.com/127.0.0.1",
-      "http://evil.com#@127.0.0.1",
-      "http://evil.com?@127.0.0.1",
-      "http://0177.0.0.1:" .. P,
-      "http://0127.0.0.1:" .. P,
-      "http://10.0.0.1",
-      "http://192.168.1.1:" .. P,
-      "http://128.0.0.1",
-      "http://[::2]:" .. P,
-      "http://[fe80::1]:" .. P,
-      "http://example.com/" .. SECRET,
-      "https://example.com/?key=" .. SECRET,
-      "https://example.com/#" .. SECRET,
-    }
-
-    local results, org
-    lazy_setup(function()
-      org = H.new_org()
-      results = run_lua({ SPEC_ORG = org, SPEC_URLS = cjson.encode(URLS) }, [[
-        local org = os.getenv("SPEC_ORG")
-        local out = {}
-        for i, url in ipairs(cjson.decode(os.getenv("SPEC_URLS"))) do
-          local o = { org_id = org, api_key = SECRET, base_url = url, retries = 0,
-                      connect_timeout = 2, request_timeout = 3 }
-          out[i] = { rotate = rot(slashid.rotate_key, o), check = chk(slashid.check_key, o) }
-        end
-        return out
-      ]])
-    end)
-
-    for i, url in ipairs(URLS) do
-      local name = url:gsub(SECRET:gsub("%p", "%%%0"), "<key>")
-      it("refuses " .. name .. " in rotate_key and check_key before any request", function()
-        assert.is_table(results[i])
-        raised_in_subprocess(results[i].rotate, "base_url")
-        raised_in_subprocess(results[i].check, "base_url")
-        assert.are.equal(0, H.requests(org))
-      end)
-      it("refuses " .. name .. " in slashid.new", function()
-        raises("base_url", nil, slashid.new, { base_url = url })
-      end)
-    end
-  end)
-
-  describe("accepted forms", function()
-    -- Given to slashid.new only: no request is made.
-    local ACCEPTED = {
-      "https://example.com", "https://example.com/", "https://example.com:8443/api/",
-      "https://api.slashid.com", "https://api.sandbox.slashid.com", slashid.PRODUCTION,
-      slashid.SANDBOX, "https://10.0.0.1", "https://[2001:db8::1]:443",
-      "http://127.0.0.1", "http://127.0.0.1:8080", "http://127.0.0.1:8080/", "http://127.1.2.3:9",
-      "http://127.255.255.254", "http://localhost", "http://localhost:8080",
-      "http://[::1]", "http://[::1]:8080", "http://127.0.0.1:8080/prefix",
-    }
-    for _, url in ipairs(ACCEPTED) do
-      it("accepts " .. url .. " (slashid.new)", function()
-        local ok, client = pcall(slashid.new, { base_url = url })
-        assert.is_true(ok, not ok and tostring(client) or nil)
-        client:close()
-      end)
-    end
-
-    it("rotates over http://127.0.0.1 (the emulator) with and without a trailing slash", function()
-      local org, key = H.new_org()
-      local _, errors, _, info = slashid.rotate_key(H.opts(org, key, { base_url = H.http_url }))
-      assert.are.equal("rotated", info.outcome, errors[1] and errors[1].message)
-      local key2 = H.org(org).api_key
-      _, errors, _, info = slashid.rotate_key(H.opts(org, key2, { base_url = H.http_url .. "/" }))
-      assert.are.equal("rotated", info.outcome, errors[1] and errors[1].message)
-      assert.are.equal("/organizations/api-keys", H.org(org).requests[2].path)
-    end)
-
-    it("rotates over http://localhost:<port>", function()
-      local org, key = H.new_org()
-      local base = "http://localhost:" .. PORT
-      local _, errors, _, info = slashid.rotate_key(H.opts(org, key, { base_url = base }))
-      assert.are.equal("rotated", info.outcome, errors[1] and errors[1].message)
-      assert.are.equal(1, H.org(org).rotations)
-    end)
-
-    local function closed(url_of)
-      local url = url_of(H.closed_port())
-      local ok, result, errors, _, info = pcall(slashid.rotate_key, {
-        org_id = "af5fbd30-7ce7-4548-8b30-4cd59cb2aba1", api_key = SECRET, base_url = url,
-        retries = 0, connect_timeout = 2, request_timeout = 3,
-      })
-      assert.is_true(ok, not ok and tostring(result) or nil)
-      assert.is_nil(result)
-      assert.are.equal("not_rotated", info.outcome)
-      assert.is_true(#errors >= 1)
-      H.assert_no_secret(H.flatten(errors, info), SECRET)
-    end
-
-    it("accepts http://[::1]:<port> (a closed port: not_rotated, no raise)", function()
-      closed(function(p) return "http://[::1]:" .. p end)
-    end)
-
-    it("accepts https://127.0.0.1:<port> (a closed port: not_rotated, no raise)", function()
-      closed(function(p) return "https://127.0.0.1:" .. p end)
-    end)
-
-    it("accepts https://localhost:<port> (a closed port: not_rotated, no raise)", function()
-      closed(function(p) return "https://localhost:" .. p .. "/" end)
-    end)
-
-    it("check_key accepts loopback http and https base URLs", function()
-      local org, key = H.new_org()
-      assert.is_true(slashid.check_key(H.opts(org, key, { base_url = H.http_url })))
-      assert.is_true(slashid.check_key(H.opts(org, key, { base_url = H.https_url, ca_file = H.ca_file })))
-      assert.is_true(slashid.check_key(H.opts(org, key, {
-        base_url = "http://localhost:" .. PORT .. "/" })))
-    end)
+  it("check_key accepts loopback http and https base URLs", function()
+    local org, key = H.new_org()
+    assert.is_true(slashid.check_key(H.opts(org, key, { base_url = H.http_url })))
+    assert.is_true(slashid.check_key(H.opts(org, key, { base_url = H.https_url, ca_file = H.ca_file })))
+    assert.is_true(slashid.check_key(H.opts(org, key, {
+      base_url = "http://localhost:" .. PORT .. "/" })))
   end)
 end)
 
 -- ---- secrets in argument errors ------------------------------------------
 
 describe("argument errors never show the API key", function()
-  it("when the key is the bad value of api_key (control characters)", function()
-    local org = H.new_org()
-    for _, c in ipairs(CONTROL) do
-      raises("api_key", org, slashid.rotate_key, H.opts(org, SECRET .. c[2]))
-      raises("api_key", org, slashid.check_key, H.opts(org, SECRET .. c[2]))
-    end
-  end)
-
   it("when the key is passed as the value of another option", function()
     local org = H.new_org()
     for _, name in ipairs({ "org_id", "consistency", "timeout", "base_url", "connect_timeout",
                             "request_timeout", "retries", "retry_delay", "retry_max_delay",
-                            "max_response_bytes", "verify", "debug" }) do
+                            "max_response_bytes", "verify", "debug", "proxy", "user_agent" }) do
       local opts = H.opts(org, SECRET .. "_other")
-      opts[name] = SECRET .. (name == "org_id" and "\n" or "")
-      local err = raises(name, org, slashid.rotate_key, opts)
+      opts[name] = SECRET .. ((name == "org_id" or name == "user_agent") and "\n" or "")
+      local err = refuses({ "^slashid: bad option '" .. name .. "' %(" }, org, slashid.rotate_key, opts)
       H.assert_no_secret(err, SECRET .. "_other")
     end
   end)
-
-  it("when another option is wrong while api_key holds the key", function()
-    local org = H.new_org()
-    raises("save_to", org, slashid.rotate_key, H.opts(org, SECRET, { save_to = 1 }))
-    raises("timeout", org, slashid.rotate_key, H.opts(org, SECRET, { timeout = 0 }))
-    raises("timout", org, slashid.rotate_key, H.opts(org, SECRET, { timout = 30 }))
-  end)
-
-  it("when the key is in a base_url on a loopback host", function()
-    local org = H.new_org()
-    local port = PORT
-    for _, url in ipairs({ "http://127.0.0.1:" .. port .. "/?key=" .. SECRET,
-                           "http://127.0.0.1:" .. port .. "/#" .. SECRET,
-                           "ftp://127.0.0.1:" .. port .. "/" .. SECRET,
-                           SECRET .. "://127.0.0.1:" .. port }) do
-      raises("base_url", org, slashid.rotate_key, H.opts(org, "sk_another_key_123", { base_url = url }))
-    end
-  end)
-
-  it("when a table value's __tostring would give the key", function()
-    local org = H.new_org()
-    local sneaky = setmetatable({}, { __tostring = function() return SECRET end,
-                                      __name = SECRET })
-    for _, name in ipairs({ "org_id", "api_key", "consistency", "timeout", "base_url", "retries" }) do
-      raises(name, org, slashid.rotate_key, H.opts(org, SECRET, { [name] = sneaky }))
-    end
-  end)
 end)
-
--- ---- option tables with metatables ------------------------------------------
 
 describe("option tables with metatables", function()
   -- A call either succeeds cleanly or raises a `slashid: ` error; the
@@ -854,8 +1007,10 @@ describe("option tables with metatables", function()
   it("a hostile options table with a bad option raises a slashid error", function()
     local org = H.new_org()
     local mt = getmetatable(hostile("options"))
-    raises("timeout", org, slashid.rotate_key, with_meta(H.opts(org, SECRET, { timeout = 0 }), mt))
-    raises("timout", org, slashid.rotate_key, with_meta(H.opts(org, SECRET, { timout = 1 }), mt))
+    refuses(bad_option("timeout", "integer 1..120 expected, got 0"), org, slashid.rotate_key,
+            with_meta(H.opts(org, SECRET, { timeout = 0 }), mt))
+    refuses("slashid: unknown option 'timout' (did you mean 'timeout'?)", org, slashid.rotate_key,
+            with_meta(H.opts(org, SECRET, { timout = 1 }), mt))
   end)
 
   it("fields offered only through __index are a clean result or a slashid error", function()
@@ -866,34 +1021,6 @@ describe("option tables with metatables", function()
       assert.are.equal("rotated", info.outcome)
       H.assert_key_equal(H.org(org).api_key, result.api_key)
     end
-  end)
-
-  for _, name in ipairs({ "org_id", "api_key", "consistency", "timeout", "base_url",
-                          "connect_timeout", "request_timeout", "ca_file", "retries",
-                          "retry_delay", "retry_max_delay", "max_response_bytes", "save_to",
-                          "verify", "user_agent", "debug" }) do
-    it("a value with raising metamethods as " .. name .. " gives a slashid error", function()
-      local org = H.new_org()
-      raises(name, org, slashid.rotate_key, H.opts(org, SECRET, { [name] = hostile(name) }))
-      local tostring_only = setmetatable({}, { __tostring = function()
-        error("METAMETHOD_CALLED_tostring", 0) end })
-      raises(name, org, slashid.rotate_key, H.opts(org, SECRET, { [name] = tostring_only }))
-      raises(name, org, slashid.new, { [name] = hostile(name) })
-    end)
-  end
-
-  it("a key with raising metamethods gives a slashid error", function()
-    local org = H.new_org()
-    local opts = H.opts(org, SECRET)
-    opts[hostile("key")] = 1
-    raises(nil, org, slashid.rotate_key, opts)
-  end)
-
-  it("a value with raising metamethods in check_key gives a slashid error", function()
-    local org = H.new_org()
-    raises("request_timeout", org, slashid.check_key,
-           H.opts(org, SECRET, { request_timeout = hostile("check") }))
-    raises("timeout", org, slashid.check_key, H.opts(org, SECRET, { timeout = hostile("check") }))
   end)
 end)
 
@@ -977,21 +1104,23 @@ describe("options from the environment", function()
   end)
 
   local BAD_ENV = {
-    { "base_url", { SLASHID_BASE_URL = "http://example.com" } },
-    { "base_url", { SLASHID_BASE_URL = "http://localhost@evil.com" } },
-    { "base_url", { SLASHID_BASE_URL = "http://127.0.0.1.evil.com" } },
-    { "base_url", { SLASHID_BASE_URL = "ftp://127.0.0.1:1" } },
-    { "base_url", { SLASHID_BASE_URL = "http://127.0.0.1:1/?q=" .. SECRET } },
-    { "api_key", { SLASHID_API_KEY = SECRET .. "\r" } },
-    { "api_key", { SLASHID_API_KEY = SECRET .. "\n" } },
-    { "api_key", { SLASHID_API_KEY = "sk_SECRET_do\tnot_leak_123456" } },
-    { "api_key", { SLASHID_API_KEY = SECRET .. "\127" } },
-    { "org_id", { SLASHID_ORG_ID = "af5fbd30\n-7ce7" } },
-    { "org_id", { SLASHID_ORG_ID = "af5fbd30\r-7ce7" } },
+    { "base_url", "SLASHID_BASE_URL", "http://example.com", HTTPS_ONLY },
+    { "base_url", "SLASHID_BASE_URL", "http://localhost@evil.com",
+      "user information in the URL is not allowed" },
+    { "base_url", "SLASHID_BASE_URL", "http://127.0.0.1.evil.com", HTTPS_ONLY },
+    { "base_url", "SLASHID_BASE_URL", "ftp://127.0.0.1:1", "https:// URL expected" },
+    { "base_url", "SLASHID_BASE_URL", "http://127.0.0.1:1/?q=" .. SECRET, QUERY },
+    { "api_key", "SLASHID_API_KEY", SECRET .. "\r", CTRL },
+    { "api_key", "SLASHID_API_KEY", SECRET .. "\n", CTRL },
+    { "api_key", "SLASHID_API_KEY", "sk_SECRET_do\tnot_leak_123456", CTRL },
+    { "api_key", "SLASHID_API_KEY", SECRET .. "\127", CTRL },
+    { "org_id", "SLASHID_ORG_ID", "af5fbd30\n-7ce7", CTRL },
+    { "org_id", "SLASHID_ORG_ID", "af5fbd30\r-7ce7", CTRL },
   }
   for _, b in ipairs(BAD_ENV) do
-    local var, value = next(b[2])
-    it("raises naming " .. b[1] .. " for " .. var .. " = " .. show(value):gsub(SECRET:gsub("%p", "%%%0"), "<key>"), function()
+    local name, var, value, why = b[1], b[2], b[3], b[4]
+    local msg = bad_option(name .. " (from " .. var .. ")", why)
+    it("raises naming " .. name .. " for " .. var .. " = " .. show(value), function()
       local org = H.new_org()
       local env = { SLASHID_ORG_ID = org, SLASHID_API_KEY = SECRET, SLASHID_BASE_URL = H.http_url }
       env[var] = value
@@ -1000,13 +1129,15 @@ describe("options from the environment", function()
         local c = slashid.new{}
         local out = { rotate = rot(slashid.rotate_key, { retries = 0 }),
                       check = chk(slashid.check_key, { retries = 0 }),
-                      client = rot(c.rotate_key, c, { retries = 0 }) }
+                      client = rot(c.rotate_key, c, { retries = 0 }),
+                      batch = rot(slashid.rotate_keys, { { retries = 0 } }) }
         c:close()
         return out
       ]])
-      raised_in_subprocess(r.rotate, b[1])
-      raised_in_subprocess(r.check, b[1])
-      raised_in_subprocess(r.client, b[1])
+      raised_in_subprocess(r.rotate, msg, "rotate_key")
+      raised_in_subprocess(r.check, msg, "check_key")
+      raised_in_subprocess(r.client, msg, "client:rotate_key")
+      raised_in_subprocess(r.batch, in_item(msg), "rotate_keys")
       assert.are.equal(0, H.requests(org))
       assert.are.equal(before.requests, H.stats().requests)
     end)
@@ -1017,13 +1148,13 @@ describe("options from the environment", function()
     local r = run_lua({ SLASHID_BASE_URL = H.http_url, SLASHID_API_KEY = SECRET }, [[
       return { rot(slashid.rotate_key, {}), chk(slashid.check_key) }
     ]])
-    raised_in_subprocess(r[1], "org_id")
-    raised_in_subprocess(r[2], "org_id")
+    raised_in_subprocess(r[1], MISSING_ORG, "rotate_key")
+    raised_in_subprocess(r[2], MISSING_ORG, "check_key")
     r = run_lua({ SLASHID_BASE_URL = H.http_url, SLASHID_ORG_ID = org }, [[
       return { rot(slashid.rotate_key, {}), chk(slashid.check_key, {}) }
     ]])
-    raised_in_subprocess(r[1], "api_key")
-    raised_in_subprocess(r[2], "api_key")
+    raised_in_subprocess(r[1], MISSING_KEY, "rotate_key")
+    raised_in_subprocess(r[2], MISSING_KEY, "check_key")
     assert.are.equal(0, H.requests(org))
   end)
 end)
@@ -1049,41 +1180,18 @@ describe("check_key options", function()
     assert.are.equal("checker/1", req.headers["user-agent"])
   end)
 
-  for _, name in ipairs(REQUEST_OPTIONS) do
-    it("accepts " .. name .. " alone among the required ones", function()
-      local org, key = H.new_org()
-      local values = {
-        connect_timeout = 4, request_timeout = 8, ca_file = H.ca_file, retries = 0,
-        retry_delay = 0.01, retry_max_delay = 30, max_response_bytes = 2048,
-        user_agent = "ua", debug = function() end,
-      }
-      local opts = { org_id = org, api_key = key, base_url = H.http_url }
-      if values[name] ~= nil then opts[name] = values[name] end
-      local ok, accepted = pcall(slashid.check_key, opts)
-      assert.is_true(ok, not ok and tostring(accepted) or nil)
-      assert.is_true(accepted)
-    end)
-  end
 
-  local VALID = { consistency = "all_regions", timeout = 10, save_to = "/nonexistent/key",
-                  verify = true }
-  for _, name in ipairs(NOT_FOR_CHECK_KEY) do
-    it("raises for " .. name .. " (not a check_key option)", function()
+  -- rotate_key's own options, with values rotate_key accepts
+  local ROTATE_ONLY = { consistency = "all_regions", timeout = 10,
+                        save_to = "/nonexistent/key", verify = true }
+  for _, name in ipairs({ "consistency", "timeout", "save_to", "verify" }) do
+    it("raises for " .. name .. " (not a check_key option), also through a client", function()
       local org = H.new_org()
-      raises(name, org, slashid.check_key, H.opts(org, SECRET, { [name] = VALID[name] }))
-    end)
-    it("raises for " .. name .. " passed to client:check_key", function()
-      local org = H.new_org()
+      local msg = "slashid: unknown option '" .. name .. "'"
+      refuses(msg, org, slashid.check_key, H.opts(org, SECRET, { [name] = ROTATE_ONLY[name] }))
       local client = slashid.new(H.opts(org, SECRET))
-      raises(name, org, client.check_key, client, { [name] = VALID[name] })
+      refuses(msg, org, client.check_key, client, { [name] = ROTATE_ONLY[name] })
       client:close()
-    end)
-  end
-
-  for _, name in ipairs({ "timout", "concurrency", "rate", "on_progress" }) do
-    it("raises for the unknown option " .. name, function()
-      local org = H.new_org()
-      raises(name, org, slashid.check_key, H.opts(org, SECRET, { [name] = 1 }))
     end)
   end
 
@@ -1117,35 +1225,6 @@ end)
 -- ---- slashid.new -----------------------------------------------------------
 
 describe("slashid.new defaults", function()
-  for _, c in ipairs(BAD) do
-    it("raises at new for " .. c.label, function()
-      local org = H.new_org()
-      raises(c.option, org, slashid.new, bad_options(org, c))
-    end)
-  end
-
-  for _, v in ipairs({ SECRET, 42, true, print }) do
-    it("raises at new when the defaults are " .. show(v), function()
-      raises(nil, nil, slashid.new, v)
-    end)
-  end
-
-  for _, name in ipairs({ "timout", "apikey", "orgId" }) do
-    it("raises at new for the unknown option " .. name, function()
-      raises(name, nil, slashid.new, { org_id = "o", api_key = SECRET, [name] = 1 })
-    end)
-  end
-
-  it("does not need org_id or api_key at new, but the call raises without them", function()
-    local ok, client = pcall(slashid.new, { base_url = H.http_url, timeout = 10 })
-    assert.is_true(ok, not ok and tostring(client) or nil)
-    raises({ "org_id", "api_key" }, nil, client.rotate_key, client)
-    raises({ "org_id", "api_key" }, nil, client.check_key, client, {})
-    local org = H.new_org()
-    raises("api_key", org, client.rotate_key, client, { org_id = org })
-    client:close()
-  end)
-
   it("per-call options override the defaults, which stay as they were", function()
     local org, key = H.new_org()
     local client = slashid.new(H.opts(org, key, {
@@ -1179,84 +1258,42 @@ describe("slashid.new defaults", function()
     client:close()
   end)
 
-  it("per-call options are checked like rotate_key's", function()
-    local org = H.new_org()
-    local client = slashid.new(H.opts(org, SECRET))
-    for _, c in ipairs({ case("timeout", 0), case("timeout", 1.5), case("retries", -1),
-                         case("consistency", SECRET), case("api_key", SECRET .. "\n"),
-                         case("base_url", "http://127.0.0.1:" .. PORT .. "?x"),
-                         case("timout", 1), case("save_to", 1) }) do
-      raises(c.option, org, client.rotate_key, client, c.set)
-    end
-    raises(nil, org, client.rotate_key, client, SECRET)
-    client:close()
-  end)
-
   it("checks retry_max_delay against a retry_delay from the defaults", function()
     local org = H.new_org()
     local client = slashid.new(H.opts(org, SECRET, { retry_delay = 1, retry_max_delay = 2 }))
-    raises("retry_max_delay", org, client.rotate_key, client, { retry_max_delay = 0.5 })
+    refuses(bad_option("retry_max_delay", "number >= retry_delay (1) expected, got 0.5"), org,
+            client.rotate_key, client, { retry_max_delay = 0.5 })
     client:close()
   end)
-end)
-
--- ---- client per-call and check_key argument errors ---------------------------
-
-describe("client:rotate_key and check_key argument errors", function()
-  for _, c in ipairs(BAD) do
-    it("client:rotate_key raises for " .. c.label, function()
-      local org = H.new_org()
-      local client = slashid.new(H.opts(org, SECRET))
-      raises(c.option, org, client.rotate_key, client, c.set)
-      client:close()
-    end)
-    it("slashid.check_key raises for " .. c.label, function()
-      local org = H.new_org()
-      raises(c.option, org, slashid.check_key, bad_options(org, c))
-    end)
-  end
-
-  for _, v in ipairs({ SECRET, 42, true }) do
-    it("check_key and client calls raise when the options are " .. show(v), function()
-      local org = H.new_org()
-      raises(nil, org, slashid.check_key, v)
-      local client = slashid.new(H.opts(org, SECRET))
-      raises(nil, org, client.check_key, client, v)
-      raises(nil, org, client.rotate_key, client, v)
-      client:close()
-    end)
-  end
 end)
 
 -- ---- messages when called from Lua code ------------------------------------
 
 -- A Lua caller does not call under pcall directly: the message must still
--- start with `slashid: ` (no "file:line: " position in front of it).
+-- be exactly the message (no "file:line: " position in front of it).
 describe("argument errors raised into Lua code", function()
-  local function from_lua(fn)
+  local function from_lua(expected, fn)
     local ok, err = pcall(fn)
     assert.is_false(ok)
-    assert.is_string(err)
-    assert.is_truthy(err:find("^slashid: "), "message does not start with 'slashid: ': " .. err)
-    H.assert_no_secret(err, SECRET)
+    assert.are.equal(expected, err)
   end
 
   it("rotate_key", function()
-    from_lua(function()
+    from_lua(bad_option("timeout", "integer 1..120 expected, got 0"), function()
       local r = slashid.rotate_key{ org_id = "o", api_key = SECRET, timeout = 0 }
       return r
     end)
   end)
 
   it("check_key", function()
-    from_lua(function()
+    from_lua("slashid: unknown option 'timeout'", function()
       local ok = slashid.check_key{ org_id = "o", api_key = SECRET, timeout = 10 }
       return ok
     end)
   end)
 
   it("slashid.new", function()
-    from_lua(function()
+    from_lua("slashid: unknown option 'timout' (did you mean 'timeout'?)", function()
       local c = slashid.new{ api_key = SECRET, timout = 10 }
       return c
     end)
@@ -1264,11 +1301,11 @@ describe("argument errors raised into Lua code", function()
 
   it("client:rotate_key and client:check_key", function()
     local client = slashid.new{ org_id = "o", api_key = SECRET }
-    from_lua(function()
+    from_lua(bad_option("retries", "integer >= 0 expected, got -1"), function()
       local r = client:rotate_key{ retries = -1 }
       return r
     end)
-    from_lua(function()
+    from_lua("slashid: unknown option 'verify'", function()
       local ok = client:check_key{ verify = true }
       return ok
     end)

@@ -11,13 +11,6 @@ local string_format = string.format
 M.PRODUCTION = "https://api.slashid.com"
 M.SANDBOX = "https://api.sandbox.slashid.com"
 
-local ENV = {  -- (M.ENV: a configuration resolved from them is kept while they hold)
-  org_id = "SLASHID_ORG_ID",
-  api_key = "SLASHID_API_KEY",
-  base_url = "SLASHID_BASE_URL",
-}
-M.ENV = ENV
-
 -- Errors are raised at level 0: the message starts with "slashid: " and
 -- carries no file:line prefix (it is for people, and a contract).
 local function raise(msg) error(msg, 0) end
@@ -211,43 +204,155 @@ local function check_user_agent(name, v)
   return v
 end
 
--- Every option of rotate_key: name -> checker(name, value) -> value.
-M.CHECKS = {
-  org_id = check_text,
-  api_key = check_text,
-  consistency = check_enum("local_region", "all_regions"),
-  timeout = check_int(1, 120),
-  base_url = check_base_url,
-  connect_timeout = check_positive,
-  request_timeout = check_positive,
-  ca_file = check_path,
-  retries = check_int(0),
-  retry_delay = check_positive,
-  retry_max_delay = check_positive,
-  max_response_bytes = check_int(1),
-  proxy = check_proxy,
-  save_to = check_path,
-  verify = check_type("boolean"),
-  user_agent = check_user_agent,
-  debug = check_type("function"),
+-- ---- the rules: one row per option ------------------------------------------
+--
+-- Everything else in this file (CHECKS, BATCH_CHECKS, REQUEST_OPTIONS, the
+-- environment, resolve's defaults) and the README's options table
+-- (scripts/options-table.lua) is derived from these rows, once, at load.
+--   name     the option
+--   kind     text | enum (values) | integer (min, max: max optional) |
+--            positive (finite number > 0) | url | proxy | path | string
+--            (no control characters) | boolean | function
+--   default  the value resolve fills in; derive(cfg): a default computed
+--            from the other options (the rows it reads come first)
+--   env      the environment variable read when the option is not given
+--   required resolve raises when it is still missing
+--   calls    "request": rotate_key, check_key (REQUEST_OPTIONS) and the
+--            rest; "rotate": not check_key; "batch": rotate_keys' own
+--   doc      the README's "type" column; shown: its "default" column
+--            when the default is not a plain value
+local TIMEOUT   -- timeout's default, for request_timeout's
+local unpack = table.unpack or unpack
+
+M.RULES = {
+  { name = "org_id", kind = "text", env = "SLASHID_ORG_ID", required = true,
+    calls = "request", doc = "non-empty string" },
+  { name = "api_key", kind = "text", env = "SLASHID_API_KEY", required = true,
+    calls = "request", doc = "non-empty string" },
+  { name = "consistency", kind = "enum", values = { "local_region", "all_regions" },
+    default = "local_region", calls = "rotate",
+    doc = '`"local_region"` or `"all_regions"`' },
+  { name = "timeout", kind = "integer", min = 1, max = 120, default = 30, calls = "rotate",
+    doc = "integer 1..120, consistency timeout in seconds (`60.0` counts)" },
+  { name = "base_url", kind = "url", env = "SLASHID_BASE_URL", default = M.PRODUCTION,
+    calls = "request", doc = "`https://` URL; `http://` only for 127.0.0.0/8, `::1`, `localhost`",
+    shown = "env `SLASHID_BASE_URL`, else `slashid.PRODUCTION`" },
+  { name = "connect_timeout", kind = "positive", default = 10, calls = "request",
+    doc = "number > 0, seconds" },
+  { name = "request_timeout", kind = "positive", calls = "request",
+    derive = function(cfg) return (cfg.timeout or TIMEOUT) + 15 end, shown = "`timeout + 15`",
+    doc = "number > 0, seconds, whole transfer" },
+  { name = "ca_file", kind = "path", calls = "request", shown = "system store",
+    doc = "path of a PEM CA bundle" },
+  { name = "retries", kind = "integer", min = 0, default = 2, calls = "request",
+    doc = "integer >= 0: extra attempts, only where the server cannot have acted" },
+  { name = "retry_delay", kind = "positive", default = 0.5, calls = "request",
+    doc = "number > 0: base of exponential backoff with full jitter" },
+  { name = "retry_max_delay", kind = "positive", calls = "request",
+    derive = function(cfg)
+      local delay = cfg.retry_delay
+      return delay > 30 and delay or 30
+    end, shown = "`max(30, retry_delay)`",
+    doc = "number >= `retry_delay`: cap of one wait; a larger `Retry-After` ends the retries" },
+  { name = "max_response_bytes", kind = "integer", min = 1, default = 1048576, calls = "request",
+    doc = "integer > 0: cap on the answer's **body** (headers have their own fixed cap of 64 KiB per attempt, every header block counted; over either cap the outcome is `unknown`)" },
+  { name = "proxy", kind = "proxy", calls = "request", shown = 'see "Proxies" below',
+    doc = "proxy URL (`http://`, `https://`, `socks5h://`; credentials in it are secrets), or `false`: no proxy at all" },
+  { name = "save_to", kind = "path", calls = "rotate",
+    doc = 'path: new key + newline, written atomically (same-directory temp file, fsync, rename, fsync of the directory) before the call returns; see "Key files" below' },
+  { name = "verify", kind = "boolean", calls = "rotate", shown = "`false`",
+    doc = "boolean: after rotating, check that the new key is accepted" },
+  { name = "user_agent", kind = "string", calls = "request",
+    shown = "`slashid-lua/<version> libcurl/<version>`", doc = "string" },
+  { name = "debug", kind = "function", calls = "request",
+    doc = "`function(line)`: a trace of the exchange, keys redacted" },
+  -- rotate_keys' own options (its other options are per-item defaults)
+  { name = "concurrency", kind = "integer", min = 1, default = 8, calls = "batch",
+    doc = "integer >= 1: items in flight at once" },
+  { name = "rate", kind = "positive", calls = "batch",
+    doc = "number > 0: most item starts per second" },
+  { name = "on_progress", kind = "function", calls = "batch",
+    doc = "`function(done, total, index, outcome)`; returning `false` stops starting items" },
+  { name = "on_result", kind = "function", calls = "batch",
+    doc = "`function(index, item)`: each item's table as it finishes" },
+  { name = "keep_results", kind = "boolean", calls = "batch", shown = "`true`",
+    doc = "boolean: `false` collects nothing and returns a summary" },
 }
 
--- The options of rotate_keys that are not per-item options.
-M.BATCH_CHECKS = {
-  concurrency = check_int(1),
-  rate = check_positive,
-  on_progress = check_type("function"),
-  on_result = check_type("function"),
-  keep_results = check_type("boolean"),
+-- A row's checker, made once: checker(name, value) -> the value to keep.
+local KINDS = {
+  text = function() return check_text end,
+  enum = function(rule) return check_enum(unpack(rule.values)) end,
+  integer = function(rule) return check_int(rule.min, rule.max) end,
+  positive = function() return check_positive end,
+  url = function() return check_base_url end,
+  proxy = function() return check_proxy end,
+  path = function() return check_path end,
+  string = function() return check_user_agent end,
+  boolean = function() return check_type("boolean") end,
+  ["function"] = function() return check_type("function") end,
 }
 
--- The options of check_key: those that concern a request.
-M.REQUEST_OPTIONS = {
-  org_id = true, api_key = true, base_url = true, connect_timeout = true,
-  request_timeout = true, ca_file = true, retries = true, retry_delay = true,
-  retry_max_delay = true, max_response_bytes = true, user_agent = true,
-  debug = true, proxy = true,
-}
+M.CHECKS = {}           -- every option of rotate_key: name -> checker
+M.BATCH_CHECKS = {}     -- rotate_keys' own options (not per-item ones)
+M.BATCH_DEFAULTS = {}   -- and their defaults
+M.REQUEST_OPTIONS = {}  -- check_key's: those that concern a request (a set)
+M.ENV = {}              -- option name -> its environment variable (slashid.lua keeps a
+                        -- configuration resolved from them while they hold)
+
+-- resolve's tables, in row order: environment variables, required options.
+local ENV_NAME, ENV_VAR, ENV_LABEL, ENV_CHECK = {}, {}, {}, {}
+local REQUIRED, MISSING = {}, {}
+
+-- fill(cfg) sets each missing option of `rules` to its default, in row
+-- order. Made once from the rows as straight-line code (one `if` per
+-- option), so resolve costs what hand-written defaults would.
+local function defaults_filler(rules)
+  local src, values = { "local V = ...\nreturn function(cfg)\n" }, {}
+  for i, rule in ipairs(rules) do
+    local name = rule.name
+    assert(name:find("^[%a_][%w_]*$"), "option names are identifiers")
+    values[i] = rule.derive or rule.default
+    src[#src + 1] = string_format("  if cfg.%s == nil then cfg.%s = V[%d]%s end\n",
+                                  name, name, i, rule.derive and "(cfg)" or "")
+  end
+  src[#src + 1] = "end\n"
+  local chunk = assert((loadstring or load)(table.concat(src), "=slashid.options defaults"))
+  return chunk(values)
+end
+
+local NAMES = {}        -- every option name, for "did you mean"
+local all_defaults, request_defaults = {}, {}
+for _, rule in ipairs(M.RULES) do
+  local name, check = rule.name, KINDS[rule.kind](rule)
+  NAMES[#NAMES + 1] = name
+  if rule.calls == "batch" then
+    M.BATCH_CHECKS[name] = check
+    M.BATCH_DEFAULTS[name] = rule.default
+  else
+    M.CHECKS[name] = check
+    if rule.calls == "request" then M.REQUEST_OPTIONS[name] = true end
+    if rule.env then
+      local i = #ENV_NAME + 1
+      ENV_NAME[i], ENV_VAR[i], ENV_CHECK[i] = name, rule.env, check
+      ENV_LABEL[i] = name .. " (from " .. rule.env .. ")"
+      M.ENV[name] = rule.env
+    end
+    if rule.required then
+      REQUIRED[#REQUIRED + 1] = name
+      MISSING[#MISSING + 1] = string_format("slashid: missing option '%s'%s", name,
+        rule.env and " (or set " .. rule.env .. ")" or "")
+    end
+    if rule.default ~= nil or rule.derive then
+      all_defaults[#all_defaults + 1] = rule
+      if rule.calls == "request" then request_defaults[#request_defaults + 1] = rule end
+    end
+  end
+  if name == "timeout" then TIMEOUT = rule.default end
+end
+table.sort(NAMES)
+local fill_all_defaults = defaults_filler(all_defaults)
+local fill_request_defaults = defaults_filler(request_defaults)
 
 -- Edit distance (insertions, deletions, substitutions), for short names.
 local function distance(a, b)
@@ -269,13 +374,12 @@ end
 -- name so that the message is the same every time.
 local function nearest(k)
   local lower, best, best_d = k:lower(), nil, math.huge
-  for _, names in ipairs({ M.CHECKS, M.BATCH_CHECKS }) do
-    for name in pairs(names) do
-      local d = distance(lower, name)
-      if (d <= 2 or name:find(lower, 1, true) or lower:find(name, 1, true)) and
-         (d < best_d or (d == best_d and name < best)) then
-        best, best_d = name, d
-      end
+  for i = 1, #NAMES do
+    local name = NAMES[i]
+    local d = distance(lower, name)
+    if (d <= 2 or name:find(lower, 1, true) or lower:find(name, 1, true)) and
+       (d < best_d or (d == best_d and name < best)) then
+      best, best_d = name, d
     end
   end
   return best
@@ -386,35 +490,20 @@ function M.resolve(defaults, options, keep)
     if not keep or keep[k] then cfg[k] = v end
   end
   for k, v in next, options do cfg[k] = v end
-  for name, var in next, ENV do
+  for i = 1, #ENV_NAME do
+    local name = ENV_NAME[i]
     if cfg[name] == nil then
-      local value = os.getenv(var)
-      if value ~= nil and value ~= "" then
-        cfg[name] = M.CHECKS[name](name .. " (from " .. var .. ")", value)
-      end
+      local value = os.getenv(ENV_VAR[i])
+      if value ~= nil and value ~= "" then cfg[name] = ENV_CHECK[i](ENV_LABEL[i], value) end
     end
   end
-  if cfg.org_id == nil then
-    raise("slashid: missing option 'org_id' (or set SLASHID_ORG_ID)")
+  for i = 1, #REQUIRED do
+    if cfg[REQUIRED[i]] == nil then raise(MISSING[i]) end
   end
-  if cfg.api_key == nil then
-    raise("slashid: missing option 'api_key' (or set SLASHID_API_KEY)")
-  end
-  cfg.base_url = cfg.base_url or M.PRODUCTION
-  if not keep then
-    cfg.consistency = cfg.consistency or "local_region"
-    cfg.timeout = cfg.timeout or 30
-  end
-  cfg.connect_timeout = cfg.connect_timeout or 10
-  cfg.request_timeout = cfg.request_timeout or (cfg.timeout or 30) + 15
-  cfg.retries = cfg.retries or 2
-  cfg.retry_delay = cfg.retry_delay or 0.5
-  if cfg.retry_max_delay == nil then
-    cfg.retry_max_delay = cfg.retry_delay > 30 and cfg.retry_delay or 30
-  else
-    check_delays(cfg.retry_delay, cfg.retry_max_delay)
-  end
-  cfg.max_response_bytes = cfg.max_response_bytes or 1048576
+  local given_max_delay = cfg.retry_max_delay ~= nil
+  -- check_key's (keep) leave out rotate_key's own: consistency, timeout
+  if keep then fill_request_defaults(cfg) else fill_all_defaults(cfg) end
+  if given_max_delay then check_delays(cfg.retry_delay, cfg.retry_max_delay) end
   return cfg
 end
 

@@ -190,38 +190,65 @@ local function loopback_url(url)
          host:find("^127%.%d+%.%d+%.%d+$") ~= nil
 end
 
-local VALID = {
-  org_id = text, api_key = text,
-  consistency = function(v) return v == "local_region" or v == "all_regions" end,
-  timeout = function(v) return is_int(v) and v >= 1 and v <= 120 end,
-  base_url = function(v)
-    if type(v) ~= "string" or v:find("[%c%s\127]") then return false end
-    if v:lower():find("^https://[^/?#@]") then return true end
-    return loopback_url(v)
+-- What each kind of option accepts (API.md), written here apart from
+-- options.lua's checkers; which option is of which kind, with its range or
+-- values, comes from options.RULES.
+local function path(v) return type(v) == "string" and v ~= "" and not v:find("%z") end
+local KIND_VALID = {
+  text = function() return text end,
+  enum = function(rule)
+    local allowed = {}
+    for _, value in ipairs(rule.values) do allowed[value] = true end
+    return function(v) return type(v) == "string" and allowed[v] == true end
   end,
-  connect_timeout = finite_positive, request_timeout = finite_positive,
-  ca_file = function(v) return type(v) == "string" and v ~= "" and not v:find("%z") end,
-  retries = function(v) return is_count(v) and v >= 0 end,
-  retry_delay = finite_positive, retry_max_delay = finite_positive,
-  max_response_bytes = function(v) return is_count(v) and v >= 1 end,
-  save_to = function(v) return type(v) == "string" and v ~= "" and not v:find("%z") end,
-  verify = function(v) return type(v) == "boolean" end,
-  user_agent = function(v) return type(v) == "string" and not v:find("[%c\127]") end,
-  debug = function(v) return type(v) == "function" end,
+  integer = function(rule)
+    local lo, hi = rule.min, rule.max
+    return function(v)
+      return (is_int(v) or (not hi and is_count(v))) and v >= lo and (not hi or v <= hi)
+    end
+  end,
+  positive = function() return finite_positive end,
+  url = function()
+    return function(v)
+      if type(v) ~= "string" or v:find("[%c%s\127]") then return false end
+      if v:lower():find("^https://[^/?#@]") then return true end
+      return loopback_url(v)
+    end
+  end,
   -- false, or an http/https/socks5h URL with a host (credentials allowed)
-  proxy = function(v)
-    if v == false then return true end
-    if type(v) ~= "string" or v:find("[%c%s\127]") then return false end
-    local scheme, rest = v:match("^(%a[%w+.-]*)://(.*)$")
-    if not scheme then return false end
-    scheme = scheme:lower()
-    if scheme ~= "http" and scheme ~= "https" and scheme ~= "socks5h" then return false end
-    local hostport = rest:match("^[^/?#]*")
-    hostport = hostport:match("@([^@]*)$") or hostport
-    return hostport ~= "" and hostport:sub(1, 1) ~= ":"
+  proxy = function()
+    return function(v)
+      if v == false then return true end
+      if type(v) ~= "string" or v:find("[%c%s\127]") then return false end
+      local scheme, rest = v:match("^(%a[%w+.-]*)://(.*)$")
+      if not scheme then return false end
+      scheme = scheme:lower()
+      if scheme ~= "http" and scheme ~= "https" and scheme ~= "socks5h" then return false end
+      local hostport = rest:match("^[^/?#]*")
+      hostport = hostport:match("@([^@]*)$") or hostport
+      return hostport ~= "" and hostport:sub(1, 1) ~= ":"
+    end
   end,
+  path = function() return path end,
+  string = function()
+    return function(v) return type(v) == "string" and not v:find("[%c\127]") end
+  end,
+  boolean = function() return function(v) return type(v) == "boolean" end end,
+  ["function"] = function() return function(v) return type(v) == "function" end end,
 }
 
+-- Per-item options only: check must never accept rotate_keys' own.
+-- SET_AFTER_RESOLVE: what resolve must have filled in (for check_key, only
+-- the options of a request).
+local VALID, SET_AFTER_RESOLVE = {}, {}
+for _, rule in ipairs(options.RULES) do
+  if rule.calls ~= "batch" then
+    VALID[rule.name] = assert(KIND_VALID[rule.kind], rule.kind)(rule)
+    if rule.required or rule.default ~= nil or rule.derive then
+      SET_AFTER_RESOLVE[#SET_AFTER_RESOLVE + 1] = rule
+    end
+  end
+end
 
 local function check_copy(opts, copy, allowed)
   if type(copy) ~= "table" then fail("check returned a %s", type(copy)) end
@@ -247,13 +274,10 @@ end
 
 local function check_cfg(cfg, keep)
   if type(cfg) ~= "table" then fail("resolve returned a %s", type(cfg)) end
-  for _, k in ipairs{ "org_id", "api_key", "base_url", "connect_timeout",
-                      "request_timeout", "retries", "retry_delay", "retry_max_delay",
-                      "max_response_bytes" } do
-    if cfg[k] == nil then fail("resolve left %s unset", k) end
-  end
-  if not keep then
-    if cfg.consistency == nil or cfg.timeout == nil then fail("resolve left consistency/timeout unset") end
+  for _, rule in ipairs(SET_AFTER_RESOLVE) do
+    if cfg[rule.name] == nil and (rule.calls == "request" or not keep) then
+      fail("resolve left %s unset", rule.name)
+    end
   end
   for k, v in pairs(cfg) do
     if keep and not keep[k] then fail("resolve kept %s for check_key", tostring(k)) end
