@@ -41,6 +41,7 @@ function M.new(cfg, handle, kind, user_agent, on_rotated, req)
     -- exist): M.run's rescue reads them after a memory error
     answer = false, answer_errors = false, answer_pagination = false,
     answer_facts = false,
+    unconcluded = false,   -- the last attempt's outcome is still to be named
   }, Job)
 end
 
@@ -66,6 +67,7 @@ function Job:attempted(result, errors, pagination, facts)
     self.last = { result, errors, pagination, facts }
     return
   end
+  self.unconcluded = true
   self:conclude(result, errors, pagination, facts)
 end
 
@@ -133,6 +135,7 @@ function Job:conclude(result, errors, pagination, facts)
     result, errors, pagination, info =
       outcome.settle(result, errors, pagination, info, facts)
     self.values = { result, errors, pagination, info }
+    self.unconcluded = false
     if result then
       -- the old key is dead: save and hand over before anything else
       outcome.save(self.cfg, result, errors, info)
@@ -152,12 +155,42 @@ function Job:conclude(result, errors, pagination, facts)
     local v = self.values
     local ok = policy.accepted(facts)
     outcome.verified(v[2], v[4], ok, errors, info)
+    self.unconcluded = false
   else
     local ok = policy.accepted(facts)
     if ok then errors = {} end
     self.values = { ok, errors, info }
+    self.unconcluded = false
   end
   self:done()
+end
+
+local AFTER = "the key was rotated, but an error came after (out of memory?): " ..
+              "the new key is in result.api_key; info.saved and info.verified say " ..
+              "what was done"
+
+-- After an error raised out of the engine (a memory error: the blocking
+-- driver's rescue, or the next poll of an op): an attempt whose outcome
+-- was not named is named from the tables kept on the job; a rotation
+-- whose key is known but whose saving, verifying or adopting raised ends
+-- here with the key, saying so (the error itself is not quoted: it is not
+-- ours to show). A key the server issued is never left behind.
+function Job:conclude_again()
+  if self.running or self.wait_until or self.phase == "done" or self.phase == "new" then
+    return
+  end
+  if self.unconcluded then
+    return self:conclude(self.answer, self.answer_errors, self.answer_pagination,
+                         self.answer_facts)
+  end
+  local v = self.values
+  if self.kind == "rotate" and v and v[1] then
+    local info = v[4]
+    if self.cfg.save_to and info.saved == nil then info.saved = false end
+    if self.cfg.verify and info.verified == nil then info.verified = false end
+    pcall(outcome.add_error, v[2], 0, AFTER)
+    self:done()
+  end
 end
 
 -- Non-blocking: the multi reported this job's attempt finished (or it was
@@ -207,35 +240,36 @@ local function drive(job)
   to_the_end(job)
 end
 
--- The rotation's answer became tables but its outcome was not named yet
--- (a memory error in between): name it again, then go on (save, verify).
 local function conclude_again(job)
-  job:conclude(job.answer, job.answer_errors, job.answer_pagination, job.answer_facts)
+  job:conclude_again()
   to_the_end(job)
 end
 
-local AFTER = "the key was rotated, but an error came after (out of memory?): " ..
-              "the new key is in result.api_key; info.saved and info.verified say " ..
-              "what was done"
+-- Whether an error raised out of the engine may have left a key behind:
+-- a rotated answer whose outcome is not named yet, or a known key.
+local function holds_key(job)
+  if job.kind ~= "rotate" then return false end
+  if job.unconcluded and job.phase == "rotate" then
+    return policy.outcome(job.answer, job.answer_facts) == "rotated"
+  end
+  local v = job.values
+  return v and v[1] and true or false
+end
 
 function M.run(job)
   local ok, err = pcall(drive, job)
-  if not ok and job.kind == "rotate" and job.phase == "rotate" and not job.values and
-     job.answer_facts and policy.outcome(job.answer, job.answer_facts) == "rotated" then
+  if not ok then
+    -- Once the server has issued a key, nothing may lose it: the rest is
+    -- done again once memory is back, or the key handed back as it is.
+    if not holds_key(job) then error(err, 0) end
     collectgarbage("collect")
-    ok, err = pcall(conclude_again, job)
+    if not pcall(conclude_again, job) then
+      if not (job.values and job.values[1]) then error(err, 0) end
+      job.unconcluded, job.running, job.wait_until = false, false, nil
+      job:conclude_again()
+    end
   end
   local v = job.values
-  if not ok then
-    -- Once the server has issued a key, nothing may lose it: an error in
-    -- saving, verifying or adopting hands the key back, saying so (what
-    -- the error was is not quoted: it is not ours to show).
-    if job.kind ~= "rotate" or not (v and v[1]) then error(err, 0) end
-    local info = v[4]
-    if job.cfg.save_to and info.saved == nil then info.saved = false end
-    if job.cfg.verify and info.verified == nil then info.verified = false end
-    pcall(outcome.add_error, v[2], 0, AFTER)
-  end
   if job.kind == "check" then return v[1], v[2], v[3] end
   return v[1], v[2], v[3], v[4]
 end

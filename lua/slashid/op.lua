@@ -76,6 +76,8 @@ end
 -- collected whether or not that report reached us (handle:done()).
 local function step(st, last_look)
   local job = st.job
+  job:conclude_again()             -- a poll that raised before naming it
+  if job.phase == "done" then return end
   -- while the command catches signals, a first one ends a wait to retry:
   -- the next attempt would be a new request (see batch.lua)
   if job.wait_until and not job.running and core.signals_caught() and
