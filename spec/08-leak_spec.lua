@@ -200,8 +200,16 @@ describe("memory", function()
     local heap_after = heap_kb()
     local rss_after = rss_kb()
     report("1000 calls with a 32 KB key (RSS)", heap_before, heap_after, rss_before, rss_after)
-    assert.is_true(rss_after - rss_before < 4096,
-                   ("RSS grew by %d KB over 1000 calls"):format(rss_after - rss_before))
+    if os.getenv("ASAN_OPTIONS") then
+      -- Under ASan (make check-asan) the resident set is the quarantine's
+      -- (16 MB of freed blocks held back) and its allocator's: seen +5.6
+      -- MB and -19 MB over this loop. LeakSanitizer checks the C side
+      -- there; the Lua heap is still checked below.
+      io.stderr:write("\n[leak] RSS bound not applied under ASan (quarantine)\n")
+    else
+      assert.is_true(rss_after - rss_before < 4096,
+                     ("RSS grew by %d KB over 1000 calls"):format(rss_after - rss_before))
+    end
     assert.is_true(heap_after - heap_before < BOUND_KB)
     client:close()
   end)
