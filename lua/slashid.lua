@@ -366,9 +366,12 @@ function Client:rotate_key(opts)
     cfg = options.resolve(st.defaults, given)
     own = holds(st, cfg)
   end
-  return rotate(st.handle, cfg, req, own and function(result)
-    adopt(st, cfg, result)
+  -- (not a tail call: the client stays referenced while its handle works,
+  -- so `slashid.new(o):rotate_key()` cannot collect and close it mid-call)
+  local result, errors, pagination, info = rotate(st.handle, cfg, req, own and function(r)
+    adopt(st, cfg, r)
   end or nil)
+  return result, errors, pagination, info
 end
 
 function Client:start_rotate_key(opts)
@@ -386,9 +389,10 @@ function Client:rotate_keys(list, opts)
   -- per item, decided before it can rotate; weak, so that a long batch
   -- keeps nothing of the items that are over
   local own = setmetatable({}, { __mode = "k" })
-  return rotate_keys(st.defaults, list, opts, function(cfg, result)
+  local ret = rotate_keys(st.defaults, list, opts, function(cfg, result)
     if own[cfg] then adopt(st, cfg, result) end
   end, function(cfg) own[cfg] = holds(st, cfg) or nil end)
+  return ret   -- (not a tail call: see rotate_key)
 end
 
 local function client_check_cfg(st, opts)
@@ -397,7 +401,8 @@ end
 
 function Client:check_key(opts)
   local st = state_of(self, "check_key")
-  return check(st.handle, client_check_cfg(st, opts))
+  local result, errors, pagination, info = check(st.handle, client_check_cfg(st, opts))
+  return result, errors, pagination, info   -- (not a tail call: see rotate_key)
 end
 
 -- (The op has its own handle, like start_rotate_key's: the client's may

@@ -241,4 +241,31 @@ describe("what a kept request must not keep (review of issue 11)", function()
     for _ in pairs(weak) do left = left + 1 end
     assert.are.equal(0, left, "clients still alive")
   end)
+
+  it("a client used once and dropped (`slashid.new(o):rotate_key()`) outlives its call, " ..
+     "with the collector running all the time", function()
+    -- The client is referred to by nothing but the call itself: were the
+    -- call a tail call, the collector could finalize the client (closing
+    -- its handle, forgetting its key) while the call is under way.
+    local pause = collectgarbage("setpause", 0)
+    local stepmul = collectgarbage("setstepmul", 1000)
+    local ok, err = pcall(function()
+      for n = 1, 25 do
+        local org, key = H.new_org()
+        local chunk = { n = n }
+        local r, e, _, i = slashid.new(H.opts(org, key, {
+          -- garbage made inside the call, and a collection step each time
+          debug = function(kind) chunk[#chunk + 1] = kind .. n; collectgarbage("step") end,
+        })):rotate_key()
+        rotated(i, e)
+        H.assert_key_equal(H.org(org).api_key, r.api_key)
+        local ok_c, e_c, i_c = slashid.new(H.opts(org, r.api_key)):check_key()
+        assert.is_true(ok_c, messages(e_c) .. " " .. tostring(i_c and i_c.status))
+      end
+    end)
+    collectgarbage("setpause", pause)
+    collectgarbage("setstepmul", stepmul)
+    assert(ok, err)
+  end)
 end)
+

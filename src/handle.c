@@ -84,6 +84,10 @@ static int handle_collect(lua_State *L) {
   sid_transfer *t = sid_transfer_check(L, 1);
   CURLcode rc;
   if (t->easy == NULL) return sid_raise(L, "slashid: handle is closed");
+  /* a debug function called while this handle builds an answer must not
+     take that answer (or the one kept after a memory error) for itself */
+  if (t->busy)
+    return sid_raise(L, "slashid: handle is busy (a transfer is running on it)");
   sid_callbacks_off(t);            /* detaching calls no Lua */
   sid_transfer_detach(L, t);
   rc = t->finished ? t->finished_rc : CURLE_ABORTED_BY_CALLBACK;
@@ -92,6 +96,17 @@ static int handle_collect(lua_State *L) {
   sid_callbacks_on(t, L);          /* the answer's trace, if any */
   t->busy = 1;
   return answer_push_busy(L, t, rc);
+}
+
+/* handle:discard(): an answer kept after a memory error that will not be
+   collected after all is wiped, and the call's debug function let go. */
+static int handle_discard(lua_State *L) {
+  sid_transfer *t = sid_transfer_check(L, 1);
+  if (t->busy || t->list) return 0;
+  t->finished = 0;
+  sid_request_end(L, t);
+  sid_answer_clear(t);
+  return 0;
 }
 
 static int handle_close(lua_State *L) {
@@ -134,6 +149,7 @@ void sid_open_handle(lua_State *L) {
     {"close", handle_close},
     {"is_open", handle_is_open},
     {"done", handle_done},
+    {"discard", handle_discard},
     {NULL, NULL}
   };
   static const luaL_Reg meta[] = {

@@ -173,13 +173,20 @@ CURLcode sid_transfer_run(sid_transfer *t) {
 }
 
 /* Onto a multi's list; the userdata at idx (t itself) is kept alive by a
-   registry reference until it is detached. */
+   registry reference until it is detached. The reference is taken first:
+   luaL_ref may raise (out of memory), and a raise after the handle was
+   added would leave a request going out that no list knows of. */
 CURLMcode sid_transfer_attach(lua_State *L, sid_transfer *t, int idx,
                               sid_transfer_list *list) {
-  CURLMcode mc = curl_multi_add_handle(list->multi, t->easy);
-  if (mc != CURLM_OK) return mc;
+  CURLMcode mc;
   lua_pushvalue(L, idx);
   t->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  mc = curl_multi_add_handle(list->multi, t->easy);
+  if (mc != CURLM_OK) {
+    luaL_unref(L, LUA_REGISTRYINDEX, t->self_ref);
+    t->self_ref = LUA_NOREF;
+    return mc;
+  }
   t->list = list;
   t->prev = NULL;
   t->next = list->first;

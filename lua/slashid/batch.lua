@@ -18,7 +18,12 @@ local core = require "slashid.core"
 local job_mod = require "slashid.job"
 
 local pcall, tostring, type, error, pairs, next = pcall, tostring, type, error, pairs, next
-local table_remove = table.remove
+local collectgarbage = collectgarbage
+
+-- Lua's own message for a memory error, and how many times a batch goes
+-- on after one (each after a full collection) before it gives up.
+local MEMORY_ERROR = "not enough memory"
+local RESUMPTIONS = 1000
 
 local M = {}
 
@@ -68,6 +73,7 @@ function M.run(pull, total, s)
   local by_handle = {}     -- handle -> job in flight
   local spare = {}         -- handles of finished items, reused
   local waiting = {}       -- jobs in back-off: job -> true
+  local troubled = {}      -- jobs a memory error interrupted: job -> true
   local next_index, active, done = 1, 0, 0
   local interval = rate and 1 / rate or 0
   local next_start = core.now()
@@ -75,6 +81,8 @@ function M.run(pull, total, s)
   local stopping = false   -- no item starts any more
   local failed, failure = nil, nil   -- the first callback error: field, text
   local undelivered = {}   -- keep_results == false: items on_result failed on
+  local held_i, held_cfg   -- an item pulled but not yet started (a memory error)
+  local settle
 
   local function fail(field, err)
     if not failed then failed, failure = field, describe_error(err) end
@@ -86,13 +94,14 @@ function M.run(pull, total, s)
   -- from on_result stops new starts and is re-raised once the items in
   -- flight are delivered; one from on_progress is reported and on_progress
   -- is not called again (it is a display: the batch goes on).
-  local function deliver(i, item, progress)
+  -- (report: the part of it after the item is kept, which allocates
+  -- nothing until the callbacks run)
+  local function report(i, item, progress)
     local outcome = item.info.outcome
     counts[outcome] = (counts[outcome] or 0) + 1
     if outcome == "rotated" and item.info.saved == false then
       counts.not_saved = counts.not_saved + 1
     end
-    if keep then outcomes[i] = item end
     done = done + 1
     if on_result then
       local ok, err = pcall(on_result, i, item)
@@ -112,29 +121,72 @@ function M.run(pull, total, s)
     end
   end
 
+  local function deliver(i, item, progress)
+    if keep then outcomes[i] = item end
+    report(i, item, progress)
+  end
+
+  -- An item's job is done: handed over once, in stages, each of which a
+  -- memory error leaves either not begun or complete (the fields it sets
+  -- exist from `start`): looked at again (settle), it goes on where it
+  -- stopped. It leaves by_handle last, so that nothing it holds is lost
+  -- should the batch end with an error meanwhile.
   local function finish(job)
-    local v = job.values
-    by_handle[job.handle] = nil
-    spare[#spare + 1] = job.handle
-    active = active - 1
-    deliver(job.index, { result = v[1], errors = v[2], pagination = v[3], info = v[4] }, true)
+    if job.handed == 0 then
+      local v = job.values
+      job.item = { result = v[1], errors = v[2], pagination = v[3], info = v[4] }
+      job.handed = 1
+    end
+    if job.handed == 1 then
+      spare[#spare + 1] = job.handle
+      job.handed = 2
+    end
+    if job.handed == 2 then
+      if keep then outcomes[job.index] = job.item end
+      job.handed = 3
+    end
+    if job.handed == 3 then
+      job.handed = 4
+      by_handle[job.handle] = nil
+      active = active - 1
+      report(job.index, job.item, true)
+    end
+  end
+
+  -- An item that went into its job and what the last look at it left to do.
+  settle = function(job)
+    if job.running then
+      if job.handle:done() then job:finished() end
+    elseif job.phase == "done" then
+      finish(job)
+    else
+      job:conclude_again()
+    end
   end
 
   local function start(i, cfg, now)
     multi = multi or core.multi()
-    active = active + 1
-    local handle = table_remove(spare) or core.handle()
+    local handle = spare[#spare] or core.handle()
     local job = job_mod.new(cfg, handle, "rotate", user_agent,
                             on_rotated and function(result) on_rotated(cfg, result) end)
-    job.index = i
-    job.on_done = finish
+    job.index, job.on_done, job.handed, job.item = i, finish, 0, false
     -- Wait for the first connection's protocol (ALPN) only where HTTP/2 can
     -- be negotiated: over plain http:// (loopback) libcurl learns it from
     -- the first answer's status line, so every item would wait for it.
     job.pipewait = cfg.base_url:sub(1, 8):lower() == "https://"
     by_handle[handle] = job
+    troubled[job] = true      -- looked at after this turn's perform, whatever happens
+    if spare[#spare] == handle then spare[#spare] = nil end
+    active = active + 1
+    local ok, err = pcall(job.start, job, multi)   -- may finish at once
+    if not ok and not job.running and job.phase ~= "done" then
+      -- a memory error before the request was attached: nothing went out;
+      -- the item is started again (the caller keeps it)
+      by_handle[handle], troubled[job] = nil, nil
+      active = active - 1
+      error(err, 0)
+    end
     if rate then next_start = (next_start > now and next_start or now) + interval end
-    job:start(multi)     -- may finish at once (a request that cannot be set up)
   end
 
   local function loop()
@@ -142,15 +194,24 @@ function M.run(pull, total, s)
       local now = core.now()
       -- Start what may start; pull an item only for a slot that is free now.
       while not stopping and active < concurrency and (not rate or now >= next_start) do
-        local i = next_index
-        local ok, cfg, why = pcall(pull, i)
+        local i, ok, cfg, why = held_i, true, held_cfg, nil
+        if not i then
+          i = next_index
+          ok, cfg, why = pcall(pull, i)
+        end
         if not ok then
           fail("list_error", cfg)
         elseif cfg == nil then
           stopping = true
         else
           next_index = i + 1
-          if cfg then start(i, cfg, now) else deliver(i, unsent(why), true) end
+          if cfg then
+            held_i, held_cfg = i, cfg
+            start(i, cfg, now)
+            held_i, held_cfg = nil, nil
+          else
+            deliver(i, unsent(why), true)
+          end
         end
       end
       if active == 0 and stopping then break end
@@ -163,20 +224,30 @@ function M.run(pull, total, s)
         if job.phase == "done" then
           waiting[job] = nil
         elseif job.wait_until and now >= job.wait_until then
+          job:due(now)            -- (raising, it stays waiting, due again)
           waiting[job] = nil
-          job:due(now)
         end
       end
       local finished = multi and multi:perform()
       local n = finished and #finished or 0
       for k = 1, n do
         local job = by_handle[finished[k]]
-        if job then
-          job:finished()
+        if job then troubled[job] = true end
+      end
+      -- A memory error while an item is collected or concluded does not
+      -- end the batch (that would abandon every item in flight, and keys
+      -- the server issued): the item is looked at again next turn.
+      local again = false
+      for job in pairs(troubled) do
+        if pcall(settle, job) then
           if job.wait_until then waiting[job] = true end
+          troubled[job] = nil
+        else
+          again = true
         end
       end
-      if not (active == 0 and stopping) and n == 0 then
+      if again then collectgarbage("collect") end
+      if not (active == 0 and stopping) and n == 0 and not again then
         -- Sleep until socket activity, the next allowed start, or the next
         -- retry deadline, whichever is first.
         now = core.now()
@@ -203,23 +274,38 @@ function M.run(pull, total, s)
     for handle in pairs(by_handle) do handle:close() end
     for k = 1, #spare do spare[k]:close() end
   end
+  -- A memory error does not end the batch (that would abandon every item
+  -- in flight, and keys the server issued): after a collection the loop
+  -- goes on, every item in flight looked at again; the state it left is
+  -- consistent at each point that can raise (see start and finish).
+  local function resume()
+    for _, job in pairs(by_handle) do troubled[job] = true end
+    loop()
+  end
   local ok, err = pcall(loop)
+  local resumed = 0
+  while not ok and err == MEMORY_ERROR and resumed < RESUMPTIONS do
+    resumed = resumed + 1
+    collectgarbage("collect")
+    ok, err = pcall(resume)
+  end
   if not ok then
     -- One last look first, as op:cancel takes: answers already complete in
     -- the sockets (the process was stopped, or busy, when the signals
     -- came) are kept and delivered, not thrown away as unknown. Nothing new
     -- goes out during it, and no retry or verify starts after it.
-    if multi then
-      pcall(function()
-        local finished = multi:perform(true)
-        for k = 1, #finished do
-          local job = by_handle[finished[k]]
-          if job then
-            job.cancelled = true
-            job:finished()
-          end
+    if multi then pcall(multi.perform, multi, true) end
+    -- Every item in flight: what the last look finished, what a memory
+    -- error interrupted (its answer kept, its outcome unnamed) is
+    -- concluded now, without a retry or a verify starting.
+    for _, job in pairs(by_handle) do
+      job.cancelled = true
+      if job.running and job.handle:done() or not job.running then
+        for _ = 1, 8 do
+          if pcall(settle, job) then break end
+          collectgarbage("collect")
         end
-      end)
+      end
     end
     -- Keys already issued (items whose new key is being verified) still
     -- reach the caller before the error passes: nothing else holds them.

@@ -36,7 +36,12 @@ M.CHECK_PATH = outcome.CHECK_PATH
 function M.new(cfg, handle, kind, user_agent, on_rotated, req)
   return setmetatable({
     cfg = cfg, handle = handle, kind = kind, user_agent = user_agent,
-    on_rotated = on_rotated, phase = "new", running = false, request = req,
+    on_rotated = on_rotated, phase = "new", running = false, request = req or false,
+    -- every field a step sets exists from the start (false when unset):
+    -- setting an existing field never allocates, so a memory error cannot
+    -- strike between two fields that must change together
+    multi = false, started = false, phase_cfg = false, attempt = 0,
+    phase_started = false, wait_until = false, last = false, values = false,
     -- the last attempt's tables, stored without allocating (the fields
     -- exist): M.run's rescue reads them after a memory error
     answer = false, answer_errors = false, answer_pagination = false,
@@ -55,46 +60,68 @@ function M.request(cfg, kind, user_agent)
 end
 
 -- The attempt's values, whichever driver ran it.
+-- The answer is kept and said unconcluded before anything can raise: a
+-- memory error while the retry is decided leaves an attempt that
+-- conclude_again names as it stands (it may hold a key).
 function Job:attempted(result, errors, pagination, facts)
   self.answer, self.answer_errors, self.answer_pagination, self.answer_facts =
     result, errors, pagination, facts
+  self.unconcluded = true
   local retry_after = policy.retry_after(facts.headers, core)
   if retry_after then self.last_retry_after = retry_after end
   local delay = not self.cancelled and
     policy.next_delay(self.phase_cfg, facts, self.attempt, retry_after, random)
   if delay then
-    self.wait_until = now() + delay
     self.last = { result, errors, pagination, facts }
+    self.wait_until = now() + delay
+    self.unconcluded = false
     return
   end
-  self.unconcluded = true
   self:conclude(result, errors, pagination, facts)
 end
 
+-- How many times a memory error is met by collecting garbage and trying
+-- again, once the server may have issued a key (an allocator that fails
+-- several times in a row is still met).
+local TRIES = 16
+
 -- Blocking: one attempt to its end. An answer whose tables could not be
--- built (out of memory) is kept by the handle, which still says done: it
+-- built (out of memory) is kept by the handle, which then says done: it
 -- is built again from the same bytes (after a collection) rather than
--- lost, as it may hold a key the server has issued. Anything else raised
--- (nothing was sent: the handle is not done) passes through.
+-- lost, as it may hold a key the server has issued. Only this attempt's
+-- answer is collected: a handle that already said done before (a call
+-- from a debug function while the handle builds another call's answer)
+-- is not this attempt's. Anything else raised passes through.
 local function perform(handle, req)
+  local was_done = handle:done()
   local ok, r, e, p, f = pcall(handle.perform, handle, req)
-  for _ = 1, 3 do
-    if ok then return r, e, p, f end
-    if not handle:done() then break end
+  if ok then return r, e, p, f end
+  if was_done or not handle:done() then error(r, 0) end
+  for _ = 1, TRIES do
     collectgarbage("collect")
-    ok, r, e, p, f = pcall(handle.collect, handle)
+    local ok2, r2, e2, p2, f2 = pcall(handle.collect, handle)
+    if ok2 then return r2, e2, p2, f2 end
   end
+  pcall(handle.discard, handle)      -- given up: the kept answer is wiped
   error(r, 0)
 end
 
 function Job:launch()
   self.attempt = self.attempt + 1
-  self.wait_until = nil
-  if self.multi == nil then            -- blocking: to the attempt's end
+  self.wait_until = false
+  if not self.multi then               -- blocking: to the attempt's end
     return self:attempted(perform(self.handle, self.request))
   end
+  -- multi:add raises (out of memory) only before the request is attached:
+  -- nothing went out, and the attempt is due again at once
+  local ok, added = pcall(self.multi.add, self.multi, self.handle, self.request)
+  if not ok then
+    self.attempt = self.attempt - 1
+    self.wait_until = now()
+    error(added, 0)
+  end
   self.running = true
-  if not self.multi:add(self.handle, self.request) then
+  if not added then
     self:finished()          -- could not even be set up: collect the reason
   end
 end
@@ -114,16 +141,16 @@ end
 -- Starts the first attempt: on `multi` (non-blocking), or with no multi
 -- (blocking, from M.run).
 function Job:start(multi)
-  self.multi = multi
+  self.multi = multi or false
   self.started = now()
   local req = self.request
-  self.request = nil
-  self:begin(self.kind, self.cfg, req)
+  self.request = false
+  self:begin(self.kind, self.cfg, req or nil)
 end
 
 function Job:done()
   self.phase = "done"
-  self.running, self.wait_until = false, nil
+  self.running, self.wait_until = false, false
   if self.on_done then self.on_done(self) end
 end
 
@@ -256,17 +283,36 @@ local function holds_key(job)
   return v and v[1] and true or false
 end
 
+-- The last resort when naming the outcome keeps failing: the key as the
+-- answer gave it, with what could not be done.
+local function bare_values(job)
+  local f = job.answer_facts
+  job.values = { job.answer, job.answer_errors, job.answer_pagination,
+                 { outcome = "rotated", status = f.status, attempts = job.attempt,
+                   elapsed = now() - job.started, headers = f.headers } }
+  job.unconcluded = false
+  job:conclude_again()
+end
+
 function M.run(job)
   local ok, err = pcall(drive, job)
   if not ok then
     -- Once the server has issued a key, nothing may lose it: the rest is
     -- done again once memory is back, or the key handed back as it is.
     if not holds_key(job) then error(err, 0) end
-    collectgarbage("collect")
-    if not pcall(conclude_again, job) then
-      if not (job.values and job.values[1]) then error(err, 0) end
-      job.unconcluded, job.running, job.wait_until = false, false, nil
-      job:conclude_again()
+    for _ = 1, TRIES do
+      collectgarbage("collect")
+      if pcall(conclude_again, job) then ok = true break end
+    end
+    if not ok then
+      job.running, job.wait_until = false, false   -- the phase ends here
+      for _ = 1, TRIES do
+        collectgarbage("collect")
+        if job.unconcluded then ok = pcall(bare_values, job)
+        else ok = pcall(job.conclude_again, job) end
+        if ok then break end
+      end
+      if not ok then error(err, 0) end
     end
   end
   local v = job.values

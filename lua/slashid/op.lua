@@ -48,7 +48,8 @@ function M.start(cfg, user_agent, on_rotated, kind)
   local op = {}
   local address = tostring(op):match("0x%x+") or "?"
   local job = job_mod.new(cfg, core.handle(), kind or "rotate", user_agent, on_rotated)
-  local st = { job = job, multi = core.multi(true), address = address }
+  local st = { job = job, multi = core.multi(true), address = address,
+               performing = false, cancel_requested = false, handed_out = false }
   job.on_done = function() release(st) end
   private[op] = st
   setmetatable(op, OpMT)
@@ -56,14 +57,20 @@ function M.start(cfg, user_agent, on_rotated, kind)
   return op
 end
 
--- Runs fn(st, ...) with `performing` set for its whole length: libcurl's
+-- Runs fn(st, arg) with `performing` set for its whole length: libcurl's
 -- callbacks and the tracing of an answer call the op's own debug
 -- function, which may not poll, wait or cancel the op re-entrantly (a
 -- cancel it asks for is applied once the step is over). The flag is
--- cleared even if fn raises (a memory error), so the op stays usable.
-local function guarded(st, fn, ...)
+-- cleared even if fn raises (a memory error), so the op stays usable:
+-- it is set inside the protected call (the call itself may fail to grow
+-- the stack: a memory error before pcall protects anything).
+local function performing(st, fn, arg)
   st.performing = true
-  local ok, err = pcall(fn, st, ...)
+  return fn(st, arg)
+end
+
+local function guarded(st, fn, arg)
+  local ok, err = pcall(performing, st, fn, arg)
   st.performing = false
   if not ok then error(err, 0) end
 end

@@ -5,12 +5,17 @@
 -- back (never raise, never lose it), and the next call must work with
 -- the key the client then holds. Mode "op": the same through
 -- client:start_rotate_key, polled until done (a poll that raises is
--- polled again, as a host's loop would). Prints one summary line, then
--- "ok" or a line per failure (never a key).
+-- polled again, as a host's loop would). Mode "batch": client:rotate_keys
+-- over three organizations; every key the server issued must be in the
+-- results (or, should the batch raise, have reached on_result). The
+-- third argument is how many memory errors come in a row (default 1): an
+-- allocator that keeps failing for a while must not lose a key either.
+-- Prints one summary line, then "ok" or a line per failure (never a key).
 local C = require "alloc.common"
 local H, slashid = C.H, C.slashid
 local KMAX = tonumber(arg[1] or "120")
 local MODE = arg[2] or "blocking"
+local ERRORS = tonumber(arg[3] or "1")
 require "slashid.op"   -- loaded lazily by the library: loaded here, before any failure
 
 -- The op's rotate_key: poll until done; a poll raising is polled again
@@ -32,19 +37,60 @@ local function op_rotate(c)
   end
   return op:results()
 end
+-- The batch's rotate_key: three organizations, the first being the
+-- client's own; fills seen (index -> the key seen for it, in the results
+-- or through on_result).
+local function batch_rotate(c, list, seen, opts)
+  local ok, results = pcall(c.rotate_keys, c, list, opts)
+  alloc_reset()
+  if ok then
+    for i, item in ipairs(results) do
+      if item.result then seen[i] = item.result.api_key end
+    end
+  end
+  return ok, results, seen
+end
+
 local cases, raised, lost, bad = 0, 0, 0, 0
-for k = 0, KMAX do
+for k = tonumber(os.getenv("AFTER_ROTATION_FROM") or "0"), KMAX do
+  if os.getenv("AFTER_ROTATION_DEBUG") then C.say("k=%d", k) CASE_T0 = os.time() end
   local org, key = H.new_org()
   local c = slashid.new(H.opts(org, key, { retries = 0, verify = (k % 2 == 0) }))
   H.faults(org, { { status = 400, message = "no" } })
   c:rotate_key()                 -- the client's request, set up and kept
   c:check_key()                  -- the handle now holds another table
   local before = H.org(org).rotations
+  -- (everything the batch is given is made before memory fails)
+  local others, list, seen, bopts = {}, { {} }, {}, nil
+  if MODE == "batch" then
+    for i = 1, 2 do
+      local o, ok_ = H.new_org()
+      others[i] = { org = o, key = ok_, before = H.org(o).rotations }
+      list[i + 1] = { org_id = o, api_key = ok_ }
+    end
+    bopts = { concurrency = 3,
+              on_result = function(i, item) if item.result then seen[i] = item.result.api_key end end }
+  end
   alloc_reset()
-  alloc_fail_after(k, 2)
-  local ok, result = pcall(MODE == "op" and op_rotate or c.rotate_key, c)
+  alloc_fail_after(k, 2 * ERRORS)
+  local ok, result
+  if MODE == "batch" then
+    ok, result = batch_rotate(c, list, seen, bopts)
+    if ok then result = result[1] and result[1].result end
+    if not ok and seen[1] then ok, result = true, { api_key = seen[1] } end
+  else
+    ok, result = pcall(MODE == "op" and op_rotate or c.rotate_key, c)
+  end
   alloc_reset()
   cases = cases + 1
+  for i, o in ipairs(others) do
+    local s = H.org(o.org)
+    if s.rotations > o.before and seen[i + 1] ~= s.api_key then
+      lost = lost + 1
+      C.say("FAIL k=%d: item %d: the server rotated, the batch did not hand its key back",
+            k, i + 1)
+    end
+  end
   local server = H.org(org)
   if not ok then
     raised = raised + 1
@@ -64,6 +110,6 @@ for k = 0, KMAX do
   end
   c:close()
 end
-C.say("alloc after_rotation %s: %d cases, %d raised, %d keys lost, " ..
-      "%d next calls failed", MODE, cases, raised, lost, bad)
+C.say("alloc after_rotation %s x%d: %d cases, %d raised, %d keys lost, " ..
+      "%d next calls failed", MODE, ERRORS, cases, raised, lost, bad)
 if lost == 0 and bad == 0 then C.say("alloc after_rotation %s: ok", MODE) end
