@@ -116,6 +116,7 @@ static void open_pollset(sid_multi *m) {
 /* core.multi([pollable]) */
 static int multi_new(lua_State *L) {
   sid_multi *m;
+  int pollable = lua_toboolean(L, 1);   /* read before anything is pushed */
   sid_global_init(L);
   m = (sid_multi *)sid_newuserdata(L, sizeof *m);
   memset(m, 0, sizeof *m);
@@ -126,7 +127,7 @@ static int multi_new(lua_State *L) {
   sid_setmetatable(L, SID_MULTI_MT);
   m->list.multi = curl_multi_init();
   if (m->list.multi == NULL) return sid_raise(L, "slashid: curl_multi_init failed");
-  if (lua_toboolean(L, 1)) open_pollset(m);
+  if (pollable) open_pollset(m);
   else m->pollfd_err = EINVAL;
   return 1;
 }

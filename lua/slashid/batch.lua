@@ -25,6 +25,9 @@ local collectgarbage = collectgarbage
 local MEMORY_ERROR = "not enough memory"
 local RESUMPTIONS = 1000
 
+-- The stage of an item's hand-over (finish) from which on_result has it.
+local RESULT_HANDED = 4
+
 local M = {}
 
 local NOT_STARTED = "not started: the batch was stopped before this item " ..
@@ -55,7 +58,7 @@ end
 -- finishes what is in flight and reports the error as `list_error`.
 -- total: the number of items, or nil when unknown (an iterator).
 -- s: concurrency, rate, on_progress, on_result, keep_results, user_agent,
--- on_rotated(cfg, result) (runs the moment a key is known, after saving).
+-- on_rotated(cfg, result) (runs the moment a key is known, before saving).
 --
 -- Returns the outcomes array (index order), or with keep_results == false
 -- the summary { rotated, not_rotated, unknown, not_saved }; either carries
@@ -94,25 +97,33 @@ function M.run(pull, total, s)
   -- from on_result stops new starts and is re-raised once the items in
   -- flight are delivered; one from on_progress is reported and on_progress
   -- is not called again (it is a display: the batch goes on).
-  -- (report: the part of it after the item is kept, which allocates
-  -- nothing until the callbacks run)
-  local function report(i, item, progress)
+  -- deliver's three parts: counting (allocates nothing), on_result, and
+  -- on_progress. finish runs them as separate stages, so that a memory
+  -- error in one (the pcall itself, or what follows a callback's error)
+  -- repeats only that one.
+  local function count(item)
     local outcome = item.info.outcome
     counts[outcome] = (counts[outcome] or 0) + 1
     if outcome == "rotated" and item.info.saved == false then
       counts.not_saved = counts.not_saved + 1
     end
     done = done + 1
+  end
+
+  local function hand_result(i, item)
     if on_result then
       local ok, err = pcall(on_result, i, item)
       if not ok then
-        fail("on_result_error", err)
         -- not delivered: its key would be nowhere else without results
         if not keep and item.result then undelivered[i] = item end
+        fail("on_result_error", err)
       end
     end
-    if progress and on_progress and progress_ok then
-      local ok, ret = pcall(on_progress, done, total, i, outcome, item)
+  end
+
+  local function hand_progress(i, item)
+    if on_progress and progress_ok then
+      local ok, ret = pcall(on_progress, done, total, i, item.info.outcome, item)
       if not ok then
         progress_ok, progress_error = false, describe_error(ret)
       elseif ret == false then
@@ -123,33 +134,49 @@ function M.run(pull, total, s)
 
   local function deliver(i, item, progress)
     if keep then outcomes[i] = item end
-    report(i, item, progress)
+    count(item)
+    hand_result(i, item)
+    if progress then hand_progress(i, item) end
   end
 
   -- An item's job is done: handed over once, in stages, each of which a
-  -- memory error leaves either not begun or complete (the fields it sets
-  -- exist from `start`): looked at again (settle), it goes on where it
-  -- stopped. It leaves by_handle last, so that nothing it holds is lost
-  -- should the batch end with an error meanwhile.
+  -- memory error leaves either not begun or complete, or (a callback) to
+  -- be repeated: the fields it sets exist from `start`, and the job stays
+  -- troubled (settle raised), so the next look goes on where it stopped.
+  -- It leaves by_handle and stops counting as active last: the batch
+  -- neither ends nor forgets it before it is handed over.
   local function finish(job)
-    if job.handed == 0 then
+    local stage = job.handed
+    if stage == 0 then
       local v = job.values
       job.item = { result = v[1], errors = v[2], pagination = v[3], info = v[4] }
-      job.handed = 1
+      job.handed, stage = 1, 1
     end
-    if job.handed == 1 then
+    local i, item = job.index, job.item
+    if stage == 1 then
+      if keep then outcomes[i] = item end
+      job.handed, stage = 2, 2
+    end
+    if stage == 2 then
+      count(item)
+      job.handed, stage = 3, 3
+    end
+    if stage == 3 then
+      hand_result(i, item)
+      job.handed, stage = RESULT_HANDED, RESULT_HANDED
+    end
+    if stage == RESULT_HANDED then
+      hand_progress(i, item)
+      job.handed, stage = 5, 5
+    end
+    if stage == 5 then
+      -- the handle is reused only once the job has let go of it: reused
+      -- earlier, by an item started while this one was still being handed
+      -- over, the job's entry in by_handle would be the new item's
       spare[#spare + 1] = job.handle
-      job.handed = 2
-    end
-    if job.handed == 2 then
-      if keep then outcomes[job.index] = job.item end
-      job.handed = 3
-    end
-    if job.handed == 3 then
-      job.handed = 4
+      job.handed = 6
       by_handle[job.handle] = nil
       active = active - 1
-      report(job.index, job.item, true)
     end
   end
 
@@ -165,7 +192,7 @@ function M.run(pull, total, s)
   end
 
   local function start(i, cfg, now)
-    multi = multi or core.multi()
+    multi = multi or core.multi(true)   -- (pollable: waited through its epoll set)
     local handle = spare[#spare] or core.handle()
     local job = job_mod.new(cfg, handle, "rotate", user_agent,
                             on_rotated and function(result) on_rotated(cfg, result) end)
@@ -174,19 +201,45 @@ function M.run(pull, total, s)
     -- be negotiated: over plain http:// (loopback) libcurl learns it from
     -- the first answer's status line, so every item would wait for it.
     job.pipewait = cfg.base_url:sub(1, 8):lower() == "https://"
-    by_handle[handle] = job
     troubled[job] = true      -- looked at after this turn's perform, whatever happens
+    by_handle[handle] = job
     if spare[#spare] == handle then spare[#spare] = nil end
     active = active + 1
     local ok, err = pcall(job.start, job, multi)   -- may finish at once
-    if not ok and not job.running and job.phase ~= "done" then
-      -- a memory error before the request was attached: nothing went out;
-      -- the item is started again (the caller keeps it)
+    if not ok and job.attempt == 0 and not job.running then
+      -- a memory error before the request was attached (launch takes its
+      -- attempt back then): nothing went out; the item is started again
+      -- (the caller keeps it)
       by_handle[handle], troubled[job] = nil, nil
       active = active - 1
       error(err, 0)
     end
     if rate then next_start = (next_start > now and next_start or now) + interval end
+  end
+
+  -- The batch's end, made ready before it starts (a closure made after
+  -- the loop could fail to be made). Items of an array never started
+  -- (stopped by on_progress) are each reported, not_rotated (on_progress,
+  -- which asked to stop, is not called); then the notes on callback errors
+  -- go on what the batch returns. Every key is in `outcomes` (or went to
+  -- on_result) by then: a memory error here is met by collecting and going
+  -- on where it stopped, and at worst the notes are left out, never the
+  -- outcomes.
+  local ret = keep and outcomes or counts
+  local function unsent_items()
+    while total and next_index <= total do
+      local i = next_index
+      local item = unsent(NOT_STARTED)
+      if keep then outcomes[i] = item end
+      next_index = i + 1
+      count(item)
+      hand_result(i, item)
+    end
+  end
+  local function notes()
+    if progress_error then ret.on_progress_error = progress_error end
+    if failed then ret[failed] = failure end
+    if next(undelivered) ~= nil then ret.undelivered = undelivered end
   end
 
   local function loop()
@@ -312,7 +365,8 @@ function M.run(pull, total, s)
     local issued = {}
     for _, job in pairs(by_handle) do
       local v = job.values
-      if v and v[1] then issued[#issued + 1] = job end
+      -- (not one whose key on_result already has: finish got that far)
+      if v and v[1] and job.handed < RESULT_HANDED then issued[#issued + 1] = job end
     end
     table.sort(issued, function(a, b) return a.index < b.index end)
     pcall(close_all)
@@ -328,17 +382,11 @@ function M.run(pull, total, s)
     end
     error(err, 0)
   end
-  close_all()
-
-  -- Stopped by on_progress with items of an array never started: each is
-  -- reported, not_rotated (on_progress, which asked to stop, is not called).
-  if total then
-    for i = next_index, total do deliver(i, unsent(NOT_STARTED), false) end
+  pcall(close_all)
+  for _ = 1, 16 do
+    if pcall(unsent_items) and pcall(notes) then break end
+    collectgarbage("collect")
   end
-  local ret = keep and outcomes or counts
-  if progress_error then ret.on_progress_error = progress_error end
-  if failed then ret[failed] = failure end
-  if next(undelivered) ~= nil then ret.undelivered = undelivered end
   return ret
 end
 

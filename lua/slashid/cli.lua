@@ -1041,7 +1041,7 @@ local function check_many(ctx, reader, opts, total)
   local tally = { total = 0, accepted = 0, refused = 0, unknown = 0 }
   local progress = new_progress(total, { "accepted", "refused", "unknown" })
   local rate = number_flag(o, "rate", "--rate")
-  local sleeper = rate and core.multi()   -- a wait that a signal cuts short
+  local sleeper = rate and core.multi(true)   -- a wait that a signal cuts short
   local next_start = core.now()
   local stopped, aborted = false, false
   ctx.started = true

@@ -30,7 +30,7 @@ M.ROTATE_PATH = outcome.ROTATE_PATH
 M.CHECK_PATH = outcome.CHECK_PATH
 
 -- kind: "rotate" or "check". `on_rotated(result)` runs the moment a new
--- key is known (after it is saved): key adoption, batch hand-over.
+-- key is known (before it is saved: a client adopts it even if saving fails).
 -- `req`: the request table of the first phase when the caller keeps one
 -- for this cfg (a client's next call: the handle then skips its setup).
 function M.new(cfg, handle, kind, user_agent, on_rotated, req)
@@ -42,6 +42,7 @@ function M.new(cfg, handle, kind, user_agent, on_rotated, req)
     -- strike between two fields that must change together
     multi = false, started = false, phase_cfg = false, attempt = 0,
     phase_started = false, wait_until = false, last = false, values = false,
+    told = false,          -- on_rotated has run
     -- the last attempt's tables, stored without allocating (the fields
     -- exist): M.run's rescue reads them after a memory error
     answer = false, answer_errors = false, answer_pagination = false,
@@ -107,19 +108,18 @@ local function perform(handle, req)
 end
 
 function Job:launch()
-  self.attempt = self.attempt + 1
-  self.wait_until = false
   if not self.multi then               -- blocking: to the attempt's end
+    self.attempt = self.attempt + 1
+    self.wait_until = false
     return self:attempted(perform(self.handle, self.request))
   end
-  -- multi:add raises (out of memory) only before the request is attached:
-  -- nothing went out, and the attempt is due again at once
-  local ok, added = pcall(self.multi.add, self.multi, self.handle, self.request)
-  if not ok then
-    self.attempt = self.attempt - 1
-    self.wait_until = now()
-    error(added, 0)
-  end
+  -- multi:add raises (out of memory) only before the request is attached,
+  -- and the call itself may fail before it runs: the job changes only once
+  -- it returns. Until then it is as it was (due, or just begun), and
+  -- conclude_again makes such a job due again.
+  local added = self.multi:add(self.handle, self.request)
+  self.attempt = self.attempt + 1
+  self.wait_until = false
   self.running = true
   if not added then
     self:finished()          -- could not even be set up: collect the reason
@@ -164,9 +164,13 @@ function Job:conclude(result, errors, pagination, facts)
     self.values = { result, errors, pagination, info }
     self.unconcluded = false
     if result then
-      -- the old key is dead: save and hand over before anything else
+      -- the old key is dead: hand over (a client adopts it) and save
+      -- before anything else
+      if self.on_rotated then
+        self.on_rotated(result)
+        self.told = true
+      end
       outcome.save(self.cfg, result, errors, info)
-      if self.on_rotated then self.on_rotated(result) end
       if self.cfg.verify then
         if not self.cancelled then
           return self:begin("verify", outcome.verify_cfg(self.cfg, result.api_key))
@@ -197,11 +201,13 @@ local AFTER = "the key was rotated, but an error came after (out of memory?): " 
               "what was done"
 
 -- After an error raised out of the engine (a memory error: the blocking
--- driver's rescue, or the next poll of an op): an attempt whose outcome
--- was not named is named from the tables kept on the job; a rotation
--- whose key is known but whose saving, verifying or adopting raised ends
--- here with the key, saying so (the error itself is not quoted: it is not
--- ours to show). A key the server issued is never left behind.
+-- driver's rescue, the next poll of an op, a batch's next look): an
+-- attempt whose outcome was not named is named from the tables kept on
+-- the job; a rotation whose key is known but whose adopting, saving or
+-- verifying raised ends here with the key (adopted and saved once more if
+-- that was not done), saying so (the error itself is not quoted: it is
+-- not ours to show); an attempt that never went out (its launch raised)
+-- is due again. A key the server issued is never left behind.
 function Job:conclude_again()
   if self.running or self.wait_until or self.phase == "done" or self.phase == "new" then
     return
@@ -211,8 +217,18 @@ function Job:conclude_again()
                          self.answer_facts)
   end
   local v = self.values
-  if self.kind == "rotate" and v and v[1] then
+  if not v then
+    self.wait_until = now()
+    return
+  end
+  if self.kind == "rotate" and v[1] then
     local info = v[4]
+    if self.on_rotated and not self.told and pcall(self.on_rotated, v[1]) then
+      self.told = true
+    end
+    if self.cfg.save_to and info.saved == nil then
+      pcall(outcome.save, self.cfg, v[1], v[2], info)
+    end
     if self.cfg.save_to and info.saved == nil then info.saved = false end
     if self.cfg.verify and info.verified == nil then info.verified = false end
     pcall(outcome.add_error, v[2], 0, AFTER)
