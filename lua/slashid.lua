@@ -401,8 +401,8 @@ end
 
 function Client:check_key(opts)
   local st = state_of(self, "check_key")
-  local result, errors, pagination, info = check(st.handle, client_check_cfg(st, opts))
-  return result, errors, pagination, info   -- (not a tail call: see rotate_key)
+  local ok, errors, info = check(st.handle, client_check_cfg(st, opts))
+  return ok, errors, info   -- (not a tail call: see rotate_key)
 end
 
 -- (The op has its own handle, like start_rotate_key's: the client's may

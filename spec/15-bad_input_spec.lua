@@ -262,13 +262,7 @@ local function check_rotation(values, what)
 end
 
 local function check_check(values, what)
-  -- slashid.check_key returns a trailing nil after info (4 values; a
-  -- client's check_key returns 3): harmless, counted, reported
-  if values.n == 4 and values[4] == nil then
-    stats.check_key_4 = (stats.check_key_4 or 0) + 1
-  else
-    assert(values.n == 3, what .. ": " .. values.n .. " values instead of 3")
-  end
+  assert(values.n == 3, what .. ": " .. values.n .. " values instead of 3")
   local ok, errors, info = values[1], values[2], values[3]
   assert(ok == nil or ok == true or ok == false, what .. ": ok")
   check_errors(errors, what, ok ~= true)
@@ -485,9 +479,8 @@ describe("bad input: random option tables", function()
       :format(SEED, stats.calls, stats.raised, stats.clean, stats.ops, stats.batches, stats.clients,
               stats.outcomes.not_rotated or 0, stats.outcomes.unknown or 0,
               stats.outcomes.rotated or 0))
-    io.write(("[bad-input] check_key: %d of its answers came as 4 values (a trailing nil); " ..
-              "raising metamethods triggered: %d; slowest call %.3f s (%s)\n")
-      :format(stats.check_key_4 or 0, meta_calls, slowest.t, tostring(slowest.what)))
+    io.write(("[bad-input] raising metamethods triggered: %d; slowest call %.3f s (%s)\n")
+      :format(meta_calls, slowest.t, tostring(slowest.what)))
     assert.is_true(stats.calls >= 3000)
     assert.is_true(stats.raised > 0 and stats.clean > 0)
   end)
