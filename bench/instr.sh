@@ -38,14 +38,10 @@ else
 fi
 
 cc -O2 -o "$tmp/raw_easy" bench/raw_easy.c -lcurl
-peer_dir=""
-if peer_so=$(LUA="$LUA" sh bench/peer.sh); then
-  peer_dir=$(dirname "$peer_so")
-else
-  echo "instr: peer unavailable, measuring without it" >&2
-fi
-export LUA_PATH="$top/lua/?.lua;;"
-export LUA_CPATH="$top/$BUILD/?.so;${peer_dir:+$peer_dir/?.so;};"
+# The peer, Lua-cURLv3 built under build/peers/, driven by a hand-written
+# client (bench/peer_client.lua); the same search paths for every variant.
+bench_name=instr lua_dir="$top/lua" module_dir="$top/$BUILD"
+. bench/paths.sh
 
 # ir VARIANT N: the instructions of one whole run of VARIANT making N calls.
 ir() {

@@ -24,17 +24,10 @@ trap '[ -z "$nginx_pid" ] || kill $nginx_pid 2>/dev/null; rm -rf "$tmp"' EXIT
 
 cc -O2 -o "$tmp/raw_easy" bench/raw_easy.c -lcurl
 cc -O2 -o "$tmp/raw_multi" bench/raw_multi.c -lcurl
-# The peer, Lua-cURLv3 built under build/peers/ (bench/peer.sh), driven by
-# a hand-written client (bench/peer_client.lua).
-peer_dir=""
-if peer_so=$(LUA="$LUA" sh bench/peer.sh); then
-  peer_dir=$(dirname "$peer_so")
-else
-  echo "bench: peer unavailable, measuring without it" >&2
-fi
-
-export LUA_PATH="$top/lua/?.lua;;"
-export LUA_CPATH="$top/$BUILD/?.so;${peer_dir:+$peer_dir/?.so;};"
+# The peer, Lua-cURLv3 built under build/peers/, driven by a hand-written
+# client (bench/peer_client.lua); the same search paths for every variant.
+bench_name=bench lua_dir="$top/lua" module_dir="$top/$BUILD"
+. bench/paths.sh
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 value() { sed 's/^[^=]*=//'; }
 ratio() { echo "$1 $2" | awk '{printf "%.3f", $1/$2}'; }

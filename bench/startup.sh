@@ -57,16 +57,10 @@ int main(int argc, char **argv) {
 C
 cc -O2 -std=gnu99 -Wall -Wextra -Werror -o "$tmp/run1" "$tmp/run1.c"
 
-# The peer, built once under build/peers/ (bench/peer.sh).
-peer_dir=""
-if peer_so=$(LUA="$LUA" sh bench/peer.sh); then
-  peer_dir=$(dirname "$peer_so")
-else
-  echo "startup: peer unavailable, measuring without it" >&2
-fi
-# The same search paths for every variant.
-export LUA_PATH="$SRC/lua/?.lua;;"
-export LUA_CPATH="$built/?.so;${peer_dir:+$peer_dir/?.so;};"
+# The peer, built once under build/peers/; the same search paths for every
+# variant.
+bench_name=startup lua_dir="$SRC/lua" module_dir="$built"
+. bench/paths.sh
 
 code() {
   case $1 in

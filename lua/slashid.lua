@@ -30,12 +30,12 @@ local function user_agent() return default_user_agent end
 
 
 -- Blocking calls: the engine (job.lua) driven to the end on `handle`.
--- `req`: a request table kept for this cfg (clients, module-level calls
--- repeating themselves), or nil.
 local function check(handle, cfg)
   return job.run(job.new(cfg, handle, "check", default_user_agent))
 end
 
+-- `req`: a request table kept for this cfg (clients, module-level calls
+-- repeating themselves), or nil. `on_rotated(result)`: see job.new.
 local function rotate(handle, cfg, req, on_rotated)
   return job.run(job.new(cfg, handle, "rotate", default_user_agent, on_rotated, req))
 end
@@ -344,33 +344,38 @@ local function adopt(st, cfg, result)
   end
 end
 
+-- What adopts a new key for a call resolved to `cfg`, when the call uses
+-- the client's own key (nil otherwise).
+local function adopter(st, cfg)
+  if not holds(st, cfg) then return nil end
+  return function(result) adopt(st, cfg, result) end
+end
+
 -- rotate_key without options: the configuration kept from the last such
 -- call (see "work done once"), or resolved afresh.
 local function client_rotate_cfg(st)
   local k = st.kept
-  if k and env_unchanged(k.env) then return k.cfg, k.req, k.own end
+  if k and env_unchanged(k.env) then return k.cfg, k.req, k.on_rotated end
   local cfg = options.resolve(st.defaults, EMPTY)
   k = { cfg = cfg, req = job.request(cfg, "rotate", default_user_agent),
-        own = holds(st, cfg), env = env_read(st.defaults, cfg) }
+        on_rotated = adopter(st, cfg), env = env_read(st.defaults, cfg) }
   st.kept = k
-  return k.cfg, k.req, k.own
+  return k.cfg, k.req, k.on_rotated
 end
 
 function Client:rotate_key(opts)
   local st = state_of(self, "rotate_key")
-  local cfg, req, own
+  local cfg, req, on_rotated
   if opts == nil then
-    cfg, req, own = client_rotate_cfg(st)
+    cfg, req, on_rotated = client_rotate_cfg(st)
   else
     local given = options.check(opts, nil, nil, { st.defaults.api_key })
     cfg = options.resolve(st.defaults, given)
-    own = holds(st, cfg)
+    on_rotated = adopter(st, cfg)
   end
   -- (not a tail call: the client stays referenced while its handle works,
   -- so `slashid.new(o):rotate_key()` cannot collect and close it mid-call)
-  local result, errors, pagination, info = rotate(st.handle, cfg, req, own and function(r)
-    adopt(st, cfg, r)
-  end or nil)
+  local result, errors, pagination, info = rotate(st.handle, cfg, req, on_rotated)
   return result, errors, pagination, info
 end
 
@@ -378,10 +383,7 @@ function Client:start_rotate_key(opts)
   local st = state_of(self, "start_rotate_key")
   local given = options.check(opts, nil, nil, { st.defaults.api_key })
   local cfg = options.resolve(st.defaults, given)
-  local own = holds(st, cfg)
-  return require("slashid.op").start(cfg, user_agent(), function(result)
-    if own then adopt(st, cfg, result) end
-  end)
+  return require("slashid.op").start(cfg, user_agent(), adopter(st, cfg))
 end
 
 function Client:rotate_keys(list, opts)

@@ -407,29 +407,33 @@ describe("argument errors, row by row", function()
     }
   end
 
+  -- Runs fn(base, client) for a fresh organization and a client of it,
+  -- then checks that nothing reached the emulator.
+  local function sends_nothing(fn)
+    local org = H.new_org()
+    local base = { org_id = org, api_key = SECRET, base_url = H.http_url }
+    local client = slashid.new(base)
+    local before = H.stats()
+    fn(base, client)
+    client:close()
+    local after = H.stats()
+    assert.are.equal(0, H.requests(org))
+    assert.are.equal(before.requests, after.requests, "a request reached the emulator")
+    assert.are.equal(before.connections, after.connections, "a connection reached the emulator")
+  end
+
   for _, r in ipairs(ROWS) do
     it("raises for " .. r.label, function()
-      local org = H.new_org()
-      local base = { org_id = org, api_key = SECRET, base_url = H.http_url }
-      local client = slashid.new(base)
-      local before = H.stats()
-      for _, c in ipairs(calls(r, base, client)) do
-        if c[2] then raises_exactly(c[2], c[1], c[3], c[4], c[5]) end
-      end
-      client:close()
-      local after = H.stats()
-      assert.are.equal(0, H.requests(org))
-      assert.are.equal(before.requests, after.requests, "a request reached the emulator")
-      assert.are.equal(before.connections, after.connections, "a connection reached the emulator")
+      sends_nothing(function(base, client)
+        for _, c in ipairs(calls(r, base, client)) do
+          if c[2] then raises_exactly(c[2], c[1], c[3], c[4], c[5]) end
+        end
+      end)
     end)
   end
 
   for _, r in ipairs(BATCH_ROWS) do
-    it("rotate_keys raises for " .. r.label, function()
-      local org = H.new_org()
-      local base = { org_id = org, api_key = SECRET, base_url = H.http_url }
-      local client = slashid.new(base)
-      local before = H.stats()
+    it("rotate_keys raises for " .. r.label, function() sends_nothing(function(base, client)
       raises_exactly(r.msg, "rotate_keys", slashid.rotate_keys, { base }, r.set)
       raises_exactly(r.msg, "client:rotate_keys", client.rotate_keys, client, { {} }, r.set)
       -- not an option of one item, nor of rotate_key
@@ -440,10 +444,7 @@ describe("argument errors, row by row", function()
                        { merged(base, r.set) })
         raises_exactly(shown, "rotate_key", slashid.rotate_key, merged(base, r.set))
       end
-      client:close()
-      assert.are.equal(0, H.requests(org))
-      assert.are.equal(before.requests, H.stats().requests, "a request reached the emulator")
-    end)
+    end) end)
   end
 
   -- base_url forms naming other hosts: slashid.new here, the calls that
