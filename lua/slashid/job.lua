@@ -61,13 +61,15 @@ function M.request(cfg, kind, user_agent)
 end
 
 -- The attempt's values, whichever driver ran it.
--- The answer is kept and said unconcluded before anything can raise: a
--- memory error while the retry is decided leaves an attempt that
--- conclude_again names as it stands (it may hold a key).
-function Job:attempted(result, errors, pagination, facts)
-  self.answer, self.answer_errors, self.answer_pagination, self.answer_facts =
-    result, errors, pagination, facts
-  self.unconcluded = true
+-- The attempt's answer is on the job (answer, answer_errors, ...) and
+-- said unconcluded: its callers store it, in their own frame, before
+-- anything can raise (even the call to this function may fail to grow
+-- the stack), so a memory error from here on leaves an attempt that
+-- conclude_again names as it stands (it may hold a key), never one that
+-- looks as if it had not gone out.
+function Job:attempted()
+  local result, errors, pagination, facts =
+    self.answer, self.answer_errors, self.answer_pagination, self.answer_facts
   local retry_after = policy.retry_after(facts.headers, core)
   if retry_after then self.last_retry_after = retry_after end
   local delay = not self.cancelled and
@@ -111,7 +113,10 @@ function Job:launch()
   if not self.multi then               -- blocking: to the attempt's end
     self.attempt = self.attempt + 1
     self.wait_until = false
-    return self:attempted(perform(self.handle, self.request))
+    self.answer, self.answer_errors, self.answer_pagination, self.answer_facts =
+      perform(self.handle, self.request)
+    self.unconcluded = true
+    return self:attempted()
   end
   -- multi:add raises (out of memory) only before the request is attached,
   -- and the call itself may fail before it runs: the job changes only once
@@ -242,9 +247,11 @@ function Job:finished()
   -- running is cleared only once the answer is collected: if collecting
   -- raises (a memory error), the handle still says done and the next poll
   -- collects again instead of leaving the job stuck
-  local result, errors, pagination, facts = self.handle:collect()
+  self.answer, self.answer_errors, self.answer_pagination, self.answer_facts =
+    self.handle:collect()
+  self.unconcluded = true
   self.running = false
-  self:attempted(result, errors, pagination, facts)
+  self:attempted()
 end
 
 -- Non-blocking: starts the next attempt once its back-off deadline has
