@@ -516,6 +516,49 @@ describe("rotate_keys loses no key in flight when the caller's code raises", fun
     assert_untouched(list[3])
   end)
 
+  -- (review of issue 11: on 5.2+ and LuaJIT a coroutine can yield across
+  -- pcall; a batch suspended in its iterator, with items in flight, and
+  -- then dropped by its host lost the keys the server issued meanwhile)
+  it("a coroutine cannot suspend a batch: a yield in the iterator, on_result or on_progress " ..
+     "is that callback's error, and the items in flight are delivered", function()
+    for _, where in ipairs({ "iterator", "on_result", "on_progress" }) do
+      local list = orgs(4)
+      for i = 1, 4 do H.faults(list[i].org_id, { { delay = 0.2 } }) end
+      local k, delivered = 0, {}
+      local function pause() coroutine.yield("paused") end
+      local co = coroutine.create(function()
+        return slashid.rotate_keys(function()
+          k = k + 1
+          if where == "iterator" and k == 3 then pause() end
+          local o = list[k]
+          return o and H.opts(o.org_id, o.api_key)
+        end, {
+          concurrency = 2, keep_results = false,
+          on_result = function(index, item)
+            delivered[index] = item
+            if where == "on_result" then pause() end
+          end,
+          on_progress = function() if where == "on_progress" then pause() end end,
+        })
+      end)
+      local ok, sum = coroutine.resume(co)
+      assert.is_true(ok, tostring(sum))
+      assert.are.equal("dead", coroutine.status(co), where .. ": the batch was suspended")
+      local err = sum.list_error or sum.on_result_error or sum.on_progress_error
+      assert.matches("yield", tostring(err), 1, true)
+      -- every organization the server rotated reached on_result with its key
+      local rotated = 0
+      for i = 1, 4 do
+        local state = H.org(list[i].org_id)
+        if state.rotations > 0 then
+          rotated = rotated + 1
+          assert_rotated(list[i], delivered[i])
+        end
+      end
+      assert.is_true(rotated >= 2, where .. ": " .. rotated .. " rotated")
+    end
+  end)
+
   it("with results kept, the keys of a batch whose iterator raised come back in the outcomes", function()
     local list = orgs(2)
     local k = 0

@@ -19,6 +19,10 @@ local job_mod = require "slashid.job"
 
 local pcall, tostring, type, error, pairs, next = pcall, tostring, type, error, pairs, next
 local collectgarbage = collectgarbage
+-- The caller's functions are called through core.pcall: a coroutine
+-- cannot yield across it, so a batch is never suspended (and abandoned)
+-- with items in flight; a yield there is that function's error.
+local call_caller = core.pcall
 
 -- Lua's own message for a memory error, and how many times a batch goes
 -- on after one (each after a full collection) before it gives up.
@@ -112,7 +116,7 @@ function M.run(pull, total, s)
 
   local function hand_result(i, item)
     if on_result then
-      local ok, err = pcall(on_result, i, item)
+      local ok, err = call_caller(on_result, i, item)
       if not ok then
         -- not delivered: its key would be nowhere else without results
         if not keep and item.result then undelivered[i] = item end
@@ -123,7 +127,7 @@ function M.run(pull, total, s)
 
   local function hand_progress(i, item)
     if on_progress and progress_ok then
-      local ok, ret = pcall(on_progress, done, total, i, item.info.outcome, item)
+      local ok, ret = call_caller(on_progress, done, total, i, item.info.outcome, item)
       if not ok then
         progress_ok, progress_error = false, describe_error(ret)
       elseif ret == false then
@@ -250,7 +254,7 @@ function M.run(pull, total, s)
         local i, ok, cfg, why = held_i, true, held_cfg, nil
         if not i then
           i = next_index
-          ok, cfg, why = pcall(pull, i)
+          ok, cfg, why = call_caller(pull, i)
         end
         if not ok then
           fail("list_error", cfg)
