@@ -203,7 +203,7 @@ local function same_save_to(saved_by, i, cfg)
   return nil
 end
 
-local function rotate_keys(defaults, list, opts, on_rotated, on_resolved)
+local function rotate_keys(defaults, list, opts, on_rotated, on_resolved, hooks)
   local kind = type(list)
   if kind ~= "table" and kind ~= "function" then
     error("slashid: rotate_keys expects a list of option tables or an iterator function, got " ..
@@ -276,7 +276,21 @@ local function rotate_keys(defaults, list, opts, on_rotated, on_resolved)
       return cfg
     end
   end
-  return require("slashid.batch").run(pull, n, {
+  -- The journal: opened (and locked) here when given as a path, and
+  -- closed when the batch ends; a journal the caller opened
+  -- (slashid.journal.open: the command, which adds its own records) is
+  -- the caller's to close. One that cannot be opened fails the call
+  -- before anything is sent.
+  local journal, opened = own.journal, false
+  if type(journal) == "string" then
+    local why
+    journal, why = require("slashid.journal").open(journal, "new", {
+      base_url = merged.base_url or os.getenv("SLASHID_BASE_URL") or slashid.PRODUCTION,
+    })
+    if not journal then error("slashid: journal: " .. tostring(why), 0) end
+    opened = true
+  end
+  local ok, ret = pcall(require("slashid.batch").run, pull, n, {
     concurrency = own.concurrency or options.BATCH_DEFAULTS.concurrency,
     rate = own.rate,
     on_progress = own.on_progress,
@@ -284,11 +298,35 @@ local function rotate_keys(defaults, list, opts, on_rotated, on_resolved)
     keep_results = own.keep_results,
     user_agent = user_agent(),
     on_rotated = on_rotated,
+    journal = journal,
+    on_turn = hooks and hooks.on_turn,
+    wait_limit = hooks and hooks.wait_limit,
   })
+  if opened then journal:close() end
+  if not ok then error(ret, 0) end
+  return ret
 end
 
 function slashid.rotate_keys(list, opts)
   return rotate_keys(EMPTY, list, opts)
+end
+
+-- The command's rotate_keys (slashid.cli): hooks.on_turn() runs once a
+-- turn of the batch's loop (its store commands advance there) and
+-- hooks.wait_limit() bounds the loop's sleep while they run.
+function slashid._rotate_keys_hooked(list, opts, hooks)
+  return rotate_keys(EMPTY, list, opts, nil, nil, hooks)
+end
+
+-- read_journal(path) -> entries, skipped: what a journal says of each
+-- organization (see slashid/journal.lua); nil and a message when the file
+-- cannot be read.
+function slashid.read_journal(path)
+  if type(path) ~= "string" or path == "" then
+    error("slashid: read_journal expects a path string, got " .. type(path), 0)
+  end
+  local entries, skipped = require("slashid.journal").read(path)
+  return entries, skipped
 end
 
 -- ---- clients -----------------------------------------------------------

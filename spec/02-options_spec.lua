@@ -39,7 +39,7 @@ local EXPECTED = {
   proxy = "proxy URL string or false", save_to = "non-empty path string",
   verify = "boolean", user_agent = "string", debug = "function",
   concurrency = "integer >= 1", rate = "finite number > 0", on_progress = "function",
-  on_result = "function", keep_results = "boolean",
+  on_result = "function", keep_results = "boolean", journal = "non-empty path string",
 }
 local REQUEST = {
   org_id = true, api_key = true, base_url = true, connect_timeout = true,
@@ -48,7 +48,7 @@ local REQUEST = {
   proxy = true,
 }
 local BATCH = { concurrency = true, rate = true, on_progress = true, on_result = true,
-                keep_results = true }
+                keep_results = true, journal = true }
 local OPTIONS = {}   -- every per-item option, sorted
 for name in pairs(EXPECTED) do
   if not BATCH[name] then OPTIONS[#OPTIONS + 1] = name end
@@ -349,6 +349,7 @@ local BATCH_ROWS = {
   got("on_progress", 1, "1"), got("on_progress", "print", "a string"),
   got("on_result", true, "boolean"), got("keep_results", "no", "a string"),
   got("keep_results", 0, "0"),
+  got("journal", 1, "1"), got("journal", "", "an empty string"), got("journal", {}, "table"),
   unknown("concurency", "concurency", "concurrency", 2),
   unknown("keep_result", "keep_result", "keep_results", false),
 }

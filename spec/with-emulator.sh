@@ -48,4 +48,7 @@ done
 # TMPDIR too: rescue files of commands run by the specs land in the
 # scratch folder (removed below), not in /tmp.
 export SLASHID_EMULATOR_INFO="$tmp/emulator.json" SLASHID_SPEC_TMP="$tmp" TMPDIR="$tmp"
+# slashid-rotate keeps its journals here, not in the home directory
+mkdir -m 0700 "$tmp/journals"
+export SLASHID_JOURNAL_DIR="$tmp/journals"
 "$@"

@@ -53,6 +53,11 @@ SID_API int luaopen_slashid_core(lua_State *L) {
   sid_open_keyfile(L);
   sid_open_multi(L);
   sid_open_signal(L);
+  sid_open_files(L);
+  sid_open_journal(L);
+  sid_open_checksum(L);
+  sid_open_output(L);
+  sid_open_child(L);
   lua_pushcfunction(L, core_pcall);
   lua_setfield(L, -2, "pcall");
 

@@ -224,5 +224,10 @@ void sid_open_clock(lua_State *L);
 void sid_open_keyfile(lua_State *L);
 void sid_open_multi(lua_State *L);
 void sid_open_signal(lua_State *L);
+void sid_open_files(lua_State *L);
+void sid_open_journal(lua_State *L);   /* journal_open */
+void sid_open_checksum(lua_State *L);  /* crc32, fnv1a32 */
+void sid_open_output(lua_State *L);    /* write_line */
+void sid_open_child(lua_State *L);     /* spawn */
 
 #endif

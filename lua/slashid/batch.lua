@@ -37,6 +37,12 @@ local M = {}
 local NOT_STARTED = "not started: the batch was stopped before this item " ..
                     "(on_progress returned false, or on_result or the list raised); " ..
                     "nothing was sent"
+local JOURNAL_FAILED = "not sent: the journal could not be written, so nothing more " ..
+                       "starts: "
+local JOURNAL_REPEAT = "not sent: this organization was sent before in this journal " ..
+                       "(an organization is sent at most once per journal: its earlier " ..
+                       "request may have killed the key given here)"
+local KEY_NOT_JOURNALED = "the key was rotated but could not be written to the journal: "
 local VERIFY_CUT = "verify: the new key could not be checked: the batch was " ..
                    "interrupted during the check"
 
@@ -73,6 +79,10 @@ function M.run(pull, total, s)
   local concurrency, rate = s.concurrency, s.rate
   local on_progress, on_result, on_rotated = s.on_progress, s.on_result, s.on_rotated
   local user_agent = s.user_agent
+  local journal = s.journal or nil   -- slashid.journal, written ahead (see below)
+  -- the command's work beside the transfers (its store commands): run
+  -- once a turn; wait_limit() bounds the turn's sleep (nil: no bound)
+  local on_turn, wait_limit = s.on_turn, s.wait_limit
   local keep = s.keep_results ~= false
   local outcomes = keep and {} or nil
   local counts = { rotated = 0, not_rotated = 0, unknown = 0, not_saved = 0 }
@@ -90,6 +100,12 @@ function M.run(pull, total, s)
   local undelivered = {}   -- keep_results == false: items on_result failed on
   local held_i, held_cfg   -- an item pulled but not yet started (a memory error)
   local settle
+  -- With a journal, the items a turn starts are queued, their `sent`
+  -- records written with one write and one fsync, then started (rule 1:
+  -- no request leaves before its record is durable).
+  local queued, queue_first, queue_last, queue_durable = {}, 1, 0, false
+  local any_started = false
+  local keyed = {}         -- jobs whose key record is in the journal's buffer
 
   local function fail(field, err)
     if not failed then failed, failure = field, describe_error(err) end
@@ -143,6 +159,34 @@ function M.run(pull, total, s)
     if progress then hand_progress(i, item) end
   end
 
+  -- Journal records of a finished item (rule 3), buffered: they go out
+  -- with the next flush. Its key was made durable before the item was
+  -- concluded (the turn's first flush); one concluded some other way (a
+  -- memory error's rescue) is written and flushed here, before anything
+  -- else has it. A key the journal could not take counts as not saved.
+  local function journal_item(job, item)
+    local org, info = job.cfg.org_id, item.info
+    if item.result then
+      if job.key_journaled ~= "durable" then
+        if job.key_journaled ~= "pending" then
+          journal:add("rotated", org, item.result.api_key)
+          job.key_journaled = "pending"
+        end
+        local ok = journal:flush()
+        if ok then job.key_journaled = "durable" end
+      end
+      if job.key_journaled ~= "durable" then
+        info.saved = false
+        item.errors[#item.errors + 1] = { httpcode = 0, message =
+          KEY_NOT_JOURNALED .. tostring(journal.failed) }
+      end
+      if info.verified == false then journal:add("unverified", org) end
+      if job.cfg.save_to and info.saved then journal:add("delivered", org, "save_to") end
+    else
+      journal:add(info.outcome, org)
+    end
+  end
+
   -- An item's job is done: handed over once, in stages, each of which a
   -- memory error leaves either not begun or complete, or (a callback) to
   -- be repeated: the fields it sets exist from `start`, and the job stays
@@ -154,6 +198,7 @@ function M.run(pull, total, s)
     if stage == 0 then
       local v = job.values
       job.item = { result = v[1], errors = v[2], pagination = v[3], info = v[4] }
+      if journal then journal_item(job, job.item) end
       job.handed, stage = 1, 1
     end
     local i, item = job.index, job.item
@@ -188,6 +233,8 @@ function M.run(pull, total, s)
   settle = function(job)
     if job.running then
       if job.handle:done() then job:finished() end
+    elseif job.collected then
+      job:attempted_now()
     elseif job.phase == "done" then
       finish(job)
     else
@@ -201,6 +248,7 @@ function M.run(pull, total, s)
     local job = job_mod.new(cfg, handle, "rotate", user_agent,
                             on_rotated and function(result) on_rotated(cfg, result) end)
     job.index, job.on_done, job.handed, job.item = i, finish, 0, false
+    job.key_journaled = false
     -- Wait for the first connection's protocol (ALPN) only where HTTP/2 can
     -- be negotiated: over plain http:// (loopback) libcurl learns it from
     -- the first answer's status line, so every item would wait for it.
@@ -218,7 +266,80 @@ function M.run(pull, total, s)
       active = active - 1
       error(err, 0)
     end
+    any_started = true
+    if rate and not journal then
+      next_start = (next_start > now and next_start or now) + interval
+    end
+  end
+
+  -- Journal: the queued items' `sent` records made durable together, then
+  -- the items started. A journal that fails before the first request fails
+  -- the call (nothing was sent); later, nothing more starts and the queued
+  -- items end not_rotated.
+  local function start_queued(now)
+    if queue_first > queue_last then return end
+    if not queue_durable then
+      local ok, why = journal:flush()
+      if not ok then
+        if not any_started then
+          error("slashid: journal " .. journal.path .. ": " .. tostring(why), 0)
+        end
+        stopping = true
+        while queue_first <= queue_last do
+          local q = queued[queue_first]
+          queued[queue_first], queue_first = nil, queue_first + 1
+          deliver(q.i, unsent(JOURNAL_FAILED .. tostring(why)), true)
+        end
+        return
+      end
+      queue_durable = true
+    end
+    while queue_first <= queue_last do
+      local q = queued[queue_first]
+      start(q.i, q.cfg, now)
+      queued[queue_first], queue_first = nil, queue_first + 1
+    end
+    queue_durable = false
+  end
+
+  -- Journal: an item to start this turn. Its `sent` record goes to the
+  -- buffer; a repeat of an organization already sent in this journal is
+  -- that item's error.
+  local function enqueue(i, cfg, now)
+    local org = cfg.org_id
+    if journal:was_sent(org) then
+      deliver(i, unsent(JOURNAL_REPEAT), true)
+      return
+    end
+    journal:add("sent", org, "rt=" .. tostring(cfg.request_timeout))
+    queue_last = queue_last + 1
+    queued[queue_last] = { i = i, cfg = cfg }
     if rate then next_start = (next_start > now and next_start or now) + interval end
+  end
+
+  -- Journal: the keys of the answers collected this turn, written with
+  -- one write and one fsync before any of them is concluded (saved, handed
+  -- to a callback). A failed write stops new starts; the keys still go to
+  -- their other places and count as not saved (journal_item).
+  local function journal_keys()
+    local n = 0
+    for job in pairs(troubled) do
+      if job.running and job.handle:done() then job:collect() end
+      local key = job.key_journaled == false and job:collected_key()
+      if key then
+        journal:add("rotated", job.cfg.org_id, key)
+        job.key_journaled = "pending"
+        n = n + 1
+        keyed[n] = job
+      end
+    end
+    if n == 0 then return end
+    local ok = journal:flush()
+    if not ok then stopping = true end
+    for k = 1, n do
+      if ok then keyed[k].key_journaled = "durable" end
+      keyed[k] = nil
+    end
   end
 
   -- The batch's end, made ready before it starts (a closure made after
@@ -250,7 +371,8 @@ function M.run(pull, total, s)
     while true do
       local now = core.now()
       -- Start what may start; pull an item only for a slot that is free now.
-      while not stopping and active < concurrency and (not rate or now >= next_start) do
+      while not stopping and active + (queue_last - queue_first + 1) < concurrency and
+            (not rate or now >= next_start) do
         local i, ok, cfg, why = held_i, true, held_cfg, nil
         if not i then
           i = next_index
@@ -262,7 +384,11 @@ function M.run(pull, total, s)
           stopping = true
         else
           next_index = i + 1
-          if cfg then
+          if cfg and journal then
+            held_i, held_cfg = i, cfg
+            enqueue(i, cfg, now)
+            held_i, held_cfg = nil, nil
+          elseif cfg then
             held_i, held_cfg = i, cfg
             start(i, cfg, now)
             held_i, held_cfg = nil, nil
@@ -271,6 +397,7 @@ function M.run(pull, total, s)
           end
         end
       end
+      if journal then start_queued(now) end
       if active == 0 and stopping then break end
       -- While the command catches signals, a first one also ends the items
       -- waiting to retry: their next attempt would be a new request, and
@@ -294,6 +421,7 @@ function M.run(pull, total, s)
       -- A memory error while an item is collected or concluded does not
       -- end the batch (that would abandon every item in flight, and keys
       -- the server issued): the item is looked at again next turn.
+      if journal then journal_keys() end
       local again = false
       for job in pairs(troubled) do
         if pcall(settle, job) then
@@ -304,6 +432,10 @@ function M.run(pull, total, s)
         end
       end
       if again then collectgarbage("collect") end
+      if on_turn then
+        local ok_turn, turn_err = call_caller(on_turn)
+        if not ok_turn then fail("on_result_error", turn_err) end
+      end
       if not (active == 0 and stopping) and n == 0 and not again then
         -- Sleep until socket activity, the next allowed start, or the next
         -- retry deadline, whichever is first.
@@ -316,6 +448,8 @@ function M.run(pull, total, s)
           local d = job.wait_until and job.wait_until - now
           if d and d < limit then limit = d end
         end
+        local most = wait_limit and wait_limit()
+        if most and most < limit then limit = most end
         if limit > 0 then
           if multi then multi:wait(limit) else core.sleep(limit) end
         end
@@ -373,6 +507,19 @@ function M.run(pull, total, s)
       if v and v[1] and job.handed < RESULT_HANDED then issued[#issued + 1] = job end
     end
     table.sort(issued, function(a, b) return a.index < b.index end)
+    if journal then
+      -- their keys are durable before they are handed over (rule 2)
+      for k = 1, #issued do
+        local job = issued[k]
+        if job.key_journaled == false then
+          pcall(journal.add, journal, "rotated", job.cfg.org_id, job.values[1].api_key)
+          job.key_journaled = "pending"
+        end
+      end
+      if pcall(journal.flush, journal) and not journal.failed then
+        for k = 1, #issued do issued[k].key_journaled = "durable" end
+      end
+    end
     pcall(close_all)
     for k = 1, #issued do
       local job = issued[k]
@@ -382,14 +529,22 @@ function M.run(pull, total, s)
         v[4].verified = false   -- as rotation.verified says of a check that failed
         v[2][#v[2] + 1] = { httpcode = 0, message = VERIFY_CUT }
       end
-      deliver(job.index, { result = v[1], errors = v[2], pagination = v[3], info = v[4] }, true)
+      local item = { result = v[1], errors = v[2], pagination = v[3], info = v[4] }
+      if journal then pcall(journal_item, job, item) end
+      deliver(job.index, item, true)
     end
+    if journal then pcall(journal.flush, journal) end
     error(err, 0)
   end
   pcall(close_all)
   for _ = 1, 16 do
     if pcall(unsent_items) and pcall(notes) then break end
     collectgarbage("collect")
+  end
+  if journal then
+    -- the last outcomes and deliveries (rule 3)
+    journal:flush()
+    if journal.failed then ret.journal_error = journal.failed end
   end
   return ret
 end

@@ -19,7 +19,7 @@ local policy = require "slashid.policy"
 local outcome = require "slashid.outcome"
 local request = require "slashid.request"
 
-local setmetatable, pcall, error, collectgarbage = setmetatable, pcall, error, collectgarbage
+local setmetatable, pcall, error, collectgarbage, type = setmetatable, pcall, error, collectgarbage, type
 local now, sleep, random = core.now, core.sleep, core.random
 
 local M = {}
@@ -48,6 +48,7 @@ function M.new(cfg, handle, kind, user_agent, on_rotated, req)
     answer = false, answer_errors = false, answer_pagination = false,
     answer_facts = false,
     unconcluded = false,   -- the last attempt's outcome is still to be named
+    collected = false,     -- collected (collect) and not yet looked at (attempted)
   }, Job)
 end
 
@@ -244,14 +245,39 @@ end
 -- Non-blocking: the multi reported this job's attempt finished (or it was
 -- cancelled mid-transfer: collect then reports the abort).
 function Job:finished()
+  self:collect()
+  self:attempted_now()
+end
+
+-- The first half of finished: the answer is taken from the handle and
+-- kept on the job. A batch with a journal collects every answer of a
+-- turn first, makes their keys durable with one fsync, then lets each
+-- job go on (attempted_now).
+function Job:collect()
   -- running is cleared only once the answer is collected: if collecting
   -- raises (a memory error), the handle still says done and the next poll
   -- collects again instead of leaving the job stuck
   self.answer, self.answer_errors, self.answer_pagination, self.answer_facts =
     self.handle:collect()
   self.unconcluded = true
+  self.collected = true
   self.running = false
+end
+
+-- The second half: what the collected answer means, and what comes next.
+function Job:attempted_now()
+  self.collected = false
   self:attempted()
+end
+
+-- The key of a collected rotation answer, once the policy calls it
+-- rotated (nil otherwise): what a journal must hold before anything else.
+function Job:collected_key()
+  if not self.collected or self.phase ~= "rotate" then return nil end
+  local result = self.answer
+  if policy.outcome(result, self.answer_facts) ~= "rotated" then return nil end
+  local key = type(result) == "table" and result.api_key
+  return type(key) == "string" and key ~= "" and key or nil
 end
 
 -- Non-blocking: starts the next attempt once its back-off deadline has

@@ -277,6 +277,8 @@ M.RULES = {
     doc = "`function(index, item)`: each item's table as it finishes" },
   { name = "keep_results", kind = "boolean", calls = "batch", shown = "`true`",
     doc = "boolean: `false` collects nothing and returns a summary" },
+  { name = "journal", kind = "journal", calls = "batch", shown = "none",
+    doc = 'path of a new write-ahead journal (see "Write-ahead journal" below)' },
 }
 
 -- A row's checker, made once: checker(name, value) -> the value to keep.
@@ -291,6 +293,15 @@ local KINDS = {
   string = function() return check_user_agent end,
   boolean = function() return check_type("boolean") end,
   ["function"] = function() return check_type("function") end,
+  -- a path, or a journal the caller opened (slashid.journal.open)
+  journal = function()
+    return function(name, v)
+      if type(v) == "table" and getmetatable(v) == require("slashid.journal").Journal then
+        return v
+      end
+      return check_path(name, v)
+    end
+  end,
 }
 
 M.CHECKS = {}           -- every option of rotate_key: name -> checker

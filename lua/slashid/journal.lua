@@ -1,0 +1,249 @@
+-- slashid.journal: the write-ahead journal of a batch (rotate_keys'
+-- `journal` option, the command's default). A crash at any instant
+-- (kill -9, the OOM killer, a power cut) leaves every organization
+-- named in it with its new key, named as sent with no answer, named with
+-- its outcome, or absent (never sent).
+--
+-- The file (src/journal.c: created 0600 in a directory only its owner
+-- may write, held under an exclusive flock, appended and fsync'ed) holds
+-- one record per line, five tab-separated fields:
+--
+--   TIME <TAB> TYPE <TAB> ORG_ID <TAB> VALUE <TAB> CRC
+--
+--   TIME    seconds since the epoch, with milliseconds ("1733580000.123")
+--   TYPE    run | sent | rotated | not_rotated | unknown | lost |
+--           delivered | unverified
+--   ORG_ID  the organization ("-" in the run record)
+--   VALUE   run: "format=1 base_url=... [shard=K/N] [input=...]";
+--           sent: "rt=SECONDS" (the request's time limit: after it, the
+--           request can no longer be answered); rotated: the NEW key;
+--           delivered: where it went ("save_to", "store"); others: "-"
+--   CRC     CRC-32 of the four fields and their tabs, 8 hex digits
+--
+-- Fields are percent-encoded: any byte outside "!".."~", and "%", is
+-- %XX, so a field never holds a tab or a newline whatever the server
+-- sent. A line whose checksum fails (a crash mid-write, a bit flipped)
+-- is skipped by readers and counted, never misread. The old key is never
+-- written. `grep -w rotated JOURNAL` lists the keys issued.
+--
+-- Writers add records to a buffer and flush them (one write, one fsync)
+-- at the points the batch engine chooses (group commit, batch.lua); a
+-- record is durable only once flush returned true.
+
+local core = require "slashid.core"
+
+local tostring, tonumber, type, ipairs, setmetatable = tostring, tonumber, type, ipairs, setmetatable
+local concat, format, floor = table.concat, string.format, math.floor
+
+local M = {}
+
+M.FORMAT = 1
+
+local STATES = { sent = true, rotated = true, not_rotated = true, unknown = true,
+                 lost = true }
+
+local function escape(s)
+  return (tostring(s):gsub("[^!-$&-~]", function(c) return format("%%%02X", c:byte()) end))
+end
+
+local function unescape(s)
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+-- The body of a record (without its checksum) and the line it makes.
+local function record(t, kind, org_id, value, raw)
+  local body = format("%.3f\t%s\t%s\t%s", t, kind, escape(org_id), raw and value or escape(value))
+  return body .. "\t" .. core.crc32(body) .. "\n"
+end
+
+-- ---- writing ---------------------------------------------------------------
+
+local Journal = {}
+Journal.__index = Journal
+Journal.__tostring = function(j) return "slashid journal (" .. j.path .. ")" end
+
+-- open(path, how, run) -> journal | nil, message. how: "new" (the file
+-- must be empty or absent) or "resume" (it must exist: records are added
+-- after those in it). run: the first record's fields for a new journal
+-- ({ base_url = ..., shard = ..., input = ... }).
+function M.open(path, how, run)
+  if type(path) ~= "string" or path == "" then
+    return nil, "journal: a file path expected"
+  end
+  local file, why = core.journal_open(path, how)
+  if not file then return nil, why end
+  local j = setmetatable({
+    path = path, file = file, buffer = {}, n = 0,
+    -- what was sent in this journal (an organization at most once), by the
+    -- 32-bit FNV-1a hash of its ID: a few bytes per organization, so memory
+    -- stays flat enough for any number of them; a hash seen before is
+    -- confirmed against the records themselves (was_sent)
+    sent_hash = {},
+    again = {},         -- org_id -> true: may be sent once more (--resume)
+    failed = false,     -- the message of the write that failed, once one did
+    before_flush = false, -- function(journal): runs first in every flush
+    fsyncs = 0,
+  }, Journal)
+  if how == "new" then
+    local fields = { "format=" .. M.FORMAT }
+    for _, k in ipairs({ "base_url", "shard", "input" }) do
+      if run and run[k] then fields[#fields + 1] = k .. "=" .. escape(run[k]) end
+    end
+    -- each of the run record's fields is escaped on its own: spaces
+    -- separate them
+    j:add("run", "-", concat(fields, " "), true)
+    local ok, err = j:flush()
+    if not ok then file:close() return nil, err end
+  end
+  return j
+end
+
+-- Adds a record to the buffer (durable once flush returns true).
+function Journal:add(kind, org_id, value, raw)
+  local n = self.n + 1
+  self.buffer[n] = record(core.time(), kind, org_id, value or "-", raw)
+  self.n = n
+  if kind == "sent" then
+    self.sent_hash[core.fnv1a32(org_id)] = true
+    self.again[org_id] = nil
+  end
+end
+
+-- Whether the buffer or the file holds a `sent` record for org_id.
+function Journal:holds_sent(org_id)
+  local needle = "\tsent\t" .. escape(org_id) .. "\t"
+  for k = 1, self.n do
+    if self.buffer[k]:find(needle, 1, true) then return true end
+  end
+  local f = io.open(self.path, "rb")
+  if not f then return true end     -- cannot tell: taken as sent (never sent twice)
+  for line in f:lines() do
+    if line:find(needle, 1, true) then
+      local body, crc = line:match("^(.*)\t(%x%x%x%x%x%x%x%x)$")
+      if body and core.crc32(body) == crc then f:close() return true end
+    end
+  end
+  f:close()
+  return false
+end
+
+-- Whether org_id was sent in this journal (and may not be sent again).
+function Journal:was_sent(org_id)
+  if self.again[org_id] then return false end
+  if not self.sent_hash[core.fnv1a32(org_id)] then return false end
+  return self:holds_sent(org_id)
+end
+
+-- --resume: org_id may be sent once more (its earlier request is known
+-- not to have rotated the key).
+function Journal:allow_again(org_id)
+  self.again[org_id] = true
+end
+
+-- --resume: org_id's earlier request counts as sent.
+function Journal:mark_sent(org_id)
+  self.sent_hash[core.fnv1a32(org_id)] = true
+end
+
+-- Writes the buffer with one write and one fsync. Returns true, or nil
+-- and why (the journal is then failed: every later flush fails too, and
+-- the batch starts nothing more).
+function Journal:flush()
+  if self.failed then return nil, self.failed end
+  local hook = self.before_flush
+  if hook then hook(self) end
+  local n = self.n
+  if n == 0 then return true end
+  local data = concat(self.buffer, "", 1, n)
+  local ok, why = self.file:append(data)
+  for k = n, 1, -1 do self.buffer[k] = nil end
+  self.n = 0
+  if not ok then
+    self.failed = tostring(why)
+    return nil, self.failed
+  end
+  self.fsyncs = self.fsyncs + 1
+  return true
+end
+
+function Journal:pending() return self.n end
+
+function Journal:close()
+  if self.file then self.file:close() end
+end
+
+-- ---- reading ---------------------------------------------------------------
+
+local function parse_run(value)
+  local run = {}
+  for field in value:gmatch("%S+") do
+    local k, v = field:match("^([%w_]+)=(.*)$")
+    if k then run[k] = unescape(v) end
+  end
+  run.format = tonumber(run.format)
+  return run
+end
+
+-- read(path) -> entries, skipped, run | nil, message.
+-- entries: one table per organization in the order first recorded, the
+-- latest record of each deciding its state: { org_id, state ("sent",
+-- "rotated", "not_rotated", "unknown", "lost"), api_key (state "rotated"
+-- only), delivered (boolean), sent_at (seconds since the epoch, of the
+-- latest sent record), request_timeout (seconds, from it), verified
+-- (false once an unverified record names it), delivered_to (a list) }.
+-- skipped: lines whose checksum failed. run: the run record's fields.
+function M.read(path)
+  local f, why = io.open(path, "rb")
+  if not f then return nil, "cannot read the journal: " .. tostring(why) end
+  local entries, by_org, skipped, run = {}, {}, 0, nil
+  for line in f:lines() do
+    local body, crc = line:match("^(.*)\t(%x%x%x%x%x%x%x%x)$")
+    if not body or core.crc32(body) ~= crc then
+      if line ~= "" then skipped = skipped + 1 end
+    else
+      local t, kind, org, value = body:match("^([%d.]+)\t([%w_]+)\t([^\t]*)\t([^\t]*)$")
+      if not t then
+        skipped = skipped + 1
+      elseif kind == "run" then
+        run = run or parse_run(value)
+      else
+        org, value = unescape(org), unescape(value)
+        local e = by_org[org]
+        if not e then
+          e = { org_id = org, state = "sent", delivered = false }
+          by_org[org] = e
+          entries[#entries + 1] = e
+        end
+        if STATES[kind] then
+          e.state = kind
+          if kind == "sent" then
+            e.sent_at = tonumber(t)
+            e.request_timeout = tonumber(value:match("^rt=([%d.]+)$"))
+            e.api_key, e.delivered, e.verified, e.delivered_to = nil, false, nil, nil
+          elseif kind == "rotated" then
+            e.api_key = value
+          else
+            e.api_key = nil
+          end
+        elseif kind == "delivered" then
+          e.delivered = true
+          e.delivered_to = e.delivered_to or {}
+          e.delivered_to[#e.delivered_to + 1] = value
+        elseif kind == "unverified" then
+          e.verified = false
+        else
+          skipped = skipped + 1   -- a record of a later format: not misread
+        end
+      end
+    end
+  end
+  f:close()
+  return entries, skipped, run
+end
+
+-- The journal's record time, for specs and tools: floor to the ms.
+M.now = function() return floor(core.time() * 1000) / 1000 end
+
+M.Journal = Journal
+M.escape, M.unescape = escape, unescape
+return M
