@@ -55,9 +55,10 @@ HEADERS = $(wildcard src/*.h)
 # removing a package: scripts/deps.sh).
 BUILD_PKGS  = gcc libc6-dev $(LUA_PKGS) libcurl4-openssl-dev lua-cjson ca-certificates
 RUN_PKGS    = python3 openssl
-TEST_PKGS   = lua-busted lua-socket python3-yaml tinyproxy-bin valgrind lua-argparse
+TEST_PKGS   = lua-busted lua-socket python3-yaml tinyproxy-bin valgrind lua-argparse \
+              redis-server redis-tools
 
-.PHONY: all deps test demo emulator install uninstall clean rockcheck bench bench-instr
+.PHONY: all deps test demo emulator install uninstall clean rockcheck bench bench-instr bench-journal
 
 all: $(MODULE)
 
@@ -90,6 +91,8 @@ install: $(MODULE)
 	install -m 0755 $(MODULE) $(DESTDIR)$(LUA_LIBDIR)/slashid/core.so
 	install -m 0644 lua/slashid.lua $(DESTDIR)$(LUA_SHAREDIR)/slashid.lua
 	install -m 0644 lua/slashid/*.lua $(DESTDIR)$(LUA_SHAREDIR)/slashid/
+	install -d $(DESTDIR)$(LUA_SHAREDIR)/slashid/cli
+	install -m 0644 lua/slashid/cli/*.lua $(DESTDIR)$(LUA_SHAREDIR)/slashid/cli/
 	install -d $(DESTDIR)$(BINDIR) && sed '1s|^#!.*|#!/usr/bin/env $(LUA)|' bin/slashid-rotate >$(DESTDIR)$(BINDIR)/slashid-rotate && chmod 0755 $(DESTDIR)$(BINDIR)/slashid-rotate
 	install -d $(DESTDIR)$(MANDIR)/man1 && install -m 0644 slashid-rotate.1 $(DESTDIR)$(MANDIR)/man1/slashid-rotate.1
 
@@ -111,11 +114,18 @@ rockcheck: deps
 # Benchmarks (figures, not pass/fail): see bench/run.sh. `make bench` runs
 # bench/instr.sh too; `make bench-instr` runs only it (instructions per
 # call under callgrind: raw libcurl, the Lua-cURLv3 peer, client, module).
-BENCH_PKGS = nginx libnginx-mod-http-echo curl lua-socket valgrind
+BENCH_PKGS = nginx libnginx-mod-http-echo curl lua-socket valgrind strace
 bench: deps
 	@sh scripts/deps.sh $(BENCH_PKGS)
 	@$(MAKE) --no-print-directory all
 	@LUA=$(LUA) BUILD=$(BUILD) sh bench/run.sh
+
+# The command's cost of durability (bench/cli_journal.sh): 100,000
+# organizations journaled with --save-to vs --no-journal to stdout.
+bench-journal: deps
+	@sh scripts/deps.sh $(BENCH_PKGS)
+	@$(MAKE) --no-print-directory all
+	@LUA=$(LUA) BUILD=$(BUILD) sh bench/cli_journal.sh
 
 bench-instr: deps
 	@sh scripts/deps.sh $(BENCH_PKGS)

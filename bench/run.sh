@@ -142,3 +142,7 @@ LUA="$LUA" BUILD="$BUILD" sh bench/startup.sh
 # ---- instructions per call under callgrind, same server: bench/instr.sh
 # prints its own table and instr_* figures.
 LUA="$LUA" BUILD="$BUILD" URL="$url" sh bench/instr.sh
+
+# ---- the command's journal: bench/cli_journal.sh prints its own table
+# and cli_* figures (100,000 organizations; its own nginx).
+LUA="$LUA" BUILD="$BUILD" sh bench/cli_journal.sh

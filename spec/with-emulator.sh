@@ -17,7 +17,7 @@ if [ $# -eq 0 ]; then
 fi
 
 # The emulator and CMD must not be steered by the caller's environment.
-unset SLASHID_ORG_ID SLASHID_API_KEY SLASHID_BASE_URL \
+unset SLASHID_ORG_ID SLASHID_API_KEY SLASHID_BASE_URL SLASHID_CA_FILE SLASHID_JOURNAL_DIR \
       http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY no_proxy NO_PROXY
 
 here=$(dirname "$0")
