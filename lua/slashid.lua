@@ -284,8 +284,9 @@ local function rotate_keys(defaults, list, opts, on_rotated, on_resolved, hooks)
   local journal, opened = own.journal, false
   if type(journal) == "string" then
     local why
+    -- (the run record names the batch's base URL, else the first item's)
     journal, why = require("slashid.journal").open(journal, "new", {
-      base_url = merged.base_url or os.getenv("SLASHID_BASE_URL") or slashid.PRODUCTION,
+      base_url = merged.base_url,
     })
     if not journal then error("slashid: journal: " .. tostring(why), 0) end
     opened = true

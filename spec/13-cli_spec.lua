@@ -3,8 +3,12 @@
 -- whatever the server sends), --api-key-file (a path or -), --save-to (one
 -- and many), --verify, --check, --orgs (a file or -) with mixed outcomes,
 -- --sandbox, --proxy / --no-proxy, progress lines and the bar on a
--- terminal, secrets never printed where they must not be, and main()
--- in-process. Signals, broken outputs and full disks: spec 24.
+-- terminal, secrets never printed where they must not be, the journal
+-- (kept and named, or removed; --no-journal), a malformed --orgs line as
+-- that line's own error, and main() in-process. A key whose delivery
+-- fails stays in the journal; under --no-journal it goes to stdout and a
+-- rescue file: such cases run both ways. Signals, broken outputs and full
+-- disks: spec 24.
 local H = require "helpers"
 local q, write = H.q, H.write
 local cjson = require "cjson"
@@ -93,15 +97,17 @@ end
 
 -- --save-to is checked before the request goes out (exit 64 if it cannot
 -- be written); to see a save fail after the rotation, its directory is
--- removed while the server holds the answer. Returns status, out, err,
--- and the save_to path.
-local function save_dir_vanishes(org, key, extra)
+-- removed while the server holds the answer. `env`: more variables for
+-- the command. Returns status, out, err, and the save_to path.
+local function save_dir_vanishes(org, key, extra, env)
   local dir = H.mkdir(H.tmpname("vanishing"))
   local path = dir .. "/key"
   H.faults(org, { { delay = 1 } })
   local args = one(org, { "--save-to", path })
   for _, a in ipairs(extra) do args[#args + 1] = a end
-  local job = spawn(args, { SLASHID_API_KEY = key })
+  local vars = { SLASHID_API_KEY = key }
+  for name, value in pairs(env or {}) do vars[name] = value end
+  local job = spawn(args, vars)
   H.wait_for("the request to reach the server", 10, function() return H.requests(org) >= 1 end)
   assert(os.execute("rm -rf " .. q(dir)))
   assert(wait_file(job.dir .. "/rc", 20), "the command did not end")
@@ -242,15 +248,39 @@ describe("slashid-rotate, one organization", function()
     no_secrets(key, out, err, new)
   end)
 
-  it("exit 3: --save-to's directory removed while the request is pending, the new key printed on stdout", function()
+  it("exit 3 under --no-journal: --save-to's directory removed while the request is pending, the new key printed on stdout and rescued", function()
     local org, key = H.new_org()
-    local status, out, err, path = save_dir_vanishes(org, key, {})
+    local tmpdir = H.mkdir(H.tmpname("tmpdir"))
+    local status, out, err, path = save_dir_vanishes(org, key, { "--no-journal" },
+                                                     { TMPDIR = tmpdir })
     local new = H.org(org).api_key
     assert.are.equal(3, status, err)
     assert.are.equal(1, H.org(org).rotations)
-    assert.are.equal(new .. "\n", out)
+    H.assert_key_equal(new .. "\n", out)
     assert.is_false(exists(path))
     assert.matches("not saved", err)
+    local rescue = H.rescue_files(tmpdir)
+    assert.are.equal(1, #rescue, "one rescue file expected")
+    assert.are.equal("600", H.mode(rescue[1]))
+    H.assert_key_equal(org .. "\t" .. new .. "\n", H.read_file(rescue[1]))
+    assert.is_nil(H.kept_journal(err))
+    no_secrets(key, out, err, new)
+  end)
+
+  it("exit 3: --save-to's directory removed while the request is pending, the new key kept in the journal (named), not printed, not rescued", function()
+    local org, key = H.new_org()
+    local tmpdir = H.mkdir(H.tmpname("tmpdir"))
+    local journals = H.journal_dir()
+    local status, out, err, path = save_dir_vanishes(org, key, {},
+      { TMPDIR = tmpdir, SLASHID_JOURNAL_DIR = journals })
+    local new = H.org(org).api_key
+    assert.are.equal(3, status, err)
+    assert.are.equal(1, H.org(org).rotations)
+    assert.are.equal("", out)
+    assert.is_false(exists(path))
+    assert.matches("not saved", err)
+    assert.are.equal(0, #H.rescue_files(tmpdir))
+    H.assert_journal_holds(H.assert_journal_kept(journals, err), { org }, false)
     no_secrets(key, out, err, new)
   end)
 
@@ -267,17 +297,43 @@ describe("slashid-rotate, one organization", function()
     assert.matches("verified", err)
   end)
 
-  it("exit 3: --verify fails; the key is saved and printed on stdout too", function()
+  it("exit 3 under --no-journal: --verify fails; the key is saved, and printed on stdout and rescued too", function()
     local org, key = H.new_org()
     H.faults(org, { { delay = 0 }, { status = 500 } })
     local path = H.mkdir(H.tmpname("save")) .. "/key"
-    local status, out, err = run(one(org, { "--verify", "--save-to", path }),
-                                 { SLASHID_API_KEY = key })
+    local tmpdir = H.mkdir(H.tmpname("tmpdir"))
+    local status, out, err = run(one(org, { "--verify", "--save-to", path, "--no-journal" }),
+                                 { SLASHID_API_KEY = key, TMPDIR = tmpdir })
     local new = H.org(org).api_key
     assert.are.equal(3, status, err)
-    assert.are.equal(new .. "\n", out)
-    assert.are.equal(new .. "\n", H.read_file(path))
+    H.assert_key_equal(new .. "\n", out)
+    H.assert_key_equal(new .. "\n", H.read_file(path))
     assert.matches("verify", err)
+    local rescue = H.rescue_files(tmpdir)
+    assert.are.equal(1, #rescue, "one rescue file expected")
+    H.assert_key_equal(org .. "\t" .. new .. "\n", H.read_file(rescue[1]))
+    no_secrets(key, out, err, new)
+  end)
+
+  it("exit 3: --verify fails; the key is saved, not printed, and kept in the journal as not verified", function()
+    local org, key = H.new_org()
+    H.faults(org, { { delay = 0 }, { status = 500 } })
+    local path = H.mkdir(H.tmpname("save")) .. "/key"
+    local tmpdir = H.mkdir(H.tmpname("tmpdir"))
+    local journals = H.journal_dir()
+    local status, out, err = run(one(org, { "--verify", "--save-to", path }),
+                                 { SLASHID_API_KEY = key, TMPDIR = tmpdir,
+                                   SLASHID_JOURNAL_DIR = journals })
+    local new = H.org(org).api_key
+    assert.are.equal(3, status, err)
+    assert.are.equal("", out)
+    H.assert_key_equal(new .. "\n", H.read_file(path))
+    assert.matches("verify", err)
+    assert.are.equal(0, #H.rescue_files(tmpdir))
+    -- delivered (the file was written), but the journal is kept: the key
+    -- failed its verification (API.md, Command line, Journal)
+    local by = H.assert_journal_holds(H.assert_journal_kept(journals, err), { org }, true)
+    assert.is_false(by[org].verified)
     no_secrets(key, out, err, new)
   end)
 
@@ -341,14 +397,40 @@ describe("slashid-rotate, one organization", function()
       assert.are.equal("number", type(obj.errors[1].curl_code))
     end)
 
-    it("exit 3 (saving failed): api_key is in the object so the key is not lost", function()
+    it("exit 3 (saving failed) under --no-journal: the key is not lost: api_key is in the object, and in a rescue file", function()
       local org, key = H.new_org()
-      local status, out = save_dir_vanishes(org, key, { "--json" })
+      local tmpdir = H.mkdir(H.tmpname("tmpdir"))
+      local status, out, err = save_dir_vanishes(org, key, { "--json", "--no-journal" },
+                                                 { TMPDIR = tmpdir })
       assert.are.equal(3, status)
       local obj = cjson.decode(out)
       assert.are.equal("rotated", obj.outcome)
-      H.assert_key_equal(H.org(org).api_key, obj.api_key)
       assert.is_true(#obj.errors >= 1)
+      -- API.md: under --no-journal a key whose delivery failed goes to
+      -- stdout and to a rescue file (named on stderr)
+      local rescue = H.rescue_files(tmpdir)
+      assert.are.equal(1, #rescue, "one rescue file expected")
+      assert.is_truthy(err:find(rescue[1], 1, true), "the rescue file is not named on stderr")
+      H.assert_key_equal(org .. "\t" .. H.org(org).api_key .. "\n", H.read_file(rescue[1]))
+      H.assert_key_equal(H.org(org).api_key, obj.api_key, "the key is not in the object")
+      no_secrets(key, out, err, H.org(org).api_key)
+    end)
+
+    it("exit 3 (saving failed): no api_key in the object; the key is kept in the journal", function()
+      local org, key = H.new_org()
+      local tmpdir = H.mkdir(H.tmpname("tmpdir"))
+      local journals = H.journal_dir()
+      local status, out, err = save_dir_vanishes(org, key, { "--json" },
+        { TMPDIR = tmpdir, SLASHID_JOURNAL_DIR = journals })
+      assert.are.equal(3, status, err)
+      local obj = cjson.decode(out)
+      assert.are.equal("rotated", obj.outcome)
+      assert.is_nil(obj.api_key)
+      assert.is_true(#obj.errors >= 1)
+      H.assert_no_secret(out, H.org(org).api_key)
+      assert.are.equal(0, #H.rescue_files(tmpdir))
+      H.assert_journal_holds(H.assert_journal_kept(journals, err), { org }, false)
+      no_secrets(key, out, err, H.org(org).api_key)
     end)
   end)
 
@@ -436,9 +518,19 @@ describe("slashid-rotate, one organization", function()
     for _, flag in ipairs({ "--org-id", "--api-key-file", "--consistency", "--timeout",
                             "--base-url", "--request-timeout", "--ca-file", "--save-to",
                             "--verify", "--json", "--orgs", "--concurrency", "--rate",
-                            "--check", "--sandbox", "--proxy", "--no-proxy" }) do
+                            "--check", "--sandbox", "--proxy", "--no-proxy", "--journal",
+                            "--no-journal", "--resume", "--store-cmd", "--store-timeout",
+                            "--shard", "--version", "--debug" }) do
       assert.is_truthy(out:find(flag, 1, true), flag)
     end
+    assert.are.equal("", err)
+  end)
+
+  it("--version prints slashid-rotate VERSION (libcurl VERSION) on stdout and exits 0", function()
+    local status, out, err = run({ "--version" })
+    assert.are.equal(0, status, err)
+    assert.matches("^slashid%-rotate %S+ %(libcurl [%w.%-]+%)\n$", out)
+    assert.are.equal(require("slashid")._VERSION, out:match("^slashid%-rotate (%S+) "))
     assert.are.equal("", err)
   end)
 end)
@@ -520,19 +612,23 @@ describe("slashid-rotate --orgs", function()
     H.assert_key_equal(H.org(list[4].org_id).api_key, keys[list[4].org_id])
 
     -- then a verify failure (3), over a not-rotated one (1); the key of the
-    -- verify failure is printed on stdout although it is saved
+    -- verify failure is saved, not printed, and the journal keeps it
     path, list = orgs_file(3)
     H.faults(list[1].org_id, { { status = 403 } })
     H.faults(list[2].org_id, { { delay = 0 }, { status = 500 } })
     local save = H.mkdir(H.tmpname("save")) .. "/keys.tsv"
+    local journals = H.journal_dir()
     status, out, err = run({ "--orgs", path, "--base-url", H.http_url, "--verify",
-                             "--save-to", save })
+                             "--save-to", save }, { SLASHID_JOURNAL_DIR = journals })
     assert.are.equal(3, status, err)
-    assert.are.same({ [list[2].org_id] = H.org(list[2].org_id).api_key }, (key_lines(out)))
+    assert.are.equal("", out)
     local saved, n = key_lines(H.read_file(save))
     assert.are.equal(2, n)
     H.assert_key_equal(H.org(list[2].org_id).api_key, saved[list[2].org_id])
     H.assert_key_equal(H.org(list[3].org_id).api_key, saved[list[3].org_id])
+    local by = H.assert_journal_holds(H.assert_journal_kept(journals, err),
+                                      { list[2].org_id, list[3].org_id }, true)
+    assert.is_false(by[list[2].org_id].verified)
 
     -- then not rotated (1)
     path, list = orgs_file(3)
@@ -540,6 +636,31 @@ describe("slashid-rotate --orgs", function()
     status, out, err = run({ "--orgs", path, "--base-url", H.http_url })
     assert.are.equal(1, status, err)
     assert.are.equal(2, select(2, key_lines(out)))
+  end)
+
+  it("under --no-journal, a key whose --verify failed is printed on stdout and rescued although it is saved (exit 3)", function()
+    local path, list = orgs_file(3)
+    H.faults(list[1].org_id, { { status = 403 } })
+    H.faults(list[2].org_id, { { delay = 0 }, { status = 500 } })
+    local save = H.mkdir(H.tmpname("save")) .. "/keys.tsv"
+    local tmpdir = H.mkdir(H.tmpname("tmpdir"))
+    local status, out, err = run({ "--orgs", path, "--base-url", H.http_url, "--verify",
+                                   "--save-to", save, "--no-journal" }, { TMPDIR = tmpdir })
+    assert.are.equal(3, status, err)
+    local printed, np = key_lines(out)
+    assert.are.equal(1, np)
+    H.assert_key_equal(H.org(list[2].org_id).api_key, printed[list[2].org_id])
+    local saved, n = key_lines(H.read_file(save))
+    assert.are.equal(2, n)
+    H.assert_key_equal(H.org(list[2].org_id).api_key, saved[list[2].org_id])
+    H.assert_key_equal(H.org(list[3].org_id).api_key, saved[list[3].org_id])
+    local rescue = H.rescue_files(tmpdir)
+    assert.are.equal(1, #rescue, "one rescue file expected")
+    local rescued, nr = key_lines(H.read_file(rescue[1]))
+    assert.are.equal(1, nr)
+    H.assert_key_equal(H.org(list[2].org_id).api_key, rescued[list[2].org_id])
+    assert.is_nil(H.kept_journal(err))
+    for _, o in ipairs(list) do no_secrets(o.api_key, out, err, H.org(o.org_id).api_key) end
   end)
 
   it("--json: one object per line, api_key only without --save-to", function()
@@ -573,7 +694,7 @@ describe("slashid-rotate --orgs", function()
     assert.are.equal(2, select(2, key_lines(H.read_file(save))))
   end)
 
-  it("exit 64 for a malformed line (checked before anything is sent), bad options, --org-id with --orgs", function()
+  it("exit 64 before anything is sent: bad options, --org-id with --orgs, --orgs twice, --api-key-file", function()
     local org, key = H.new_org()
     local function usage(content, extra)
       local path = write(H.tmpname("orgs"), content)
@@ -587,22 +708,60 @@ describe("slashid-rotate --orgs", function()
       return err
     end
     local good = org .. "\t" .. key .. "\n"
-    assert.matches("line 2", usage("other-org\tother-key\n" .. org .. " " .. key .. "\n"))
-    assert.matches("line 3", usage(good .. "# c\n" .. org .. "\t\n"))
     assert.matches("concurrency", usage(good, { "--concurrency", "0" }))
     assert.matches("rate", usage(good, { "--rate", "0" }))
     assert.matches("timeout", usage(good, { "--timeout", "500" }))
     assert.matches("%-%-org%-id", usage(good, { "--org-id", org }))
-    assert.matches("line 1", usage(org .. "\t" .. key .. "\1x\n"))
     assert.matches("orgs", usage(good, { "--orgs", "again" }))
     assert.matches("%-%-api%-key%-file", usage(good, { "--api-key-file", "-" }))
   end)
 
-  it("a repeated organization is never rotated twice at once: not sent while the first is in flight", function()
+  it("a malformed line is that line's own error (its number shown, never its content): the other lines are rotated, exit 1", function()
+    -- each case: the bad line (from the bad organization's ID and key),
+    -- what the message must say, and whether the ID may be shown (it
+    -- names the line when only the key is bad)
+    local cases = {
+      { function(o, k) return o .. " " .. k end, "ORG_ID<TAB>CURRENT_KEY expected" },
+      { function(o) return o .. "\t" end, "ORG_ID<TAB>CURRENT_KEY expected" },
+      { function(o, k) return o .. "\t" .. k .. "\tmore" end, "ORG_ID<TAB>CURRENT_KEY expected" },
+      { function(o, k) return o .. "\t" .. k .. "\1x" end, "outside printable ASCII", true },
+      { function(o, k) return o .. "\127\t" .. k end, "outside printable ASCII" },
+      { function(o, k) return o .. "\t" .. k .. ("x"):rep(1048576) end, "1 MiB" },
+    }
+    for i, case in ipairs(cases) do
+      local make, says, id_shown = case[1], case[2], case[3]
+      local o1, k1 = H.new_org()
+      local bad, bad_key = H.new_org()
+      local o2, k2 = H.new_org()
+      local path = write(H.tmpname("orgs"), ("# case %d\n%s\t%s\n%s\n%s\t%s\n")
+        :format(i, o1, k1, make(bad, bad_key), o2, k2))
+      local status, out, err = run({ "--orgs", path, "--base-url", H.http_url })
+      assert.are.equal(1, status, err)
+      local keys, n = key_lines(out)
+      assert.are.equal(2, n, "case " .. i)
+      for _, o in ipairs({ o1, o2 }) do
+        assert.are.equal(1, H.org(o).rotations, "case " .. i)
+        H.assert_key_equal(H.org(o).api_key, keys[o])
+      end
+      assert.are.equal(0, H.requests(bad), "case " .. i .. ": a request was sent for the bad line")
+      assert.is_truthy(err:find(path .. " line 3: ", 1, true), "case " .. i .. ": line 3 not named")
+      assert.is_truthy(err:find(says, 1, true), "case " .. i .. ": " .. says)
+      assert.matches("3 organizations: 2 rotated, 1 not rotated, 0 unknown", err)
+      H.assert_no_secret(out .. err, bad_key)
+      if not id_shown then
+        assert.is_nil((out .. err):find(bad, 1, true), "case " .. i .. ": the line's ID shown")
+      end
+      no_secrets(k1, out, err, H.org(o1).api_key)
+      no_secrets(k2, out, err, H.org(o2).api_key)
+    end
+  end)
+
+  it("under --no-journal a repeated organization is never rotated twice at once: not sent while the first is in flight", function()
     local org, key = H.new_org()
     H.faults(org, { { delay = 0.5 } })
     local path = write(H.tmpname("orgs"), org .. "\t" .. key .. "\n" .. org .. "\t" .. key .. "\n")
-    local status, out, err = run({ "--orgs", path, "--base-url", H.http_url, "--json" })
+    local status, out, err = run({ "--orgs", path, "--base-url", H.http_url, "--json",
+                                   "--no-journal" })
     assert.are.equal(1, status, err)
     assert.are.equal(1, H.requests(org))
     assert.are.equal(1, H.org(org).rotations)
@@ -615,11 +774,41 @@ describe("slashid-rotate --orgs", function()
     -- one after the other (--concurrency 1): the second presents a dead key, refused
     org, key = H.new_org()
     path = write(H.tmpname("orgs"), org .. "\t" .. key .. "\n" .. org .. "\t" .. key .. "\n")
-    status, out, err = run({ "--orgs", path, "--base-url", H.http_url, "--concurrency", "1" })
+    status, out, err = run({ "--orgs", path, "--base-url", H.http_url, "--concurrency", "1",
+                             "--no-journal" })
     assert.are.equal(1, status, err)
     assert.are.equal(1, H.org(org).rotations)
+    assert.are.equal(2, H.requests(org))
     assert.are.equal("previous", H.org(org).requests[2].key)
     H.assert_key_equal(H.org(org).api_key, (key_lines(out))[org])
+  end)
+
+  it("a repeated organization is sent once per journal: the second line is refused, in flight or not", function()
+    for _, concurrency in ipairs({ "8", "1" }) do
+      local org, key = H.new_org()
+      H.faults(org, { { delay = 0.5 } })
+      local path = write(H.tmpname("orgs"), org .. "\t" .. key .. "\n" .. org .. "\t" .. key .. "\n")
+      local status, out, err = run({ "--orgs", path, "--base-url", H.http_url, "--json",
+                                     "--concurrency", concurrency })
+      assert.are.equal(1, status, err)
+      assert.are.equal(1, H.requests(org))
+      assert.are.equal(1, H.org(org).rotations)
+      local objs = decode_lines(out)
+      assert.are.equal(2, #objs)
+      local rotated
+      for _, obj in ipairs(objs) do
+        assert.are.equal(org, obj.org_id)
+        if obj.outcome == "rotated" then rotated = obj
+        else assert.are.equal("not_rotated", obj.outcome) end
+      end
+      assert.is_truthy(rotated, "not rotated")
+      H.assert_key_equal(H.org(org).api_key, rotated.api_key)
+      -- (the first line's number is named while it is in flight)
+      assert.matches("line 2: the organization of [%w ]- again", err)
+      assert.matches("not sent", err)
+      H.assert_no_secret(err, key)
+      H.assert_no_secret(err, H.org(org).api_key)
+    end
   end)
 
   it("a bad line in a stream (--orgs -) is reported not rotated; the others go on", function()
@@ -642,6 +831,65 @@ describe("slashid-rotate --orgs", function()
       no_secrets(o.api_key, out, err)
     end
     assert.matches("line 2", err)
+  end)
+end)
+
+describe("slashid-rotate's journal (a new file in $SLASHID_JOURNAL_DIR)", function()
+  it("removed at the end when every new key went to --save-to, one organization or many", function()
+    local org, key = H.new_org()
+    local journals = H.journal_dir()
+    local save = H.mkdir(H.tmpname("save")) .. "/key"
+    local status, out, err = run(one(org, { "--save-to", save }),
+                                 { SLASHID_API_KEY = key, SLASHID_JOURNAL_DIR = journals })
+    assert.are.equal(0, status, err)
+    assert.are.equal("", out)
+    H.assert_key_equal(H.org(org).api_key .. "\n", H.read_file(save))
+    assert.are.same({}, H.ls(journals))
+    assert.is_nil(H.kept_journal(err))
+
+    local path, list = orgs_file(3)
+    save = H.mkdir(H.tmpname("save")) .. "/keys.tsv"
+    status, out, err = run({ "--orgs", path, "--base-url", H.http_url, "--save-to", save },
+                           { SLASHID_JOURNAL_DIR = journals })
+    assert.are.equal(0, status, err)
+    assert.are.equal("", out)
+    assert.are.equal(3, select(2, key_lines(H.read_file(save))))
+    assert.are.same({}, H.ls(journals))
+    assert.is_nil(H.kept_journal(err))
+    for _, o in ipairs(list) do no_secrets(o.api_key, out, err, H.org(o.org_id).api_key) end
+  end)
+
+  it("kept, and named on stderr, when the new keys were printed on stdout (not a durable place)", function()
+    local org, key = H.new_org()
+    local journals = H.journal_dir()
+    local status, out, err = run(one(org), { SLASHID_API_KEY = key, SLASHID_JOURNAL_DIR = journals })
+    assert.are.equal(0, status, err)
+    H.assert_key_equal(H.org(org).api_key .. "\n", out)
+    H.assert_journal_holds(H.assert_journal_kept(journals, err), { org }, false)
+    assert.matches("standard output", err)
+    no_secrets(key, out, err, H.org(org).api_key)
+
+    local path, list = orgs_file(3)
+    journals = H.journal_dir()
+    status, out, err = run({ "--orgs", path, "--base-url", H.http_url, "--json" },
+                           { SLASHID_JOURNAL_DIR = journals })
+    assert.are.equal(0, status, err)
+    assert.are.equal(3, #decode_lines(out))
+    local ids = {}
+    for i, o in ipairs(list) do ids[i] = o.org_id end
+    H.assert_journal_holds(H.assert_journal_kept(journals, err), ids, false)
+    for _, o in ipairs(list) do no_secrets(o.api_key, out, err, H.org(o.org_id).api_key) end
+  end)
+
+  it("--no-journal: no journal is made", function()
+    local org, key = H.new_org()
+    local journals = H.journal_dir()
+    local status, out, err = run(one(org, { "--no-journal" }),
+                                 { SLASHID_API_KEY = key, SLASHID_JOURNAL_DIR = journals })
+    assert.are.equal(0, status, err)
+    H.assert_key_equal(H.org(org).api_key .. "\n", out)
+    assert.are.same({}, H.ls(journals))
+    assert.is_nil(H.kept_journal(err))
   end)
 end)
 

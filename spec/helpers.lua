@@ -259,6 +259,86 @@ function H.left_out(group)
   return why
 end
 
+-- ---- slashid-rotate's journal and rescue files ---------------------------
+
+-- The names in a folder, sorted (none when it is missing).
+function H.ls(dir)
+  local t = {}
+  local p = io.popen("ls -A " .. H.q(dir) .. " 2>/dev/null")
+  for name in p:lines() do t[#t + 1] = name end
+  p:close()
+  table.sort(t)
+  return t
+end
+
+-- A fresh, empty folder (mode 0700) to give a command run as its
+-- SLASHID_JOURNAL_DIR: the run's journal is then the one file in it, and
+-- its removal shows. `owner`: a user to give it to (a command run as that
+-- user); it is then made under /tmp, as the specs' scratch folder is
+-- closed to other users, and removing it is the caller's job.
+function H.journal_dir(owner)
+  if not owner then
+    local dir = H.tmpname("journals")
+    assert(os.execute("mkdir -m 0700 " .. H.q(dir)))
+    return dir
+  end
+  -- (run without a sanitizer runtime a check-asan run preloads)
+  local plain = "env -u LD_PRELOAD "
+  local dir = ("/tmp/slashid-journals-%s-%d"):format(H.tmpname():match("[^/]+$"),
+                                                    math.random(1000000))
+  assert(os.execute(plain .. "mkdir -m 0700 " .. H.q(dir) .. " && " .. plain .. "chown " ..
+                    H.q(owner) .. " " .. H.q(dir)))
+  return dir
+end
+
+-- The journal a command's stderr names as kept ("journal PATH kept"), or nil.
+function H.kept_journal(err)
+  return (err or ""):match("journal (%S+) kept")
+end
+
+-- The run whose journals went to `dir` (H.journal_dir) kept its journal:
+-- the one file there, mode 0600, named on stderr. Returns its path.
+function H.assert_journal_kept(dir, err)
+  local files = H.ls(dir)
+  assert(#files == 1, ("one journal expected in %s, found %d"):format(dir, #files))
+  local path = dir .. "/" .. files[1]
+  assert(H.kept_journal(err) == path, "stderr does not name the journal as kept")
+  assert(H.mode(path) == "600", "the journal is not mode 0600")
+  return path
+end
+
+-- Asserts that the journal at `path` (slashid.read_journal) names each
+-- organization of `orgs` (a list of IDs) as rotated, with the key the
+-- emulator holds for it now, delivered as `delivered` says (default
+-- false), and that no line of it was skipped. No key is ever shown.
+-- Returns the entries by organization.
+function H.assert_journal_holds(path, orgs, delivered)
+  if delivered == nil then delivered = false end
+  local entries, skipped = require("slashid").read_journal(path)
+  assert(entries, "cannot read the journal: " .. tostring(skipped))
+  assert(skipped == 0, tostring(skipped) .. " line(s) of the journal skipped")
+  local by = {}
+  for _, e in ipairs(entries) do by[e.org_id] = e end
+  for _, org in ipairs(orgs) do
+    local e = by[org]
+    assert(e, "the journal does not name " .. org)
+    assert(e.state == "rotated", org .. ": state " .. tostring(e.state) .. " in the journal")
+    H.assert_key_equal(H.org(org).api_key, e.api_key, "the journal's key of " .. org)
+    assert(e.delivered == delivered, ("%s: delivered is %s in the journal, %s expected")
+      :format(org, tostring(e.delivered), tostring(delivered)))
+  end
+  return by
+end
+
+-- The rescue files (slashid-rotate-rescue-*) in a folder, as paths.
+function H.rescue_files(dir)
+  local t = {}
+  for _, name in ipairs(H.ls(dir)) do
+    if name:find("^slashid%-rotate%-rescue%-") then t[#t + 1] = dir .. "/" .. name end
+  end
+  return t
+end
+
 -- ---- descriptors of this process (leak checks) --------------------------
 
 -- This process's pid (the shell popen starts is its child).

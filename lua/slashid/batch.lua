@@ -311,6 +311,7 @@ function M.run(pull, total, s)
       deliver(i, unsent(JOURNAL_REPEAT), true)
       return
     end
+    if journal.run then journal:write_run(cfg.base_url) end
     journal:add("sent", org, "rt=" .. tostring(cfg.request_timeout))
     queue_last = queue_last + 1
     queued[queue_last] = { i = i, cfg = cfg }
@@ -334,7 +335,7 @@ function M.run(pull, total, s)
       end
     end
     if n == 0 then return end
-    local ok = journal:flush()
+    local ok = journal:flush(true)
     if not ok then stopping = true end
     for k = 1, n do
       if ok then keyed[k].key_journaled = "durable" end
@@ -352,9 +353,10 @@ function M.run(pull, total, s)
   -- outcomes.
   local ret = keep and outcomes or counts
   local function unsent_items()
+    local why = journal and journal.failed and (JOURNAL_FAILED .. journal.failed) or NOT_STARTED
     while total and next_index <= total do
       local i = next_index
-      local item = unsent(NOT_STARTED)
+      local item = unsent(why)
       if keep then outcomes[i] = item end
       next_index = i + 1
       count(item)

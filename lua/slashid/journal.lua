@@ -42,17 +42,30 @@ M.FORMAT = 1
 local STATES = { sent = true, rotated = true, not_rotated = true, unknown = true,
                  lost = true }
 
+local OUTSIDE = "[^!-$&-~]"     -- bytes a field holds as %XX
 local function escape(s)
-  return (tostring(s):gsub("[^!-$&-~]", function(c) return format("%%%02X", c:byte()) end))
+  s = tostring(s)
+  if not s:find(OUTSIDE) then return s end
+  return (s:gsub(OUTSIDE, function(c) return format("%%%02X", c:byte()) end))
 end
 
 local function unescape(s)
   return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
 end
 
--- The body of a record (without its checksum) and the line it makes.
-local function record(t, kind, org_id, value, raw)
-  local body = format("%.3f\t%s\t%s\t%s", t, kind, escape(org_id), raw and value or escape(value))
+-- The record's time as text, made once per millisecond (records that
+-- fall due together share it).
+local last_ms, last_text = -1, ""
+local function time_text()
+  local ms = floor(core.time() * 1000)
+  if ms ~= last_ms then last_ms, last_text = ms, format("%.3f", ms / 1000) end
+  return last_text
+end
+
+-- The line of a record: its body, then the body's checksum.
+local function record(kind, org_id, value, raw)
+  local body = time_text() .. "\t" .. kind .. "\t" .. escape(org_id) .. "\t" ..
+               (raw and value or escape(value))
   return body .. "\t" .. core.crc32(body) .. "\n"
 end
 
@@ -74,6 +87,7 @@ function M.open(path, how, run)
   if not file then return nil, why end
   local j = setmetatable({
     path = path, file = file, buffer = {}, n = 0,
+    run = false,        -- the run record's fields, until it is written
     -- what was sent in this journal (an organization at most once), by the
     -- 32-bit FNV-1a hash of its ID: a few bytes per organization, so memory
     -- stays flat enough for any number of them; a hash seen before is
@@ -85,23 +99,38 @@ function M.open(path, how, run)
     fsyncs = 0,
   }, Journal)
   if how == "new" then
-    local fields = { "format=" .. M.FORMAT }
-    for _, k in ipairs({ "base_url", "shard", "input" }) do
-      if run and run[k] then fields[#fields + 1] = k .. "=" .. escape(run[k]) end
+    j.run = run or {}
+    -- without a base URL, the record waits for the first request's
+    -- (write_run, from the batch): it names where requests went
+    if j.run.base_url then
+      j:write_run()
+      local ok, err = j:flush()
+      if not ok then file:close() return nil, err end
     end
-    -- each of the run record's fields is escaped on its own: spaces
-    -- separate them
-    j:add("run", "-", concat(fields, " "), true)
-    local ok, err = j:flush()
-    if not ok then file:close() return nil, err end
   end
   return j
+end
+
+-- The first record, naming the run; `base_url`: the first request's,
+-- when the opener did not name one.
+function Journal:write_run(base_url)
+  local run = self.run
+  if not run then return end
+  self.run = false
+  local fields = { "format=" .. M.FORMAT }
+  for _, k in ipairs({ "base_url", "shard", "input" }) do
+    local v = run[k]
+    if k == "base_url" and v == nil then v = base_url end
+    if v then fields[#fields + 1] = k .. "=" .. escape(v) end
+  end
+  -- each of its fields is escaped on its own: spaces separate them
+  self:add("run", "-", concat(fields, " "), true)
 end
 
 -- Adds a record to the buffer (durable once flush returns true).
 function Journal:add(kind, org_id, value, raw)
   local n = self.n + 1
-  self.buffer[n] = record(core.time(), kind, org_id, value or "-", raw)
+  self.buffer[n] = record(kind, org_id, value or "-", raw)
   self.n = n
   if kind == "sent" then
     self.sent_hash[core.fnv1a32(org_id)] = true
@@ -147,10 +176,12 @@ end
 
 -- Writes the buffer with one write and one fsync. Returns true, or nil
 -- and why (the journal is then failed: every later flush fails too, and
--- the batch starts nothing more).
-function Journal:flush()
+-- the batch starts nothing more). `keys_only`: the flush that makes a
+-- turn's new keys durable, which must not wait for the owner's work
+-- (before_flush: the command's group of --save-to lines).
+function Journal:flush(keys_only)
   if self.failed then return nil, self.failed end
-  local hook = self.before_flush
+  local hook = not keys_only and self.before_flush
   if hook then hook(self) end
   local n = self.n
   if n == 0 then return true end
@@ -196,7 +227,16 @@ function M.read(path)
   local f, why = io.open(path, "rb")
   if not f then return nil, "cannot read the journal: " .. tostring(why) end
   local entries, by_org, skipped, run = {}, {}, 0, nil
-  for line in f:lines() do
+  -- read in pieces: a read error (a directory, EIO) is a message, not a raise
+  local function next_line()
+    local ok, line, err = pcall(f.read, f, "*l")
+    if not ok or (line == nil and err) then
+      why = tostring(ok and err or line):gsub("^.-:%d+: ", "")
+      return nil
+    end
+    return line
+  end
+  for line in next_line do
     local body, crc = line:match("^(.*)\t(%x%x%x%x%x%x%x%x)$")
     if not body or core.crc32(body) ~= crc then
       if line ~= "" then skipped = skipped + 1 end
@@ -238,6 +278,7 @@ function M.read(path)
     end
   end
   f:close()
+  if why then return nil, "cannot read the journal: " .. why end
   return entries, skipped, run
 end
 

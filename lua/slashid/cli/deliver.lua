@@ -38,10 +38,21 @@ function M.new(ctx)
   local function journaled() return ctx.journal and not ctx.journal.failed end
 
   -- An organization whose deliveries are all known: counted, reported.
+  -- A key that went to --save-to/--store-cmd has its --json line now,
+  -- with api_key only when no place kept it (under --no-journal, or a
+  -- journal that failed): then stdout and a rescue file are what is left.
   local function settle(e)
     local tally = ctx.tally
     tally.total, tally.rotated = tally.total + 1, tally.rotated + 1
     local problems = e.problems
+    local stranded = #problems > 0 and not journaled() and not e.printed
+    if o.json and not e.on_stdout then
+      local ok = out.line(json_line(e.org_id, "rotated", e.status, e.errors,
+                                    stranded and e.key or nil))
+      if stranded then e.printed = ok end
+    elseif stranded then
+      e.printed = out.line(ctx.many and (e.org_id .. "\t" .. e.key) or e.key)
+    end
     if #problems == 0 then
       ctx.report(e.org_id, "rotated", e.where, true, e.verified)
       return
@@ -50,10 +61,7 @@ function M.new(ctx)
     local note = table.concat(problems, "; ")
     if journaled() then
       note = note .. " (the new key is in the journal " .. ctx.journal.path .. ")"
-    elseif not e.printed then
-      -- the last places left: stdout and a rescue file
-      local line = ctx.many and (e.org_id .. "\t" .. e.key) or e.key
-      if not o.json then e.printed = out.line(line) end
+    elseif stranded then
       local path, why = ctx.rescue.add(e.org_id, e.key)
       if path then
         note = note .. " (the new key is " .. (e.printed and "on stdout and " or "") ..
@@ -184,7 +192,8 @@ function M.new(ctx)
   function d.key(org_id, item)
     local key, info, errors = item.result.api_key, item.info, item.errors
     local e = { org_id = org_id, key = key, problems = {}, waiting = 1, durable = false,
-                printed = false, where = "", verified = info.verified == true }
+                printed = false, where = "", verified = info.verified == true,
+                status = info.status, errors = errors, on_stdout = false }
     d.pending = d.pending + 1
     if ctx.journal and ctx.journal.failed then
       e.problems[#e.problems + 1] = "the journal could not be written (" ..
@@ -195,21 +204,20 @@ function M.new(ctx)
     end
     local to_file = o.save_to and true or false
     local on_stdout = not to_file and not store_cmd
-    if o.json then
-      e.printed = out.line(json_line(org_id, "rotated", info.status, errors,
-                                     on_stdout and key or nil))
-      if on_stdout and not e.printed then
-        e.problems[#e.problems + 1] = "the new key could not be written to standard output (" ..
-                                      tostring(out.broken) .. ")"
+    e.on_stdout = on_stdout
+    if on_stdout then
+      -- stdout is the delivery: the line (or --json object) with the key
+      if o.json then
+        e.printed = out.line(json_line(org_id, "rotated", info.status, errors, key))
+      else
+        e.printed = out.line(ctx.many and (org_id .. "\t" .. key) or key)
       end
-    elseif on_stdout then
-      e.printed = out.line(ctx.many and (org_id .. "\t" .. key) or key)
       if not e.printed then
         e.problems[#e.problems + 1] = "the new key could not be written to standard output (" ..
                                       tostring(out.broken) .. ")"
       end
+      e.where = "the new key is on stdout"
     end
-    if on_stdout then e.where = "the new key is on stdout" end
     if to_file then
       if ctx.many then
         e.waiting = e.waiting + 1

@@ -156,7 +156,7 @@ function M.prepare(ctx, journal, list, opts, name)
         out[#out + 1] = { org_id = j.org_id, key = j.api_key, verified = j.verified }
       elseif j.state == "sent" or j.state == "unknown" then
         decided(j.org_id, "unknown", "sent by the interrupted run with no answer, and not " ..
-                "listed in " .. name .. ": its current key is needed to check it")
+                "listed in " .. name .. ": its current key is needed to check it", 0, true)
       elseif j.state == "lost" then
         decided(j.org_id, "lost", "the journal records it lost (recover it through SlashID)")
       end

@@ -149,9 +149,20 @@ function M.run(ctx, source, opts, total)
           report(e.org_id, e.decided, e.status, { { httpcode = e.status or 0, message = e.note } })
         end
       elseif e.key then
-        -- a key the journal holds, delivered now
-        deliver.key(e.org_id, { result = { api_key = e.key }, errors = {},
-                                info = { outcome = "rotated", status = 0, verified = e.verified } })
+        -- a key the journal holds, delivered now (one organization's
+        -- --save-to is the library's atomic write, done here as it would be)
+        local info, errors = { outcome = "rotated", status = 0, verified = e.verified }, {}
+        if ctx.item_save_to then
+          local ok, why = core.write_key_file(ctx.item_save_to, e.key .. "\n")
+          info.saved = ok == true
+          if ok and journal then
+            journal:add("delivered", e.org_id, "save_to")
+          elseif not ok then
+            errors[1] = { httpcode = 0, message = "the key was rotated but not saved: " ..
+                          tostring(why) }
+          end
+        end
+        deliver.key(e.org_id, { result = { api_key = e.key }, errors = errors, info = info })
       elseif journal and not in_flight[e.org_id] and journal:was_sent(e.org_id) then
         local msg = ("%s line %d: the organization of an earlier line again: not sent " ..
                      "(an organization is sent at most once per journal: a second request " ..
@@ -192,7 +203,13 @@ function M.run(ctx, source, opts, total)
   end
   opts.keep_results = false
   opts.journal = journal or nil
-  local hooks = { on_turn = deliver.pump, wait_limit = deliver.wait_limit }
+  -- Once a turn, after the turn's keys are durable in the journal and
+  -- handed over: their --save-to lines are written as one group (one
+  -- fsync), and the store commands advance.
+  local hooks = {
+    on_turn = function() deliver.flush_saves() deliver.pump() end,
+    wait_limit = deliver.wait_limit,
+  }
 
   ctx.started = true
   local ok, err
