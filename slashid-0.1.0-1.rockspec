@@ -40,7 +40,7 @@ build = {
         "src/json.c", "src/trace.c", "src/secret.c", "src/keyfile.c",
         "src/clock.c", "src/curlcode.c", "src/multi.c", "src/signal.c",
         "src/deadline.c", "src/pollset.c", "src/journal.c", "src/checksum.c",
-        "src/output.c", "src/child.c", "src/files.c",
+        "src/output.c", "src/child.c", "src/files.c", "src/tolerant.c",
       },
       libraries = { "curl", "pthread" },
       incdirs = { "$(CURL_INCDIR)" },

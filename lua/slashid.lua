@@ -364,10 +364,15 @@ end
 local function holds(st, cfg)
   local d = st.defaults
   local own_org = d.org_id or os.getenv("SLASHID_ORG_ID")
+  local own_url = d.base_url or os.getenv("SLASHID_BASE_URL")
+  if own_url == nil or own_url == "" then own_url = slashid.PRODUCTION end
   -- A key belongs to one organization: a client holding a key but no
-  -- organization holds it for whichever organization the call names.
+  -- organization holds it for whichever organization the call names. And
+  -- to one deployment: a call sent elsewhere (the sandbox) rotated
+  -- another key, whatever its text.
   return cfg.api_key == (d.api_key or os.getenv("SLASHID_API_KEY")) and
-         (own_org == nil or own_org == "" or cfg.org_id == own_org)
+         (own_org == nil or own_org == "" or cfg.org_id == own_org) and
+         cfg.base_url == own_url
 end
 
 -- The client's key was just replaced: adopt the new one so that later

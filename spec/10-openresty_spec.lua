@@ -5,9 +5,9 @@
 -- rotation for 2 s, and meanwhile times /ping requests to the same worker:
 -- a blocking handler would freeze them for the whole 2 s.
 --
--- Installs nothing: `make test` installs nginx, the lua module and builds
+-- Installs nothing: `make check-hosts` installs nginx, the lua module and builds
 -- the module for LuaJIT (build/luajit) first. Skipped when they are absent,
--- or when `make test` left them out (installing luajit2 would have removed
+-- or when `make check-hosts` left them out (installing luajit2 would have removed
 -- Debian's luajit).
 local H = require "helpers"
 local cjson = require "cjson"

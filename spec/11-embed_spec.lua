@@ -8,7 +8,7 @@
 -- answer most frames make no Lua call (a host polling every frame makes
 -- one per frame), and the answer's arrival is seen through the descriptor.
 --
--- Builds nothing: `make test` builds build/lua5.4/embed-host (make embed).
+-- Builds nothing: `make check-hosts` builds build/lua5.4/embed-host (make embed).
 local H = require "helpers"
 
 local HOST = "build/lua5.4/embed-host"
@@ -25,7 +25,7 @@ local left_out = H.left_out
 -- Why the host cannot run here, or nil.
 local function missing()
   return left_out("lua5.4") or
-         not exists(HOST) and HOST .. " is missing: `make embed` builds it (make test does)" or nil
+         not exists(HOST) and HOST .. " is missing: `make embed` builds it (make check-hosts does)" or nil
 end
 
 local function shell_quote(s)

@@ -125,8 +125,10 @@ local CASES = {
   { "200 without api_key", { { status = 200, rotate = true, json = { result = { id = "x" },
       errors = { { httpcode = 200, message = "{{old_key}}" } } } } }, {}, "unknown" },
   { "nulls", { { status = 200, rotate = true, body = '{"meta":null,"errors":null,"result":null}' } }, {}, "unknown" },
-  { "deep nesting beside the new key", { { status = 200, rotate = true,
-      body = '{"result":{"api_key":"{{new_key}}"},"x":' .. deep(10000) .. '}' } }, {}, "unknown" },
+  { "deep nesting beside the new key (read by the tolerant reader)", { { status = 200, rotate = true,
+      body = '{"result":{"api_key":"{{new_key}}"},"x":' .. deep(10000) .. '}' } }, {}, "rotated" },
+  { "a lone surrogate escape beside the new key", { { status = 200, rotate = true,
+      body = '{"meta":{"m":"note \\ud83d"},"result":{"api_key":"{{new_key}}"}}' } }, {}, "rotated" },
 }
 
 -- Options for one case; "OLD" / "OLD-URL" placeholders in fault headers

@@ -135,7 +135,7 @@ describe("LÖVE 11.4 (examples/love): a 60 Hz frame loop polls a rotation once p
     end
     local cpath = "build/luajit/?.so"
     if not H.read_if_any("build/luajit/slashid/core.so") then
-      pending("LÖVE spec skipped: the module is not built for LuaJIT (make test builds it " ..
+      pending("LÖVE spec skipped: the module is not built for LuaJIT (make check-hosts builds it " ..
               "unless it left out nginx's luajit2: " .. tostring(H.left_out("openresty")) .. ")")
       return
     end

@@ -247,7 +247,7 @@ function H.spawn(cmdline, stdin)
   return job
 end
 
--- Why `make test` left out the packages of GROUP (it never removes a
+-- Why `make check-hosts` left out the packages of GROUP (it never removes a
 -- package to install one): build/skipped-packages/GROUP, written by
 -- scripts/deps.sh, says which package conflicts and how to enable it;
 -- nil when the group was installed.

@@ -293,7 +293,7 @@ int sid_answer_push(lua_State *L, sid_transfer *t, CURLcode rc) {
 int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
                      double elapsed) {
   int envelope = 0, list, facts, base = lua_gettop(L);
-  int complete = (rc == CURLE_OK);
+  int complete = (rc == CURLE_OK), tolerant = 0;
 
   luaL_checkstack(L, 12, "answer");
 
@@ -312,6 +312,19 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
                                   t->body.len)) {
     if (lua_type(L, -1) == LUA_TTABLE) envelope = lua_gettop(L);
     else lua_pop(L, 1);
+  }
+  /* A 2xx the strict parser refused: its key is taken by a tolerant
+     read of the envelope's structure (tolerant.c) rather than lost. */
+  if (!envelope && readable && status >= 200 && status <= 299 && t->body.len &&
+      sid_tolerant_api_key(L, t->body.data, t->body.len)) {
+    lua_createtable(L, 0, 1);          /* { result = { api_key = KEY } } */
+    lua_createtable(L, 0, 1);
+    lua_pushvalue(L, -3);
+    lua_setfield(L, -2, "api_key");
+    lua_setfield(L, -2, "result");
+    lua_remove(L, -2);
+    envelope = lua_gettop(L);
+    tolerant = 1;
   }
   if (!envelope) {
     lua_pushnil(L);             /* keep slot positions fixed */
@@ -348,6 +361,15 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
   if (!complete || t->setup_rc != CURLE_OK) {
     add_transport_error(L, list, t, t->setup_rc != CURLE_OK ? t->setup_rc
                                                             : rc);
+  } else if (tolerant) {
+    lua_createtable(L, 0, 2);
+    lua_pushinteger(L, (lua_Integer)status);
+    lua_setfield(L, -2, "httpcode");
+    lua_pushliteral(L, "the answer is not JSON a strict parser reads whole (a lone "
+                    "surrogate escape, nesting deeper than 64, or another fault): "
+                    "result.api_key was read from it, the rest of it was not");
+    lua_setfield(L, -2, "message");
+    lua_rawseti(L, list, 1);
   } else if (lua_type(L, envelope) == LUA_TTABLE) {
     add_server_errors(L, envelope, list, t, status);
     if (sid_rawlen(L, list) == 0 && (status < 200 || status > 299))

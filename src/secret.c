@@ -183,6 +183,58 @@ static size_t secret_at(const sid_secrets *k, const char *s, size_t n,
   return best;
 }
 
+/* Length of the text at s[i..n) that spells a secret in one of the forms
+   a server, proxy or firewall page may echo it in, each character on its
+   own: as itself, JSON-escaped (\uXXXX in any case, \/ \\ \"), or
+   percent-encoded (%XX in any case); 0 when none does. */
+static size_t encoded_at(const char *key, size_t klen, const char *s, size_t n,
+                         size_t i, int fold) {
+  size_t j = i, k;
+  for (k = 0; k < klen; k++) {
+    int c, a, b, d, e;
+    if (j >= n) return 0;
+    if (s[j] == '\\' && j + 1 < n) {
+      char esc = s[j + 1];
+      if (esc == 'u' && n - j >= 6 && (a = hex_digit(s[j + 2])) >= 0 &&
+          (b = hex_digit(s[j + 3])) >= 0 && (d = hex_digit(s[j + 4])) >= 0 &&
+          (e = hex_digit(s[j + 5])) >= 0) {
+        c = (a << 12) | (b << 8) | (d << 4) | e;
+        j += 6;
+      } else if (esc == '/' || esc == '\\' || esc == '"') {
+        c = (unsigned char)esc;
+        j += 2;
+      } else {
+        c = '\\';
+        j++;
+      }
+    } else if (s[j] == '%' && n - j >= 3 && (a = hex_digit(s[j + 1])) >= 0 &&
+               (b = hex_digit(s[j + 2])) >= 0) {
+      c = (a << 4) | b;
+      j += 3;
+    } else {
+      c = (unsigned char)s[j++];
+    }
+    if (fold ? tolower(c) != tolower((unsigned char)key[k])
+             : c != (unsigned char)key[k])
+      return 0;
+  }
+  return j - i;
+}
+
+/* The longest encoded secret at s[i..n), or 0. */
+static size_t encoded_secret_at(const sid_secrets *k, const char *s, size_t n,
+                                size_t i, int fold) {
+  size_t best = 0;
+  int j;
+  if (k == NULL) return 0;
+  for (j = 0; j < SID_SECRETS; j++)
+    if (k->key[j] && k->len[j]) {
+      size_t len = encoded_at(k->key[j], k->len[j], s, n, i, fold);
+      if (len > best) best = len;
+    }
+  return best;
+}
+
 /* True when s needs no change at all: the common case for headers and
    short messages, pushed without copying byte by byte. */
 static int is_clean(const char *s, size_t n, const sid_secrets *k,
@@ -195,8 +247,8 @@ static int is_clean(const char *s, size_t n, const sid_secrets *k,
       return 0;
   if (memmem(s, n, API_KEY_MEMBER, sizeof(API_KEY_MEMBER) - 1) != NULL)
     return 0;
-  if (memchr(s, '\\', n) != NULL && memchr(s, '"', n) != NULL)
-    return 0;                 /* maybe an escaped member name */
+  if (memchr(s, '\\', n) != NULL || memchr(s, '%', n) != NULL)
+    return 0;                 /* maybe an escaped name, or an encoded key */
   if (printable)
     for (i = 0; i < n; i++) {
       unsigned char c = (unsigned char)s[i];
@@ -222,6 +274,8 @@ static void push_redacted(lua_State *L, const char *s, size_t n,
   luaL_buffinit(L, &o.b);
   while (i < n && !out_full(&o)) {
     size_t len = secret_at(secrets, s, n, i, fold & SID_FOLD_MATCH), mlen;
+    if (!len && secrets)
+      len = encoded_secret_at(secrets, s, n, i, fold & SID_FOLD_MATCH);
     if (len) {
       out_text(&o, REDACTED);
       i += len;
@@ -248,7 +302,7 @@ static int name_is_clean(const char *s, size_t n, const sid_secrets *k) {
   int j;
   for (i = 0; i < n; i++) {
     unsigned char c = (unsigned char)s[i];
-    if (c < 0x20 || c == 0x7f || c == '"') return 0;
+    if (c < 0x20 || c == 0x7f || c == '"' || c == '\\' || c == '%') return 0;
   }
   for (j = 0; k && j < SID_SECRETS; j++)
     if (k->key[j] && k->len[j] && k->len[j] <= n)

@@ -16,6 +16,7 @@
 
 local core = require "slashid.core"
 local job_mod = require "slashid.job"
+local outcome = require "slashid.outcome"
 
 local pcall, tostring, type, error, pairs, next = pcall, tostring, type, error, pairs, next
 local collectgarbage = collectgarbage
@@ -49,7 +50,7 @@ local VERIFY_CUT = "verify: the new key could not be checked: the batch was " ..
 -- The outcome table of an item that sent nothing: not_rotated, and why.
 local function unsent(message)
   return {
-    errors = { { httpcode = 0, message = message } },
+    errors = outcome.listed({ { httpcode = 0, message = message } }),
     info = { outcome = "not_rotated", status = 0, attempts = 0, elapsed = 0,
              headers = {} },
   }

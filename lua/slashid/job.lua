@@ -162,6 +162,7 @@ end
 
 -- The last attempt of a phase is known: conclude the phase.
 function Job:conclude(result, errors, pagination, facts)
+  outcome.listed(errors)
   local info = outcome.info(facts, self.attempt, self.phase_started,
                             self.last_retry_after)
   if self.phase == "rotate" then

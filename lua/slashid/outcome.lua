@@ -11,6 +11,32 @@ local M = {}
 M.ROTATE_PATH = "/organizations/api-keys"
 M.CHECK_PATH = "/organizations/config"
 
+-- Every `errors` list a call returns shows as its messages, joined, so
+-- that `assert(slashid.rotate_key{...})` fails with something readable
+-- (the messages are redacted: no key is ever in them).
+local ERRORS = {
+  __tostring = function(list)
+    local t = {}
+    for i = 1, #list do
+      local e = list[i]
+      local msg = type(e) == "table" and tostring(e.message or "") or tostring(e)
+      local code = type(e) == "table" and tonumber(e.httpcode)
+      if code and code ~= 0 and not msg:find("HTTP " .. code, 1, true) then
+        msg = "HTTP " .. code .. ": " .. msg
+      end
+      t[i] = msg
+    end
+    return #t > 0 and table.concat(t, "; ") or "no errors"
+  end,
+}
+M.ERRORS = ERRORS
+
+-- errors, with its __tostring (setting a metatable allocates nothing).
+function M.listed(errors)
+  if getmetatable(errors) == nil then setmetatable(errors, ERRORS) end
+  return errors
+end
+
 local function add_error(errors, httpcode, message)
   errors[#errors + 1] = { httpcode = httpcode, message = message }
 end
@@ -48,6 +74,15 @@ end
 -- never raised, and the key stays in result.
 function M.save(cfg, result, errors, info)
   if not cfg.save_to then return end
+  -- a key holding a control byte (a newline, a NUL) would be read back cut
+  -- short from the file's first line: it is returned, never written
+  if result.api_key:find("[%c\127]") then
+    info.saved = false
+    add_error(errors, 0, "the key was rotated but not saved: it holds a control " ..
+              "character, so no file could hold it readably (the new key is in " ..
+              "result.api_key)")
+    return
+  end
   local ok, why = core.write_key_file(cfg.save_to, result.api_key .. "\n")
   info.saved = ok == true
   if not ok then

@@ -46,6 +46,17 @@ function M.new(ctx)
     tally.total, tally.rotated = tally.total + 1, tally.rotated + 1
     local problems = e.problems
     local stranded = #problems > 0 and not journaled() and not e.printed
+    if stranded and e.unprintable then
+      -- no line or file can hold it readably: stderr, shown escaped, is
+      -- the only way out left
+      tally.incomplete = tally.incomplete + 1
+      ctx.report(e.org_id, "rotated", "but " .. table.concat(problems, "; ") ..
+                 ". The new key, with its unprintable bytes shown as \\xNN, store it now: " ..
+                 (e.key:gsub("[^\32-\126]", function(c)
+                   return ("\\x%02X"):format(c:byte())
+                 end)), false)
+      return
+    end
     if o.json and not e.on_stdout then
       local ok = out.line(json_line(e.org_id, "rotated", e.status, e.errors,
                                     stranded and e.key or nil))
@@ -201,6 +212,18 @@ function M.new(ctx)
     end
     if info.verified == false then
       e.problems[#e.problems + 1] = "verify: " .. all_errors(errors)
+    end
+    if key:find("[^\32-\126]") then
+      -- a newline or NUL in it would make any line or file holding it read
+      -- back as another key: only the journal (percent-encoded) keeps it
+      e.unprintable = true
+      e.problems[#e.problems + 1] = "the new key holds a byte outside printable ASCII: " ..
+                                    "it is not printed, saved or stored"
+      if o.json then
+        out.line(json_line(org_id, "rotated", info.status, errors))
+      end
+      done_one(e)
+      return
     end
     local to_file = o.save_to and true or false
     local on_stdout = not to_file and not store_cmd
