@@ -313,23 +313,34 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
     if (lua_type(L, -1) == LUA_TTABLE) envelope = lua_gettop(L);
     else lua_pop(L, 1);
   }
-  /* A 2xx the strict parser refused: its key is taken by a tolerant
-     read of the envelope's structure (tolerant.c) rather than lost. */
-  if (!envelope && readable && status >= 200 && status <= 299 && t->body.len &&
-      sid_tolerant_api_key(L, t->body.data, t->body.len)) {
-    lua_createtable(L, 0, 1);          /* { result = { api_key = KEY } } */
-    lua_createtable(L, 0, 1);
-    lua_pushvalue(L, -3);
-    lua_setfield(L, -2, "api_key");
-    lua_setfield(L, -2, "result");
-    lua_remove(L, -2);
-    envelope = lua_gettop(L);
-    tolerant = 1;
-  }
   if (!envelope) {
     lua_pushnil(L);             /* keep slot positions fixed */
   }
   envelope = lua_gettop(L);
+  /* A 2xx whose key the strict parser could not give (it refused the
+     document: a lone surrogate escape, nesting deeper than its limit; or
+     a duplicate `result` member hid the one with the key): the key is
+     taken by a tolerant read of the envelope's structure (tolerant.c)
+     rather than lost. */
+  if (readable && status >= 200 && status <= 299 && t->body.len &&
+      !has_api_key(L, envelope) &&
+      sid_tolerant_api_key(L, t->body.data, t->body.len)) {
+    if (lua_type(L, envelope) != LUA_TTABLE) {
+      lua_newtable(L);
+      lua_replace(L, envelope);
+    }
+    lua_getfield(L, envelope, "result");
+    if (lua_type(L, -1) != LUA_TTABLE) {
+      lua_pop(L, 1);
+      lua_newtable(L);
+      lua_pushvalue(L, -1);
+      lua_setfield(L, envelope, "result");
+    }
+    lua_insert(L, -2);                 /* result, key */
+    lua_setfield(L, -2, "api_key");
+    lua_pop(L, 1);
+    tolerant = 1;
+  }
   if (!complete && envelope && has_api_key(L, envelope)) salvaged = 1;
   else if (!complete && lua_type(L, envelope) == LUA_TTABLE) {
     lua_pushnil(L);             /* a partial envelope without a key: */
@@ -361,17 +372,19 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
   if (!complete || t->setup_rc != CURLE_OK) {
     add_transport_error(L, list, t, t->setup_rc != CURLE_OK ? t->setup_rc
                                                             : rc);
-  } else if (tolerant) {
-    lua_createtable(L, 0, 2);
-    lua_pushinteger(L, (lua_Integer)status);
-    lua_setfield(L, -2, "httpcode");
-    lua_pushliteral(L, "the answer is not JSON a strict parser reads whole (a lone "
-                    "surrogate escape, nesting deeper than 64, or another fault): "
-                    "result.api_key was read from it, the rest of it was not");
-    lua_setfield(L, -2, "message");
-    lua_rawseti(L, list, 1);
   } else if (lua_type(L, envelope) == LUA_TTABLE) {
     add_server_errors(L, envelope, list, t, status);
+    if (tolerant) {
+      lua_createtable(L, 0, 2);
+      lua_pushinteger(L, (lua_Integer)status);
+      lua_setfield(L, -2, "httpcode");
+      lua_pushliteral(L, "the answer is not JSON a strict parser reads whole (a lone "
+                      "surrogate escape, nesting deeper than 64, a duplicate member, "
+                      "or another fault): result.api_key was read from it, the rest "
+                      "of it may not have been");
+      lua_setfield(L, -2, "message");
+      lua_rawseti(L, list, (int)sid_rawlen(L, list) + 1);
+    }
     if (sid_rawlen(L, list) == 0 && (status < 200 || status > 299))
       add_excerpt_error(L, list, t, status, "the answer has no errors entry");
   } else if (status >= 200 && status <= 299) {

@@ -6,6 +6,7 @@
 local core = require "slashid.core"
 local policy = require "slashid.policy"
 local outcome = require "slashid.outcome"
+local oracle = require "envelope_oracle"
 
 local M = {}
 
@@ -160,7 +161,7 @@ local function check_outcome(result, errors, pagination, facts, rc)
   return r
 end
 
-function M.check(result, errors, pagination, facts, lines, status, rc, flags, old_key)
+function M.check(result, errors, pagination, facts, lines, status, rc, flags, old_key, body)
   if result ~= nil and type(result) ~= "table" then fail("result is a %s", type(result)) end
   check_errors(errors)
   check_facts(facts, status)
@@ -189,6 +190,16 @@ function M.check(result, errors, pagination, facts, lines, status, rc, flags, ol
   end
 
   check_outcome(result, errors, pagination, facts, rc)
+
+  -- a 2xx whose envelope has a well-formed result.api_key string never
+  -- loses it, whatever else the envelope holds (envelope_oracle.lua reads
+  -- the body on its own)
+  if facts.complete and status >= 200 and status <= 299 and body then
+    local want = oracle.api_key(body)
+    if want and not (type(result) == "table" and result.api_key == want) then
+      fail("a 2xx whose envelope holds a well-formed result.api_key lost it")
+    end
+  end
 end
 
 return M

@@ -268,7 +268,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (lua_gettop(L) != base + 2 + 4) die("sid_answer_build: not 4 values");
   if (t.secrets.key[1] != NULL) die("sid_answer_build: kept a pointer to the new key");
 
-  /* check(result, errors, pagination, facts, lines, status, rc, flags, old_key) */
+  /* check(result, errors, pagination, facts, lines, status, rc, flags, old_key, body) */
   lua_rawgeti(L, LUA_REGISTRYINDEX, check_ref);
   lua_insert(L, base + 3);
   lua_pushvalue(L, base + 2);             /* lines */
@@ -276,7 +276,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   lua_pushinteger(L, rc);
   lua_pushlstring(L, in.flags ? in.flags : "", in.flags_len);
   lua_pushstring(L, OLD_KEY);
-  if (lua_pcall(L, 9, 0, 0) != 0) die(lua_tostring(L, -1));
+  lua_pushlstring(L, t.body.data ? t.body.data : "", t.body.len);   /* the body kept */
+  if (lua_pcall(L, 10, 0, 0) != 0) die(lua_tostring(L, -1));
 
   check_redaction(&in);
 
