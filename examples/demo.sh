@@ -27,4 +27,4 @@ LUA
 export SLASHID_ORG_ID SLASHID_API_KEY SLASHID_BASE_URL SLASHID_CA_FILE
 echo "== slashid demo: emulator at $SLASHID_BASE_URL, organization $SLASHID_ORG_ID"
 "$LUA" examples/rotate.lua "$tmp/new-key.txt"
-echo "== key file: $(stat -c '%a %s bytes' "$tmp/new-key.txt")"
+echo "== key file: $(stat -c 'mode %a, %s bytes' "$tmp/new-key.txt") (a scratch copy: the demo's folder is removed on exit)"

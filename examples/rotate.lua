@@ -24,8 +24,10 @@ for _, e in ipairs(errors) do
 end
 
 if info.outcome == "rotated" then
-  print(("new key:  saved to %s: %s, verified: %s (%d characters, not shown)")
-        :format(save_to, tostring(info.saved), tostring(info.verified), #result.api_key))
+  print(("new key:  %s, %s (%d characters, not shown)")
+        :format(info.saved and ("saved to " .. save_to .. " (mode 0600)") or "NOT saved",
+                info.verified and "verified: the new key is accepted" or "NOT verified",
+                #result.api_key))
   local ok, _, check = client:check_key{ api_key = old_key }
   print(("old key:  %s (HTTP %d)"):format(ok == false and "refused, as expected"
         or "NOT refused: " .. tostring(ok), check.status))

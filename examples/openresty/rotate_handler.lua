@@ -42,11 +42,20 @@ local function wait_op(op)
   end
 end
 
+-- `errors` is always a JSON array, as the command prints it (lua-cjson
+-- would encode an empty Lua table as an object, {}).
 local function reply(http_status, body)
   ngx.status = http_status
   ngx.header["Content-Type"] = "application/json"
   ngx.header["Cache-Control"] = "no-store"
-  ngx.say(cjson.encode(body))
+  local errors = body.errors or {}
+  body.errors = nil
+  local parts = {}
+  for i, message in ipairs(errors) do parts[i] = cjson.encode(tostring(message)) end
+  local text = cjson.encode(body)
+  local list = '"errors":[' .. table.concat(parts, ",") .. "]"
+  text = text == "{}" and ("{" .. list .. "}") or (text:sub(1, -2) .. "," .. list .. "}")
+  ngx.say(text)
 end
 
 local function read_key(path)

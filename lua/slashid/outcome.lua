@@ -55,8 +55,16 @@ end
 
 -- Names the outcome of the last rotation attempt; returns the values a
 -- caller sees (result is nil unless rotated; errors never empty then).
+-- libcurl's codes for a peer certificate that cannot be verified.
+local CERTIFICATE = { [60] = true, [77] = true, [58] = true, [83] = true }
+M.CA_HINT = "to trust a private CA, set ca_file or SLASHID_CA_FILE"
+
 function M.settle(result, errors, pagination, info, facts)
   info.outcome = policy.outcome(result, facts)
+  local last = errors[#errors]
+  if last and CERTIFICATE[last.curl_code] and type(last.message) == "string" then
+    last.message = last.message .. " (" .. M.CA_HINT .. ")"
+  end
   if info.outcome ~= "rotated" then
     if #errors == 0 then
       -- a 2xx that parsed but carries no usable key

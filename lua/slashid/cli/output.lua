@@ -30,20 +30,27 @@ function M.say(...)
 end
 local say = M.say
 
+-- An errors entry as the operator reads it: with its HTTP status (a wrong
+-- organization ID is "HTTP 401: invalid API key"), and the flags to use
+-- where the library names its options.
+local function entry_text(e)
+  local msg = tostring(e.message or "")
+  if e.httpcode and e.httpcode ~= 0 and not msg:find("HTTP " .. e.httpcode, 1, true) then
+    msg = "HTTP " .. e.httpcode .. ": " .. msg
+  end
+  return (msg:gsub("set ca_file or SLASHID_CA_FILE", "use --ca-file or SLASHID_CA_FILE"))
+end
+
 function M.all_errors(errors)
   local t = {}
-  for _, e in ipairs(errors or {}) do t[#t + 1] = tostring(e.message or "") end
+  for _, e in ipairs(errors or {}) do t[#t + 1] = entry_text(e) end
   return table.concat(t, "; ")
 end
 
 function M.first_error(errors)
   local e = errors and errors[1]
   if not e then return "" end
-  local msg = tostring(e.message or "")
-  if e.httpcode and e.httpcode ~= 0 and not msg:find("HTTP " .. e.httpcode, 1, true) then
-    msg = "HTTP " .. e.httpcode .. ": " .. msg
-  end
-  return msg
+  return entry_text(e)
 end
 
 -- ---- JSON (values encoded by lua-cjson) --------------------------------
