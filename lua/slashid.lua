@@ -361,6 +361,14 @@ end
 -- Whether a call with this resolved configuration presents the client's
 -- own key for the client's own organization (named explicitly or not):
 -- if it rotates, the key the client holds is dead.
+-- A base URL as compared for adoption: scheme and host in lower case
+-- (they are case-insensitive), no trailing slash.
+local function url_key(url)
+  local scheme_host, rest = url:match("^([%a][%w+.-]*://[^/]*)(.*)$")
+  if not scheme_host then return url end
+  return scheme_host:lower() .. rest:gsub("/+$", "")
+end
+
 local function holds(st, cfg)
   local d = st.defaults
   local own_org = d.org_id or os.getenv("SLASHID_ORG_ID")
@@ -372,12 +380,15 @@ local function holds(st, cfg)
   -- another key, whatever its text.
   return cfg.api_key == (d.api_key or os.getenv("SLASHID_API_KEY")) and
          (own_org == nil or own_org == "" or cfg.org_id == own_org) and
-         cfg.base_url == own_url
+         url_key(cfg.base_url) == url_key(own_url)
 end
 
 -- The client's key was just replaced: adopt the new one so that later
 -- calls never present a dead key.
 local function adopt(st, cfg, result)
+  -- a key holding a control character would go out as a header of its own
+  -- (CR LF): it is returned to the caller, never adopted
+  if result.api_key:find("[%c\127]") then return end
   if st.handle then
     local d = st.defaults
     if d.api_key ~= result.api_key or d.org_id ~= cfg.org_id then

@@ -204,8 +204,13 @@ static char **build_env(const char *name, size_t nlen, const char *value,
   (*entry)[nlen] = '=';
   memcpy(*entry + nlen + 1, value, vlen);
   (*entry)[nlen + 1 + vlen] = '\0';
+  /* SLASHID_API_KEY (a key the operator exported, maybe the one being
+     rotated) is never passed on: a store command is given one key, on
+     its standard input */
   for (e = environ; e && *e; e++)
-    if (strncmp(*e, name, nlen) != 0 || (*e)[nlen] != '=') envp[k++] = *e;
+    if ((strncmp(*e, name, nlen) != 0 || (*e)[nlen] != '=') &&
+        strncmp(*e, "SLASHID_API_KEY=", 16) != 0)
+      envp[k++] = *e;
   envp[k++] = *entry;
   envp[k] = NULL;
   return envp;

@@ -115,7 +115,24 @@ static int files_make_private_dir(lua_State *L) {
   return 1;
 }
 
+/* core.file_kind(path) -> "file" | "directory" | "fifo" | "socket" |
+   "device" | "other" (links followed), or nil when it cannot be looked at:
+   a reader that must not block on a FIFO asks first. */
+static int files_file_kind(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  struct stat st;
+  if (stat(path, &st) != 0) return 0;
+  if (S_ISREG(st.st_mode)) lua_pushliteral(L, "file");
+  else if (S_ISDIR(st.st_mode)) lua_pushliteral(L, "directory");
+  else if (S_ISFIFO(st.st_mode)) lua_pushliteral(L, "fifo");
+  else if (S_ISSOCK(st.st_mode)) lua_pushliteral(L, "socket");
+  else if (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) lua_pushliteral(L, "device");
+  else lua_pushliteral(L, "other");
+  return 1;
+}
+
 static const luaL_Reg files_functions[] = {
+  {"file_kind", files_file_kind},
   {"open_input", files_open_input},
   {"seek_input", files_seek_input},
   {"is_regular", files_is_regular},

@@ -22,12 +22,14 @@
    terminal or pipe whose reader is slow. What poll reports besides
    POLLOUT (POLLERR, POLLHUP, POLLNVAL) the next write reports as an
    error, so nothing is decided here. */
-static void wait_writable(int fd) {
+static int wait_writable(int fd) {
   struct pollfd p;
   p.fd = fd;
   p.events = POLLOUT;
   p.revents = 0;
-  while (poll(&p, 1, -1) < 0 && errno == EINTR) {}
+  while (poll(&p, 1, -1) < 0 && errno == EINTR)
+    if (sid_signal_abort()) return -1;     /* a second signal: give up */
+  return 0;
 }
 
 /* core.write_line(fd, s) -> true | nil, message
@@ -58,10 +60,17 @@ static int output_write_line(lua_State *L) {
   while (done < len) {
     ssize_t w = write(fd, s + done, len - done);
     if (w < 0) {
+      /* a reader that stopped reading blocks a write for ever: a second
+         signal (the command's "abandon now") ends the wait */
+      if (errno == EINTR && sid_signal_abort()) {
+        err = EINTR;
+        break;
+      }
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        wait_writable(fd);
-        continue;
+        if (wait_writable(fd) == 0) continue;
+        err = EINTR;
+        break;
       }
       err = errno;
       break;

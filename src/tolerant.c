@@ -228,6 +228,9 @@ int sid_tolerant_api_key(lua_State *L, const char *s, size_t n) {
   luaL_checkstack(L, 4, "tolerant read");
   lua_pushnil(L);
   found = lua_gettop(L);
+  /* a UTF-8 byte-order mark before the envelope (RFC 8259 lets parsers
+     ignore one) */
+  if (n >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0) r.i = 3;
   skip_space(&r);
   if (r.i >= r.n || r.s[r.i] != '{' ||
       !walk_object(L, &r, "result", take_result, found) ||

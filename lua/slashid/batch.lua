@@ -17,6 +17,7 @@
 local core = require "slashid.core"
 local job_mod = require "slashid.job"
 local outcome = require "slashid.outcome"
+local journal_mod = require "slashid.journal"
 
 local pcall, tostring, type, error, pairs, next = pcall, tostring, type, error, pairs, next
 local collectgarbage = collectgarbage
@@ -282,7 +283,9 @@ function M.run(pull, total, s)
     if not queue_durable then
       local ok, why = journal:flush()
       if not ok then
-        if not any_started then
+        -- (nothing sent through this journal yet, in this batch or an
+        -- earlier one of the same run: the call fails as a whole)
+        if not any_started and not journal.sent_durable then
           error("slashid: journal " .. journal.path .. ": " .. tostring(why), 0)
         end
         stopping = true
@@ -294,6 +297,7 @@ function M.run(pull, total, s)
         return
       end
       queue_durable = true
+      journal.sent_durable = true
     end
     while queue_first <= queue_last do
       local q = queued[queue_first]
@@ -313,7 +317,8 @@ function M.run(pull, total, s)
       return
     end
     if journal.run then journal:write_run(cfg.base_url) end
-    journal:add("sent", org, "rt=" .. tostring(cfg.request_timeout))
+    journal:add("sent", org, "rt=" .. tostring(cfg.request_timeout) .. " kf=" ..
+                journal_mod.fingerprint(cfg.api_key))
     queue_last = queue_last + 1
     queued[queue_last] = { i = i, cfg = cfg }
     if rate then next_start = (next_start > now and next_start or now) + interval end

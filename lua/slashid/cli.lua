@@ -97,6 +97,21 @@ local function close_journal(ctx, tally)
     why = "it holds the new keys (standard output is not a safe place: " ..
           "store them, then delete it)"
   end
+  -- --resume: the journal holds more than this run saw (what it read from
+  -- the interrupted one); the file itself decides
+  if not why and ctx.o.resume then
+    local entries, _ = require("slashid.journal").read(j.path)
+    if not entries then why = "it could not be read back" end
+    for _, e in ipairs(entries or {}) do
+      if e.state == "sent" or e.state == "unknown" or e.state == "lost" then
+        why = "it records organizations not finished (" .. e.state .. ")"
+        break
+      elseif e.state == "rotated" and (not e.delivered or e.verified == false) then
+        why = "it holds keys not delivered (or not verified)"
+        break
+      end
+    end
+  end
   if why then
     j:close()
     say("journal ", j.path, " kept: ", why)
@@ -291,7 +306,7 @@ function M.main(argv)
       pcall(j.flush, j)
       j:close()
       -- a new journal that names no organization was of no use
-      if not ctx.o.resume and next(j.sent_hash) == nil then os.remove(j.path)
+      if not ctx.o.resume and not j.sent_durable then os.remove(j.path)
       else say("journal ", j.path, " kept") end
     end
   end

@@ -15,8 +15,10 @@
 --           delivered | unverified
 --   ORG_ID  the organization ("-" in the run record)
 --   VALUE   run: "format=1 base_url=... [shard=K/N] [input=...]";
---           sent: "rt=SECONDS" (the request's time limit: after it, the
---           request can no longer be answered); rotated: the NEW key;
+--           sent: "rt=SECONDS kf=FINGERPRINT" (the request's time limit:
+--           after it, the request can no longer be answered; a 32-bit
+--           FNV-1a of the key it presented, never the key: --resume tells
+--           a key given wrong from one the server rotated); rotated: the NEW key;
 --           delivered: where it went ("save_to", "store"); others: "-"
 --   CRC     CRC-32 of the four fields and their tabs, 8 hex digits
 --
@@ -42,6 +44,7 @@ M.FORMAT = 1
 local STATES = { sent = true, rotated = true, not_rotated = true, unknown = true,
                  lost = true }
 
+local id_hash
 local OUTSIDE = "[^!-$&-~]"     -- bytes a field holds as %XX
 local function escape(s)
   s = tostring(s)
@@ -60,6 +63,17 @@ local function time_text()
   local ms = floor(core.time() * 1000)
   if ms ~= last_ms then last_ms, last_text = ms, format("%.3f", ms / 1000) end
   return last_text
+end
+
+-- What a `sent` record keeps of the key a request presented: a 32-bit
+-- FNV-1a, in hex (not the key; enough to tell one key from another).
+function M.fingerprint(key)
+  return format("%08x", core.fnv1a32(key))
+end
+
+-- An organization ID's 53-bit hash (see sent_hash).
+id_hash = function(org_id)
+  return core.fnv1a32(org_id) * 2097152 + tonumber(core.crc32(org_id):sub(1, 6), 16) % 2097152
 end
 
 -- The line of a record: its body, then the body's checksum.
@@ -88,11 +102,15 @@ function M.open(path, how, run)
   local j = setmetatable({
     path = path, file = file, buffer = {}, n = 0,
     run = false,        -- the run record's fields, until it is written
-    -- what was sent in this journal (an organization at most once), by the
-    -- 32-bit FNV-1a hash of its ID: a few bytes per organization, so memory
-    -- stays flat enough for any number of them; a hash seen before is
-    -- confirmed against the records themselves (was_sent)
+    -- what was sent in this journal (an organization at most once), by a
+    -- 53-bit hash of its ID (FNV-1a and CRC-32 together: a number, exact
+    -- in every Lua): a few bytes per organization, so memory stays flat
+    -- enough for any number of them. A hash seen before is confirmed
+    -- against the records themselves, read once into `exact` (then kept
+    -- up to date): only an input that repeats an organization pays that.
     sent_hash = {},
+    exact = false,
+    sent_durable = false, -- a `sent` record reached the disk (something went out)
     again = {},         -- org_id -> true: may be sent once more (--resume)
     failed = false,     -- the message of the write that failed, once one did
     before_flush = false, -- function(journal): runs first in every flush
@@ -133,34 +151,41 @@ function Journal:add(kind, org_id, value, raw)
   self.buffer[n] = record(kind, org_id, value or "-", raw)
   self.n = n
   if kind == "sent" then
-    self.sent_hash[core.fnv1a32(org_id)] = true
+    self.sent_hash[id_hash(org_id)] = true
+    if self.exact then self.exact[org_id] = true end
     self.again[org_id] = nil
   end
 end
 
--- Whether the buffer or the file holds a `sent` record for org_id.
-function Journal:holds_sent(org_id)
-  local needle = "\tsent\t" .. escape(org_id) .. "\t"
-  for k = 1, self.n do
-    if self.buffer[k]:find(needle, 1, true) then return true end
-  end
+-- The set of organizations with a `sent` record, in the file or the
+-- buffer; nil when the file cannot be read.
+local function read_sent(self)
+  local set = {}
   local f = io.open(self.path, "rb")
-  if not f then return true end     -- cannot tell: taken as sent (never sent twice)
+  if not f then return nil end
   for line in f:lines() do
-    if line:find(needle, 1, true) then
-      local body, crc = line:match("^(.*)\t(%x%x%x%x%x%x%x%x)$")
-      if body and core.crc32(body) == crc then f:close() return true end
-    end
+    local body, crc = line:match("^(.*)\t(%x%x%x%x%x%x%x%x)$")
+    local org = body and body:match("^[%d.]+\tsent\t([^\t]*)\t")
+    if org and core.crc32(body) == crc then set[unescape(org)] = true end
   end
   f:close()
-  return false
+  for k = 1, self.n do
+    local org = self.buffer[k]:match("^[%d.]+\tsent\t([^\t]*)\t")
+    if org then set[unescape(org)] = true end
+  end
+  return set
 end
 
 -- Whether org_id was sent in this journal (and may not be sent again).
 function Journal:was_sent(org_id)
   if self.again[org_id] then return false end
-  if not self.sent_hash[core.fnv1a32(org_id)] then return false end
-  return self:holds_sent(org_id)
+  if not self.sent_hash[id_hash(org_id)] then return false end
+  if not self.exact then
+    local set = read_sent(self)
+    if not set then return true end   -- cannot tell: taken as sent (never sent twice)
+    self.exact = set
+  end
+  return self.exact[org_id] == true
 end
 
 -- --resume: org_id may be sent once more (its earlier request is known
@@ -171,7 +196,8 @@ end
 
 -- --resume: org_id's earlier request counts as sent.
 function Journal:mark_sent(org_id)
-  self.sent_hash[core.fnv1a32(org_id)] = true
+  self.sent_hash[id_hash(org_id)] = true
+  if self.exact then self.exact[org_id] = true end
 end
 
 -- Writes the buffer with one write and one fsync. Returns true, or nil
@@ -224,6 +250,11 @@ end
 -- (false once an unverified record names it), delivered_to (a list) }.
 -- skipped: lines whose checksum failed. run: the run record's fields.
 function M.read(path)
+  -- (a FIFO would block the open, a device never end)
+  local kind = core.file_kind(path)
+  if kind and kind ~= "file" then
+    return nil, "cannot read the journal: " .. path .. " is not a regular file (" .. kind .. ")"
+  end
   local f, why = io.open(path, "rb")
   if not f then return nil, "cannot read the journal: " .. tostring(why) end
   local entries, by_org, skipped, run = {}, {}, 0, nil
@@ -258,7 +289,8 @@ function M.read(path)
           e.state = kind
           if kind == "sent" then
             e.sent_at = tonumber(t)
-            e.request_timeout = tonumber(value:match("^rt=([%d.]+)$"))
+            e.request_timeout = tonumber(value:match("^rt=([%d.]+)"))
+            e.key_fingerprint = value:match("kf=(%x+)")
             e.api_key, e.delivered, e.verified, e.delivered_to = nil, false, nil, nil
           elseif kind == "rotated" then
             e.api_key = value

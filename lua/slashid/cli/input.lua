@@ -41,7 +41,8 @@ local function fd_source(fd)
       if eof then return nil end
       if #buf - pos + 1 > MAX_LINE then buf, pos, skipping = "", 1, true end
       local before = core.signal_count()
-      local data, err = core.read_input(fd, 16384, mode == "now" and 0 or -1)
+      local wait = type(mode) == "number" and mode or mode == "now" and 0 or -1
+      local data, err = core.read_input(fd, 16384, wait)
       if data == nil then
         src.error, eof = err, true
       elseif data == false then

@@ -82,9 +82,15 @@ function M.prepare(ctx, journal, list, opts, name)
       if key_of[e.org_id] == nil then key_of[e.org_id] = e.api_key end
     end
   end
-  local to_check, deadline = {}, 0
+  local to_check, deadline, other_key = {}, 0, {}
   for _, e in ipairs(entries) do
-    if (e.state == "sent" or e.state == "unknown") and key_of[e.org_id] then
+    local key = key_of[e.org_id]
+    if (e.state == "sent" or e.state == "unknown") and key and e.key_fingerprint and
+       e.key_fingerprint ~= journal_mod.fingerprint(key) then
+      -- a refusal of this key would prove nothing: it is not the one the
+      -- interrupted run presented (a typo, another file)
+      other_key[e.org_id] = true
+    elseif (e.state == "sent" or e.state == "unknown") and key then
       to_check[#to_check + 1] = e
       local sent_at = e.sent_at or 0
       local limit = sent_at + (e.request_timeout or 45)
@@ -123,7 +129,11 @@ function M.prepare(ctx, journal, list, opts, name)
               "the new key never arrived (recover it through SlashID)")
     elseif j.state == "sent" or j.state == "unknown" then
       local v = verdict[e.org_id]
-      if v and v.ok then
+      if other_key[e.org_id] then
+        decided(e.org_id, "unknown", "sent by the interrupted run with no answer; the key " ..
+                name .. " gives now is not the one that run presented, so it was not " ..
+                "checked (give the key the run used)", 0, true)
+      elseif v and v.ok then
         journal:allow_again(e.org_id)
         e.recheck = true
         out[#out + 1] = e

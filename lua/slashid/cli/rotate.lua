@@ -42,7 +42,7 @@ end
 
 -- Lists the organizations a stop left unstarted: the rest of the input
 -- is read just for their ids (each counts as not rotated).
-local function list_rest(ctx, source, report, read_all)
+local function list_rest(ctx, source, report, read_all, settle_entry)
   local n = 0
   if read_all and not source.seekable and ctx.many then
     say("reading the rest of ", source.name, " to list the organizations not started ",
@@ -57,11 +57,18 @@ local function list_rest(ctx, source, report, read_all)
       end
       local e = source.next("wait")
       if not e or e == WAIT then break end
-      local id = e.org_id or ("(line " .. tostring(e.line) .. ")")
-      if n == 0 then say("never started (interrupted):") end
-      n = n + 1
-      report(id, "not_rotated", nil, { { httpcode = 0, message = "interrupted" } }, true)
-      io.stderr:write("  ", id, "\n")
+      -- (--resume: what needs no request still ends as decided, and a key
+      -- the journal holds is still delivered: a stop starts nothing new,
+      -- it never drops what is there)
+      if not e.bad and (e.decided or e.key) then
+        settle_entry(e)
+      else
+        local id = e.org_id or ("(line " .. tostring(e.line) .. ")")
+        if n == 0 then say("never started (interrupted):") end
+        n = n + 1
+        report(id, "not_rotated", nil, { { httpcode = 0, message = "interrupted" } }, true)
+        io.stderr:write("  ", id, "\n")
+      end
     end
   end
   if n > 0 then
@@ -118,6 +125,44 @@ function M.run(ctx, source, opts, total)
   end
   ctx.report_outcome = report
 
+  -- An entry that ends without a request of its own: a bad line, an
+  -- outcome --resume decided, a key the journal holds (delivered now).
+  -- Returns true when it was one of those (reported).
+  local function settle_entry(e)
+    if e.bad then
+      local msg = ("%s line %d: %s"):format(source.name, e.line, e.bad)
+      report(e.org_id or ("(line " .. e.line .. ")"), "not_rotated", 0,
+             { { httpcode = 0, message = msg } })
+    elseif e.decided then
+      if e.decided == "rotated" then
+        tally.total, tally.rotated, tally.closed = tally.total + 1, tally.rotated + 1,
+                                                   tally.closed + 1
+        ctx.report(e.org_id, "rotated", e.note, true)
+      else
+        if e.record and journal then journal:add(e.decided, e.org_id) end
+        report(e.org_id, e.decided, e.status, { { httpcode = e.status or 0, message = e.note } })
+      end
+    elseif e.key then
+      -- a key the journal holds, delivered now (one organization's
+      -- --save-to is the library's atomic write, done here as it would be)
+      local info, errors = { outcome = "rotated", status = 0, verified = e.verified }, {}
+      if ctx.item_save_to then
+        local ok, why = core.write_key_file(ctx.item_save_to, e.key .. "\n")
+        info.saved = ok == true
+        if ok and journal then
+          journal:add("delivered", e.org_id, "save_to")
+        elseif not ok then
+          errors[1] = { httpcode = 0, message = "the key was rotated but not saved: " ..
+                        tostring(why) }
+        end
+      end
+      deliver.key(e.org_id, { result = { api_key = e.key }, errors = errors, info = info })
+    else
+      return false
+    end
+    return true
+  end
+
   local in_flight, org_of, pulled = {}, {}, 0
   local stopped = false
   local round_pulled, round_done, stalled = 0, 0, false
@@ -129,40 +174,20 @@ function M.run(ctx, source, opts, total)
   local function pull()
     while true do
       if core.signal_count() > 0 then stopped = true return nil end
-      local e = source.next(round_pulled > round_done and "now" or "wait")
-      if e == WAIT then stalled = true return nil end
+      -- with requests in flight, never wait for the input; with store
+      -- commands running, wait in short steps and advance them meanwhile
+      -- (their --store-timeout holds while the producer is idle)
+      local mode = round_pulled > round_done and "now" or (deliver.busy() and 0.05 or "wait")
+      local e = source.next(mode)
+      if e == WAIT and mode == "now" then stalled = true return nil end
       if e == nil then
         if source.interrupted then stopped = true end
         return nil
       end
-      if e.bad then
-        local msg = ("%s line %d: %s"):format(source.name, e.line, e.bad)
-        report(e.org_id or ("(line " .. e.line .. ")"), "not_rotated", 0,
-               { { httpcode = 0, message = msg } })
-      elseif e.decided then
-        if e.decided == "rotated" then
-          tally.total, tally.rotated, tally.closed = tally.total + 1, tally.rotated + 1,
-                                                     tally.closed + 1
-          ctx.report(e.org_id, "rotated", e.note, true)
-        else
-          if e.record and journal then journal:add(e.decided, e.org_id) end
-          report(e.org_id, e.decided, e.status, { { httpcode = e.status or 0, message = e.note } })
-        end
-      elseif e.key then
-        -- a key the journal holds, delivered now (one organization's
-        -- --save-to is the library's atomic write, done here as it would be)
-        local info, errors = { outcome = "rotated", status = 0, verified = e.verified }, {}
-        if ctx.item_save_to then
-          local ok, why = core.write_key_file(ctx.item_save_to, e.key .. "\n")
-          info.saved = ok == true
-          if ok and journal then
-            journal:add("delivered", e.org_id, "save_to")
-          elseif not ok then
-            errors[1] = { httpcode = 0, message = "the key was rotated but not saved: " ..
-                          tostring(why) }
-          end
-        end
-        deliver.key(e.org_id, { result = { api_key = e.key }, errors = errors, info = info })
+      if e == WAIT then
+        deliver.pump()
+      elseif settle_entry(e) then
+        -- (reported: no request for it)
       elseif journal and not in_flight[e.org_id] and journal:was_sent(e.org_id) then
         local msg = ("%s line %d: the organization of an earlier line again: not sent " ..
                      "(an organization is sent at most once per journal: a second request " ..
@@ -223,8 +248,8 @@ function M.run(ctx, source, opts, total)
   if not ok then
     if not args.is_interrupt(err) then
       if type(err) == "string" and err:sub(1, 17) == "slashid: journal " then
-        args.usage_error(err:sub(10) .. " (name another file with --journal PATH, or " ..
-                         "keep none with --no-journal)")
+        args.usage_error(err:sub(10) .. "; nothing was sent (name another file with " ..
+                         "--journal PATH, or keep none with --no-journal)")
       end
       if type(err) == "string" and err:sub(1, 9) == "slashid: " and pulled == 0 then
         args.usage_error(args.explain(err))
@@ -247,12 +272,12 @@ function M.run(ctx, source, opts, total)
       say("outcome unknown (", M.UNKNOWN_ADVICE, "):")
       for _, v in ipairs(ids) do io.stderr:write("  ", v[2], "\n") end
     end
-    list_rest(ctx, source, report, source.seekable)
+    list_rest(ctx, source, report, source.seekable, settle_entry)
   else
     if stopped then
       if progress then progress.finish() end
       say("interrupted: no more organizations started; those in flight finished")
-      list_rest(ctx, source, report, true)
+      list_rest(ctx, source, report, true, settle_entry)
     elseif source.error then
       say("cannot read ", source.name, ": ", tostring(source.error),
           ": the organizations after line ", source.n, " were not started")

@@ -1,0 +1,1083 @@
+-- Odd answers (spec 31): what a server, a proxy or a firewall page may
+-- send that is not the plain envelope, and what must still hold.
+--   (a) a 2xx the strict JSON parser refuses (a lone surrogate escape,
+--       nesting deeper than 64) still gives its result.api_key, read by a
+--       tolerant structural reader: rotated, with one errors entry saying
+--       what could not be read; a key that is itself unreadable, a body
+--       cut short, a non-string key stay unknown; text that only looks
+--       like a key never becomes one; duplicates resolve as a strict
+--       parser resolves them (checked against the strict path itself);
+--       the same through an op, a batch and a client;
+--   (b) a key (old or new) echoed JSON-escaped (\uXXXX in either case,
+--       \/) or percent-encoded (%XX in either case) is redacted wherever
+--       server text goes: the debug trace, errors entries (body excerpts
+--       and the server's own messages), info.headers;
+--   (c) a new key holding a control character is returned but never
+--       written to save_to (info.saved = false, an errors entry);
+--   (d) a client adopts a new key only when the call went to the client's
+--       own base URL;
+--   (e) every errors list has a __tostring giving its messages (never a
+--       key), so `assert(slashid.rotate_key{...})` raises readable text;
+--   (f) ca_file may come from SLASHID_CA_FILE.
+-- No key is ever printed: keys are compared with H.assert_key_equal and
+-- looked for with H.assert_no_secret / assert_no_key below.
+local H = require "helpers"
+local slashid = require "slashid"
+
+local messages = H.messages
+
+local serial = 0
+
+-- A recognizable old key holding '_' and '/' (so that its escaped forms
+-- use \u005f / %5F and \/ / %2F), random enough that any 12 characters of
+-- it found somewhere are a leak.
+local function known_key(tag)
+  serial = serial + 1
+  return ("sk_%08x%08x_%s_%d/%06dq"):format(math.random(0, 0x7fffffff),
+                                             math.random(0, 0x7fffffff), tag, serial,
+                                             math.random(0, 999999))
+end
+
+local function org_with_known_key()
+  return H.new_org_with_key(known_key("OLD"))
+end
+
+-- ---- encodings -------------------------------------------------------------
+
+-- Every character as \u00XX (upper-case hex) or \u00xx (lower-case).
+local function json_all(s, upper)
+  local f = upper and "\\u%04X" or "\\u%04x"
+  return (s:gsub(".", function(c) return f:format(c:byte()) end))
+end
+
+-- Every character as %XX or %xx.
+local function pct_all(s, upper)
+  local f = upper and "%%%02X" or "%%%02x"
+  return (s:gsub(".", function(c) return f:format(c:byte()) end))
+end
+
+-- Only '_' and '/' escaped, as a JSON encoder may do it.
+local function json_some(s, upper)
+  return (s:gsub("[_/]", { ["_"] = upper and "\\u005F" or "\\u005f", ["/"] = "\\/" }))
+end
+
+-- Only '_' and '/' percent-encoded.
+local function pct_some(s, upper)
+  return (s:gsub("[_/]", { ["_"] = upper and "%5F" or "%5f", ["/"] = upper and "%2F" or "%2f" }))
+end
+
+-- Characters alternately JSON-escaped and percent-encoded, hex case
+-- alternating too.
+local function mixed(s)
+  local i = 0
+  return (s:gsub(".", function(c)
+    i = i + 1
+    if i % 4 == 1 then return ("\\u%04X"):format(c:byte()) end
+    if i % 4 == 2 then return ("%%%02x"):format(c:byte()) end
+    if i % 4 == 3 then return ("\\u%04x"):format(c:byte()) end
+    return ("%%%02X"):format(c:byte())
+  end))
+end
+
+local FORMS = {
+  { "JSON \\u00XX, every character", function(k) return json_all(k, true) end },
+  { "JSON \\u00xx, every character", function(k) return json_all(k, false) end },
+  { "JSON, only _ (\\u005f) and / (\\/)", function(k) return json_some(k, false) end },
+  { "JSON, only _ (\\u005F) and / (\\/)", function(k) return json_some(k, true) end },
+  { "percent %XX, every character", function(k) return pct_all(k, true) end },
+  { "percent %xx, every character", function(k) return pct_all(k, false) end },
+  { "percent, only _ and /, upper", function(k) return pct_some(k, true) end },
+  { "percent, only _ and /, lower", function(k) return pct_some(k, false) end },
+  { "JSON and percent mixed", mixed },
+}
+
+-- One pass over text, each \uXXXX, \/, \\, \" and %XX read as the
+-- character it stands for (so forms mixed within one key decode too).
+local function decode(s)
+  local out, i, n = {}, 1, #s
+  while i <= n do
+    local c = s:sub(i, i)
+    local hex4 = c == "\\" and s:match("^\\u(%x%x%x%x)", i)
+    local hex2 = c == "%" and s:match("^%%(%x%x)", i)
+    local esc = c == "\\" and s:sub(i + 1, i + 1)
+    if hex4 then
+      local v = tonumber(hex4, 16)
+      out[#out + 1] = v < 128 and string.char(v) or "?"
+      i = i + 6
+    elseif esc == "/" or esc == "\\" or esc == '"' then
+      out[#out + 1] = esc
+      i = i + 2
+    elseif hex2 then
+      out[#out + 1] = string.char(tonumber(hex2, 16))
+      i = i + 3
+    else
+      out[#out + 1] = c
+      i = i + 1
+    end
+  end
+  return table.concat(out)
+end
+
+-- The key is in `text` neither as itself nor in any encoded form; nor
+-- any 12 characters of it (a prefix left by a cut excerpt).
+local function assert_no_key(text, key, where)
+  H.assert_no_secret(text, key)
+  local plain = decode(text)
+  if plain:find(key, 1, true) then
+    error("an encoded form of a key was found" .. (where and (" in " .. where) or ""), 2)
+  end
+  for i = 1, #key - 11 do
+    if plain:find(key:sub(i, i + 11), 1, true) then
+      error("a piece of a key was found" .. (where and (" in " .. where) or ""), 2)
+    end
+  end
+end
+
+-- Per trace line, then joined.
+local function assert_no_key_in_lines(lines, key)
+  for i, l in ipairs(lines) do assert_no_key(l, key, "trace line " .. i) end
+  assert_no_key(table.concat(lines, "\n"), key, "the trace")
+end
+
+local function tracer()
+  local lines = {}
+  return function(line) lines[#lines + 1] = line end, lines
+end
+
+local function has_line(lines, plain)
+  for _, l in ipairs(lines) do
+    if l:find(plain, 1, true) then return true end
+  end
+  return false
+end
+
+-- ---- bodies ----------------------------------------------------------------
+
+local SURROGATE = '"meta":{"m":"note \\ud83d"}'     -- a lone high surrogate escape
+
+local function nested_objects(depth)
+  return ('{"a":'):rep(depth) .. '"x"' .. ("}"):rep(depth)
+end
+local function nested_mixed(depth)
+  local open, close = {}, {}
+  for i = 1, depth do
+    if i % 2 == 0 then open[i], close[depth - i + 1] = '{"d":', "}"
+    else open[i], close[depth - i + 1] = "[", "]" end
+  end
+  return table.concat(open) .. "1" .. table.concat(close)
+end
+
+-- The one errors entry of a tolerant read: the status, and a message
+-- that says the key was read and the rest was not.
+local function assert_tolerant_entry(errors, why)
+  assert.are.equal(1, #errors, why .. ": " .. messages(errors))
+  local e = errors[1]
+  assert.are.equal(200, e.httpcode, why)
+  assert.is_string(e.message, why)
+  assert.is_truthy(e.message:find("result.api_key", 1, true),
+                   why .. ": the entry does not name result.api_key: " .. e.message)
+  local m = e.message:lower()
+  assert.is_truthy(m:find("not", 1, true) and (m:find("read", 1, true) or m:find("pars", 1, true)),
+                   why .. ": the entry does not say what could not be read: " .. e.message)
+end
+
+-- One call over `via`: rotate_key, an op, a batch item, a client, HTTPS.
+local function call(via, opts)
+  if via == "rotate_key" then
+    return slashid.rotate_key(opts)
+  elseif via == "https" then
+    opts.base_url, opts.ca_file = H.https_url, H.ca_file
+    return slashid.rotate_key(opts)
+  elseif via == "op" then
+    local op = slashid.start_rotate_key(opts)
+    assert.is_true(op:wait(10), "the op did not finish")
+    return op:results()
+  elseif via == "batch" then
+    local out = slashid.rotate_keys({ opts }, { concurrency = 2 })
+    local o = out[1]
+    return o.result, o.errors, o.pagination, o.info
+  elseif via == "client" then
+    local c = slashid.new(opts)
+    local r, e, p, i = c:rotate_key()
+    -- the client adopted the key it read: its next call presents it
+    local ok, cerrors = c:check_key()
+    c:close()
+    if r then assert.is_true(ok, "the client did not adopt the key: " .. messages(cerrors)) end
+    return r, e, p, i
+  end
+  error("unknown via " .. tostring(via))
+end
+
+-- How many rotation requests (PUT) the emulator received for an org.
+local function puts(state)
+  local n = 0
+  for _, r in ipairs(state.requests) do
+    if r.method == "PUT" then n = n + 1 end
+  end
+  return n
+end
+
+-- A rotation whose 200 carries `body` (with {{new_key}}), over `via`:
+-- checks it was rotated with the emulator's key, one request, one
+-- rotation, one errors entry; returns the four values.
+local function rotated_tolerantly(body, why, via, extra)
+  local org, key = org_with_known_key()
+  H.faults(org, { { status = 200, rotate = true, body = body } })
+  local debug, lines = tracer()
+  local opts = H.opts(org, key, { debug = debug, retries = 3 })
+  for k, v in pairs(extra or {}) do opts[k] = v end
+  local result, errors, pagination, info = call(via or "rotate_key", opts)
+  why = why .. " (" .. (via or "rotate_key") .. ")"
+  assert.is_table(info, why)
+  assert.are.equal("rotated", info.outcome, why .. ": " .. messages(errors))
+  assert.are.equal(200, info.status, why)
+  assert.are.equal(1, info.attempts, why)
+  local state = H.org(org)
+  assert.is_table(result, why)
+  H.assert_key_equal(state.api_key, result.api_key, why)
+  assert.are.equal(1, state.rotations, why)
+  assert.are.equal(1, puts(state), why .. ": retried")
+  assert_tolerant_entry(errors, why)
+  -- neither key is shown, in what came back or in the trace
+  H.assert_no_secret(H.flatten(errors, pagination, info), key)
+  H.assert_no_secret(H.flatten(errors, pagination, info), result.api_key)
+  assert.is_true(#lines > 0, why .. ": no trace")
+  H.assert_no_secret(table.concat(lines, "\n"), key)
+  H.assert_no_secret(table.concat(lines, "\n"), result.api_key)
+  return result, errors, pagination, info, org
+end
+
+-- A 200 carrying `body` (with {{new_key}}) whose key cannot be read:
+-- unknown, no result, an errors entry with the status, the key issued
+-- shown nowhere (the bodies put it only in "api_key" string members,
+-- which the excerpt and the trace hide whatever their place).
+local function unknown_answer(body, why)
+  local org, key = org_with_known_key()
+  H.faults(org, { { status = 200, rotate = true, body = body } })
+  local debug, lines = tracer()
+  local result, errors, pagination, info =
+    slashid.rotate_key(H.opts(org, key, { debug = debug, retries = 3 }))
+  assert.is_table(info, why)
+  assert.are.equal("unknown", info.outcome, why .. ": " .. messages(errors))
+  assert.is_nil(result, why)
+  assert.are.equal(200, info.status, why)
+  assert.is_true(#errors >= 1, why)
+  assert.are.equal(200, errors[#errors].httpcode, why)
+  local state = H.org(org)
+  assert.are.equal(1, #state.requests, why .. ": retried")
+  H.assert_no_secret(H.flatten(errors, pagination, info), key)
+  H.assert_no_secret(H.flatten(errors, pagination, info), state.api_key)
+  H.assert_no_secret(table.concat(lines, "\n"), key)
+  return errors, info
+end
+
+-- ---- (a) ---------------------------------------------------------------------
+
+describe("a 2xx the strict parser refuses (read tolerantly)", function()
+  it("a lone surrogate escape in meta beside result.api_key: rotated, the key, one entry", function()
+    local body = '{' .. SURROGATE .. ',"errors":[],"result":{"api_key":"{{new_key}}"}}'
+    local _, errors = rotated_tolerantly(body, "lone surrogate")
+    assert.is_truthy(errors[1].message:find("surrogate", 1, true),
+                     "the entry does not name the cause: " .. errors[1].message)
+  end)
+
+  it("a lone surrogate in other places: a low one, inside result, in a member name, after the key", function()
+    local bodies = {
+      { "lone low surrogate", '{"meta":{"m":"\\udc00 x"},"result":{"api_key":"{{new_key}}"}}' },
+      { "inside result", '{"result":{"note":"\\ud83d","api_key":"{{new_key}}","more":"\\uDBFF"}}' },
+      { "in a member name", '{"\\ud83d":1,"result":{"api_key":"{{new_key}}"}}' },
+      { "after the key", '{"result":{"api_key":"{{new_key}}"},"errors":[{"httpcode":0,"message":"\\uD800"}]}' },
+      { "in an array", '{"result":{"api_key":"{{new_key}}"},"list":["a",["\\ud83d",{"x":"\\u00e9"}]]}' },
+    }
+    for _, b in ipairs(bodies) do rotated_tolerantly(b[2], b[1]) end
+  end)
+
+  it("100-deep and 10000-deep members beside the key (before it and after it): rotated, one entry", function()
+    for _, depth in ipairs({ 65, 100, 10000 }) do
+      local n = nested_objects(depth)
+      local _, errors = rotated_tolerantly('{"x":' .. n .. ',"result":{"api_key":"{{new_key}}"}}',
+                                           depth .. "-deep before the key")
+      assert.is_truthy(errors[1].message:find("nesting", 1, true) or
+                       errors[1].message:find("deep", 1, true),
+                       "the entry does not name the cause: " .. errors[1].message)
+      rotated_tolerantly('{"result":{"api_key":"{{new_key}}","x":' .. nested_mixed(depth) .. '}}',
+                         depth .. "-deep inside result, after the key")
+      rotated_tolerantly('{"result":{"api_key":"{{new_key}}"},"meta":' .. nested_mixed(depth) ..
+                         ',"errors":[]}', depth .. "-deep arrays and objects after the key")
+    end
+  end)
+
+  it("text that looks like a key (in a string, beside a lone surrogate) never becomes one", function()
+    local fake = '\\"result\\":{\\"api_key\\":\\"sk_fake_never_this_one\\"}'
+    local bodies = {
+      { "fake text before", '{"meta":{"m":"' .. fake .. ' \\ud83d"},"result":{"api_key":"{{new_key}}"}}' },
+      { "fake text after", '{"result":{"api_key":"{{new_key}}"},"meta":{"m":"\\ud83d ' .. fake .. '"}}' },
+      { "fake text closing the object", '{"result":{"api_key":"{{new_key}}"},"meta":{"m":"\\"}},' ..
+        '\\"result\\":{\\"api_key\\":\\"sk_fake_never_this_one\\"}} \\ud83d"}}' },
+      { "fake text in a member name", '{"result":{"api_key":"{{new_key}}"},"' .. fake .. '":"\\ud83d"}' },
+      { "fake text in result's string", '{"result":{"api_key":"{{new_key}}","n":"' .. fake .. '\\ud83d"}}' },
+      { "escaped quote, then fake", '{"result":{"api_key":"{{new_key}}"},"m":"a\\\\\\"b\\\\",' ..
+        '"meta":{"m":"\\ud83d"}}' },
+      { "nested result after", '{"result":{"api_key":"{{new_key}}"},"meta":{"result":' ..
+        '{"api_key":"sk_fake_never_this_one"},"m":"\\ud83d"}}' },
+      { "nested result before", '{"meta":{"result":{"api_key":"sk_fake_never_this_one"}},' ..
+        '"m":"\\ud83d","result":{"api_key":"{{new_key}}"}}' },
+      { "nested api_key in result", '{"result":{"x":{"api_key":"sk_fake_never_this_one"},' ..
+        '"api_key":"{{new_key}}","y":[{"api_key":"sk_fake_never_this_one"}]},"m":"\\ud83d"}' },
+      { "result in an array", '{"list":[{"result":{"api_key":"sk_fake_never_this_one"}}],' ..
+        '"result":{"api_key":"{{new_key}}"},"m":"\\ud83d"}' },
+    }
+    for _, b in ipairs(bodies) do
+      local result = rotated_tolerantly(b[2], b[1])
+      assert.is_falsy(result.api_key:find("fake", 1, true), b[1] .. ": the fake key was taken")
+    end
+  end)
+
+  it("a key that is itself malformed: unknown", function()
+    local bodies = {
+      { "lone high surrogate in the key", '{"result":{"api_key":"\\ud800x"}}' },
+      { "lone high surrogate in the key, the issued key nested elsewhere",
+        '{"result":{"api_key":"\\ud800x"},"meta":{"api_key":"{{new_key}}"}}' },
+      { "lone low surrogate in the key", '{"result":{"api_key":"sk_\\udc00"},"m":{"api_key":"{{new_key}}"}}' },
+      { "surrogate pair cut", '{"result":{"api_key":"sk_\\ud83d\\u0041"}}' },
+      { "bad escape in the key", '{"result":{"api_key":"sk_\\q{{new_key}}"},"m":"\\ud83d"}' },
+      { "short \\u in the key", '{"result":{"api_key":"sk_\\u12"},"m":"\\ud83d"}' },
+    }
+    for _, b in ipairs(bodies) do unknown_answer(b[2], b[1]) end
+  end)
+
+  it("an object cut short (no closing brace, the transfer complete): unknown", function()
+    local bodies = {
+      { "no closing brace", '{"result":{"api_key":"{{new_key}}"}' },
+      { "no closing brace after a surrogate", '{"result":{"api_key":"{{new_key}}"},"meta":{"m":"\\ud83d"}' },
+      { "cut inside a later member", '{"result":{"api_key":"{{new_key}}"},"meta":{"m":"\\ud83d",' },
+      { "cut inside a deep member", '{"result":{"api_key":"{{new_key}}"},"x":' ..
+        nested_objects(100):sub(1, -3) },
+      { "cut after a comma", '{"result":{"api_key":"{{new_key}}"},' },
+      { "result not closed", '{"result":{"api_key":"{{new_key}}",' },
+      { "cut in the key", '{"result":{"api_key":"{{new_key}}' },
+    }
+    for _, b in ipairs(bodies) do unknown_answer(b[2], b[1]) end
+  end)
+
+  it("result.api_key a number, null, true, an object, an array, empty: unknown", function()
+    for _, v in ipairs({ "12345", "null", "true", "false", '{"api_key":"{{new_key}}"}',
+                         '[{"api_key":"{{new_key}}"}]', '""' }) do
+      unknown_answer('{"meta":{"m":"\\ud83d"},"result":{"api_key":' .. v .. '}}', "api_key " .. v)
+    end
+    unknown_answer('{"meta":{"m":"\\ud83d"},"result":[{"api_key":"{{new_key}}"}]}', "result an array")
+    unknown_answer('{"meta":{"m":"\\ud83d"},"result":null,"api_key":"{{new_key}}"}', "api_key at the top")
+  end)
+
+  -- Duplicates, escapes and spacing, each body read twice: as it is, and
+  -- with a lone surrogate escape before it (so only the tolerant reader
+  -- can read it). Two string keys: the last one, as a strict parser gives
+  -- it. One string key beside a duplicate without one (null, a number, a
+  -- `result` with no key): that key, rotated, with an errors entry (the
+  -- contract: duplicate members are parts that could not be read; a key
+  -- that is there is never lost).
+  it("duplicates, escapes and spacing: the last string key, or the only one", function()
+    local cases = {
+      { "api_key twice", '"result":{"api_key":"sk_dup_first_1","api_key":"sk_dup_last_2"}',
+        "sk_dup_last_2", true },
+      { "result twice", '"result":{"api_key":"sk_dup_first_3"},"result":{"api_key":"sk_dup_last_4"}',
+        "sk_dup_last_4", true },
+      { "api_key twice, the first null", '"result":{"api_key":null,"api_key":"sk_dup_last_9"}',
+        "sk_dup_last_9", true },
+      { "api_key twice, the last null", '"result":{"api_key":"sk_dup_first_5","api_key":null}',
+        "sk_dup_first_5", false },
+      { "api_key twice, the last a number", '"result":{"api_key":"sk_dup_first_6","api_key":7}',
+        "sk_dup_first_6", false },
+      { "result twice, the last without a key", '"result":{"api_key":"sk_dup_first_7"},"result":{"x":1}',
+        "sk_dup_first_7", false },
+      { "result twice, the last null", '"result":{"api_key":"sk_dup_first_8"},"result":null',
+        "sk_dup_first_8", false },
+      { "escapes in the key", '"result":{"api_key":"sk_esc_\\u0041\\u00e9\\/\\\\\\"\\ud83d\\ude00_z"}',
+        "sk_esc_A\195\169/\\\"\240\159\152\128_z", true },
+      { "escaped member names", '"re\\u0073ult":{"api\\u005Fkey":"sk_esc_names_10"}',
+        "sk_esc_names_10", true },
+      { "spacing", ' \n\t"result" \r\n: \t{ "api_key"\n:\t"sk_spaced_11" \n} ', "sk_spaced_11", true },
+    }
+    local wrong = {}
+    for _, c in ipairs(cases) do
+      for _, prefix in ipairs({ "", '"zz":"\\ud83d",' }) do
+        local org, key = org_with_known_key()
+        H.faults(org, { { status = 200, body = "{" .. prefix .. c[2] .. "}" } })
+        local r, e, _, i = slashid.rotate_key(H.opts(org, key, { retries = 0 }))
+        local why = c[1] .. (prefix == "" and "" or ", beside a lone surrogate")
+        if i.outcome ~= "rotated" then
+          wrong[#wrong + 1] = why .. ": " .. i.outcome .. " (" .. messages(e) .. ")"
+        elseif r.api_key ~= c[3] then
+          wrong[#wrong + 1] = why .. ": not the expected key (not shown)"
+        elseif prefix == "" and c[4] then
+          -- the strict parser read it all
+          if #e ~= 0 then wrong[#wrong + 1] = why .. ": errors " .. messages(e) end
+        else
+          local ok, err = pcall(assert_tolerant_entry, e, why)
+          if not ok then wrong[#wrong + 1] = tostring(err) end
+        end
+      end
+    end
+    assert.are.equal(0, #wrong, table.concat(wrong, "\n"))
+  end)
+
+  it("through start_rotate_key, rotate_keys, a client and HTTPS: rotated, the key, one entry", function()
+    for _, via in ipairs({ "op", "batch", "client", "https" }) do
+      rotated_tolerantly('{' .. SURROGATE .. ',"result":{"api_key":"{{new_key}}"}}',
+                         "lone surrogate", via)
+      rotated_tolerantly('{"x":' .. nested_objects(10000) .. ',"result":{"api_key":"{{new_key}}"}}',
+                         "10000-deep", via)
+    end
+  end)
+
+  it("save_to and verify work on a key read tolerantly", function()
+    local dir = H.mkdir(H.tmpname("tolerant"))
+    for _, via in ipairs({ "rotate_key", "op", "batch" }) do
+      local path = dir .. "/" .. via .. ".key"
+      local result, _, _, info = rotated_tolerantly(
+        '{' .. SURROGATE .. ',"result":{"api_key":"{{new_key}}"}}', "save_to", via,
+        { save_to = path, verify = true })
+      assert.is_true(info.saved, via)
+      assert.is_true(info.verified, via)
+      H.assert_key_equal(result.api_key .. "\n", H.read_if_any(path), via .. ": the file")
+    end
+  end)
+
+  it("an unreadable 2xx that is not an object at all stays unknown", function()
+    unknown_answer('[{"result":{"api_key":"{{new_key}}"}},"\\ud83d"]', "an array")
+    unknown_answer('"\\ud83d"', "a string")
+  end)
+end)
+
+-- ---- (b) ---------------------------------------------------------------------
+
+describe("keys echoed escaped or percent-encoded are redacted", function()
+  it("the new key echoed in every form in a 200: not in the trace, raw or decoded", function()
+    local org, key = org_with_known_key()
+    local new = known_key("NEW")
+    local members = {}
+    for i, f in ipairs(FORMS) do
+      members[#members + 1] = ('"echo%d":"%s"'):format(i, f[2](new))
+    end
+    -- the key itself written with \/ in result, as a JSON encoder may
+    local body = '{"result":{"api_key":"' .. json_some(new, false) .. '"},"errors":[],' ..
+                 table.concat(members, ",") .. ',"end":"last member"}'
+    assert(#body < 2000, "the body would be cut in the trace")
+    H.faults(org, { { status = 200, body = body } })
+    local debug, lines = tracer()
+    local result, errors, pagination, info =
+      slashid.rotate_key(H.opts(org, key, { debug = debug }))
+    assert.are.equal("rotated", info.outcome, messages(errors))
+    H.assert_key_equal(new, result.api_key)
+    -- the body is in the trace, whole
+    assert.is_true(has_line(lines, "echo1"), "the body is not in the trace")
+    assert.is_true(has_line(lines, "last member"), "the body is cut in the trace")
+    assert_no_key_in_lines(lines, new)
+    assert_no_key_in_lines(lines, key)
+    assert_no_key(H.flatten(errors, pagination, info), new, "what came back")
+  end)
+
+  it("each form alone, beside a real rotation: the trace shows none of it", function()
+    for _, f in ipairs(FORMS) do
+      local org, key = org_with_known_key()
+      -- the server echoes the key it was given, and the key it issued in
+      -- the same form (known only as it is issued: a literal answer)
+      local new = known_key("NEW")
+      H.faults(org, { { status = 200, body = '{"result":{"api_key":"' .. new .. '"},' ..
+                          '"note":"issued ' .. f[2](new) .. ' for ' .. f[2](key) .. ' ok"}' } })
+      local debug, lines = tracer()
+      local result, errors, _, info = slashid.rotate_key(H.opts(org, key, { debug = debug }))
+      assert.are.equal("rotated", info.outcome, f[1] .. ": " .. messages(errors))
+      H.assert_key_equal(new, result.api_key, f[1])
+      assert.is_true(has_line(lines, "issued"), f[1] .. ": the body is not in the trace")
+      assert.is_true(has_line(lines, " ok"), f[1] .. ": the body is cut in the trace")
+      assert_no_key_in_lines(lines, new)
+      assert_no_key_in_lines(lines, key)
+    end
+  end)
+
+  it("the old key echoed in a non-JSON 401 HTML page: not in errors[1].message nor the trace", function()
+    for _, f in ipairs(FORMS) do
+      local org, key = org_with_known_key()
+      H.faults(org, { { status = 401, content_type = "text/html",
+                        body = "<html><body>Denied: " .. f[2](key) .. " is refused</body></html>" } })
+      local debug, lines = tracer()
+      local result, errors, pagination, info =
+        slashid.rotate_key(H.opts(org, key, { debug = debug }))
+      assert.is_nil(result, f[1])
+      assert.are.equal("not_rotated", info.outcome, f[1])
+      assert.are.equal(401, info.status, f[1])
+      assert.are.equal(401, errors[1].httpcode, f[1])
+      local m = errors[1].message
+      -- the excerpt is there (not dropped), the echo in it redacted
+      assert.is_truthy(m:find("Denied", 1, true), f[1] .. ": no excerpt: " .. messages(errors))
+      assert.is_truthy(m:find("is refused", 1, true), f[1] .. ": the excerpt lost its end")
+      assert_no_key(m, key, f[1] .. ": errors[1].message")
+      assert_no_key(H.flatten(errors, pagination, info), key, f[1] .. ": what came back")
+      assert_no_key(tostring(errors), key, f[1] .. ": tostring(errors)")
+      assert_no_key_in_lines(lines, key)
+    end
+  end)
+
+  it("an encoded old key across the excerpt's 200-byte cut leaves no piece of it", function()
+    for _, f in ipairs(FORMS) do
+      for _, pad in ipairs({ 150, 170, 190, 199 }) do
+        local org, key = org_with_known_key()
+        H.faults(org, { { status = 403, content_type = "text/html",
+                          body = ("x"):rep(pad) .. f[2](key) .. "</html>" } })
+        local result, errors = slashid.rotate_key(H.opts(org, key))
+        assert.is_nil(result)
+        assert.are.equal(403, errors[1].httpcode)
+        assert.is_true(#errors[1].message <= 260, "the excerpt is not cut")
+        assert_no_key(errors[1].message, key, f[1] .. ", " .. pad .. " bytes before it")
+      end
+    end
+  end)
+
+  it("the old key in the server's own error message, percent-encoded or \\u-escaped", function()
+    for _, f in ipairs(FORMS) do
+      local org, key = org_with_known_key()
+      H.faults(org, { { status = 401, content_type = "application/json",
+                        body = '{"errors":[{"httpcode":401,"message":"key ' .. f[2](key) ..
+                               ' refused"}]}' } })
+      local debug, lines = tracer()
+      local result, errors, pagination, info =
+        slashid.rotate_key(H.opts(org, key, { debug = debug }))
+      assert.is_nil(result)
+      assert.are.equal("not_rotated", info.outcome)
+      assert.is_truthy(errors[1].message:find("refused", 1, true), f[1] .. ": " .. messages(errors))
+      assert_no_key(H.flatten(errors, pagination, info), key, f[1])
+      assert_no_key_in_lines(lines, key)
+    end
+  end)
+
+  it("keys echoed percent-encoded or escaped in response headers: not in info.headers nor the trace", function()
+    for _, upper in ipairs({ true, false }) do
+      local org, key = org_with_known_key()
+      local new = known_key("NEW")
+      H.faults(org, { { status = 200, body = '{"result":{"api_key":"' .. new .. '"}}',
+                        headers = { ["X-Echo-Old"] = pct_all(key, upper),
+                                    ["X-Echo-New"] = pct_all(new, upper),
+                                    ["X-Echo-Some"] = "k=" .. pct_some(new, upper) .. "; p",
+                                    ["X-Echo-Json"] = json_all(key, upper),
+                                    ["X-Echo-Mixed"] = mixed(new),
+                                    ["X-Plain"] = "visible" } } })
+      local debug, lines = tracer()
+      local result, errors, pagination, info =
+        slashid.rotate_key(H.opts(org, key, { debug = debug }))
+      assert.are.equal("rotated", info.outcome, messages(errors))
+      H.assert_key_equal(new, result.api_key)
+      assert.are.equal("visible", info.headers["x-plain"])
+      for _, name in ipairs({ "x-echo-old", "x-echo-new", "x-echo-some", "x-echo-json", "x-echo-mixed" }) do
+        assert.is_string(info.headers[name], name .. " is missing")
+      end
+      assert.is_true(has_line(lines, "X-Echo-Old"), "the headers are not in the trace")
+      for _, k in ipairs({ key, new }) do
+        assert_no_key(H.flatten(info.headers), k, "info.headers")
+        assert_no_key(H.flatten(errors, pagination, info), k, "what came back")
+        assert_no_key_in_lines(lines, k)
+      end
+    end
+  end)
+
+  it("the old key percent-encoded in a 401's header (a firewall's Location or cookie)", function()
+    local org, key = org_with_known_key()
+    H.faults(org, { { status = 401, content_type = "text/html", body = "<p>no</p>",
+                      headers = { ["X-Denied-For"] = "key=" .. pct_all(key, false),
+                                  ["Set-Cookie"] = "k=" .. pct_some(key, true) .. "; Path=/" } } })
+    local debug, lines = tracer()
+    local result, errors, pagination, info = slashid.rotate_key(H.opts(org, key, { debug = debug }))
+    assert.is_nil(result)
+    assert.are.equal("not_rotated", info.outcome)
+    assert.is_string(info.headers["x-denied-for"])
+    assert_no_key(H.flatten(errors, pagination, info), key, "what came back")
+    assert_no_key_in_lines(lines, key)
+  end)
+
+  it("text that only resembles a key is kept as it was", function()
+    local org, key = org_with_known_key()
+    H.faults(org, { { status = 401, content_type = "text/html",
+                      body = "<p>100%25 sure: path a\\/b, 50%, \\u0041BC</p>" } })
+    local _, errors = slashid.rotate_key(H.opts(org, key))
+    assert.is_truthy(errors[1].message:find("100%25 sure: path a\\/b, 50%, \\u0041BC", 1, true),
+                     "an innocent excerpt was changed: " .. messages(errors))
+  end)
+end)
+
+-- ---- (c) ---------------------------------------------------------------------
+
+describe("a new key holding a control character", function()
+  local KEYS = {
+    { "a newline", "sk_abc\ndef" },
+    { "a NUL", "sk_abc\0def" },
+    { "a carriage return", "sk_abc\rdef" },
+    { "a tab", "sk_abc\tdef" },
+    { "DEL", "sk_abc\127def" },
+  }
+
+  local function check(why, result, errors, info, want, path, before)
+    assert.are.equal("rotated", info.outcome, why .. ": " .. messages(errors))
+    assert.is_table(result, why)
+    H.assert_key_equal(want, result.api_key, why .. ": not returned exactly")
+    assert.is_false(info.saved, why .. ": info.saved")
+    assert.is_true(#errors >= 1, why .. ": no errors entry")
+    local said = false
+    for _, e in ipairs(errors) do
+      said = said or (e.message:lower():find("sav", 1, true) ~= nil)
+    end
+    assert.is_true(said, why .. ": no entry says the key was not saved: " .. messages(errors))
+    assert.are.equal(before, H.read_if_any(path), why .. ": the save_to file was written")
+  end
+
+  for _, k in ipairs(KEYS) do
+    it("(" .. k[1] .. ") is returned, never written to save_to (new file, existing file)", function()
+      local dir = H.mkdir(H.tmpname("ctl"))
+      for _, existing in ipairs({ false, true }) do
+        local org, key = H.new_org()
+        H.faults(org, { { status = 200, rotate = true, json = { result = { api_key = k[2] } } } })
+        local path = dir .. "/key-" .. tostring(existing)
+        local before = nil
+        if existing then before = H.write(path, "previous content\n") and "previous content\n" end
+        local result, errors, _, info = slashid.rotate_key(H.opts(org, key, { save_to = path }))
+        check(k[1], result, errors, info, k[2], path, before)
+        assert.are.equal(1, H.requests(org))
+        -- no temp file left beside it either
+        local names = H.ls(dir)
+        assert.are.equal(existing and 1 or 0, #names, "files left: " .. table.concat(names, " "))
+        if existing then os.remove(path) end
+      end
+    end)
+  end
+
+  it("through start_rotate_key and rotate_keys too", function()
+    local dir = H.mkdir(H.tmpname("ctl-op"))
+    for _, k in ipairs(KEYS) do
+      local org, key = H.new_org()
+      H.faults(org, { { status = 200, rotate = true, json = { result = { api_key = k[2] } } } })
+      local path = dir .. "/op"
+      local op = slashid.start_rotate_key(H.opts(org, key, { save_to = path }))
+      assert.is_true(op:wait(10))
+      local result, errors, _, info = op:results()
+      check("op, " .. k[1], result, errors, info, k[2], path, nil)
+
+      local org2, key2 = H.new_org()
+      H.faults(org2, { { status = 200, rotate = true, json = { result = { api_key = k[2] } } } })
+      local path2 = dir .. "/batch"
+      local out = slashid.rotate_keys({ H.opts(org2, key2, { save_to = path2 }) })
+      check("batch, " .. k[1], out[1].result, out[1].errors, out[1].info, k[2], path2, nil)
+    end
+  end)
+
+  -- Such a key cannot travel in a header either: sent by verify, or by a
+  -- client that adopted it, its CR LF would split the header and give the
+  -- server's text as a header of ours (the argument check refuses a
+  -- control character in api_key before any network activity).
+  it("is never sent in a header: verify, a client's next call (no header injection)", function()
+    local evil = "sk_abc\r\nX-Injected: yes"
+    local org, key = H.new_org()
+    H.faults(org, { { status = 200, rotate = true, json = { result = { api_key = evil } } } })
+    local result, errors, _, info = slashid.rotate_key(H.opts(org, key, { verify = true }))
+    assert.are.equal("rotated", info.outcome, messages(errors))
+    H.assert_key_equal(evil, result.api_key)
+    assert.is_false(info.verified)
+    assert.is_true(#errors >= 1)
+    for i, r in ipairs(H.org(org).requests) do
+      assert.is_nil(r.headers["x-injected"], "request " .. i .. " (" .. r.method .. ") carried an injected header")
+    end
+
+    local org2, key2 = H.new_org()
+    H.faults(org2, { { status = 200, rotate = true, json = { result = { api_key = evil } } } })
+    local client = slashid.new(H.opts(org2, key2))
+    local r2, e2, _, i2 = client:rotate_key()
+    assert.are.equal("rotated", i2.outcome, messages(e2))
+    H.assert_key_equal(evil, r2.api_key)
+    pcall(client.check_key, client)      -- may raise or fail: it must not send the key
+    pcall(client.rotate_key, client)
+    client:close()
+    for i, r in ipairs(H.org(org2).requests) do
+      assert.is_nil(r.headers["x-injected"], "request " .. i .. " (" .. r.method .. ") carried an injected header")
+    end
+  end)
+
+  it("a printable key beside it is still saved (the check is on control characters only)", function()
+    local path = H.tmpname("ctl-ok")
+    local org, key = H.new_org()
+    H.faults(org, { { status = 200, rotate = true, json = { result = { api_key = "sk_abc def~!\"'" } } } })
+    local result, errors, _, info = slashid.rotate_key(H.opts(org, key, { save_to = path }))
+    assert.are.equal("rotated", info.outcome, messages(errors))
+    assert.is_true(info.saved, messages(errors))
+    assert.are.equal(0, #errors, messages(errors))
+    H.assert_key_equal(result.api_key .. "\n", H.read_if_any(path))
+  end)
+end)
+
+-- ---- (d) ---------------------------------------------------------------------
+
+describe("a client adopts a new key only from its own base URL", function()
+  local function last_request(org)
+    local rs = H.org(org).requests
+    return rs[#rs]
+  end
+
+  local function client_for(org, key, extra)
+    local d = { org_id = org, api_key = key, base_url = H.http_url,
+                retry_delay = 0.01, retry_max_delay = 0.05 }
+    for k, v in pairs(extra or {}) do d[k] = v end
+    return slashid.new(d)
+  end
+
+  local OVERRIDE = { base_url = H.https_url, ca_file = H.ca_file }
+
+  it("a rotation sent to another base URL (the call's override) is not adopted", function()
+    local org, key = H.new_org()
+    local client = client_for(org, key)
+    local result, errors, _, info = client:rotate_key(OVERRIDE)
+    assert.are.equal("rotated", info.outcome, messages(errors))
+    H.assert_key_equal(H.org(org).api_key, result.api_key)
+    assert.are.equal("https", last_request(org).port)
+    -- the next call still presents KEY (dead on this emulator, which both
+    -- ports share): the emulator calls it "previous"
+    local ok = client:check_key()
+    assert.is_false(ok)
+    assert.are.equal("http", last_request(org).port)
+    assert.are.equal("previous", last_request(org).key, "the client adopted a key of another base URL")
+    client:close()
+  end)
+
+  it("without the override it adopts (the next request presents the current key)", function()
+    local org, key = H.new_org()
+    local client = client_for(org, key)
+    local result, errors, _, info = client:rotate_key()
+    assert.are.equal("rotated", info.outcome, messages(errors))
+    assert.is_true((client:check_key()))
+    assert.are.equal("current", last_request(org).key)
+    -- and again, with options naming the same base URL (a trailing slash)
+    result, errors, _, info = client:rotate_key({ base_url = H.http_url .. "/", api_key = result.api_key })
+    assert.are.equal("rotated", info.outcome, messages(errors))
+    H.assert_key_equal(H.org(org).api_key, result.api_key)
+    local r3, e3, _, i3 = client:rotate_key()
+    assert.are.equal("rotated", i3.outcome, messages(e3))
+    assert.are.equal("current", H.org(org).requests[3].key)
+    H.assert_key_equal(H.org(org).api_key, r3.api_key)
+    client:close()
+  end)
+
+  it("an HTTPS client adopts over HTTPS, not over HTTP", function()
+    local org, key = H.new_org()
+    local client = client_for(org, key, OVERRIDE)
+    assert.are.equal("rotated", select(4, client:rotate_key()).outcome)
+    assert.is_true((client:check_key()))
+    assert.are.equal("current", last_request(org).key)
+    local r = client:rotate_key({ base_url = H.http_url })
+    assert.is_table(r)
+    assert.is_false((client:check_key()))
+    assert.are.equal("previous", last_request(org).key)
+    client:close()
+  end)
+
+  it("the same through start_rotate_key and rotate_keys", function()
+    for _, how in ipairs({ "op", "batch item", "batch options" }) do
+      local org, key = H.new_org()
+      local client = client_for(org, key)
+      local result, info
+      if how == "op" then
+        local op = client:start_rotate_key(OVERRIDE)
+        assert.is_true(op:wait(10))
+        local _
+        result, _, _, info = op:results()
+      elseif how == "batch item" then
+        local out = client:rotate_keys({ { base_url = H.https_url, ca_file = H.ca_file } })
+        result, info = out[1].result, out[1].info
+      else
+        local out = client:rotate_keys({ {} }, OVERRIDE)
+        result, info = out[1].result, out[1].info
+      end
+      assert.are.equal("rotated", info.outcome, how)
+      H.assert_key_equal(H.org(org).api_key, result.api_key, how)
+      assert.is_false((client:check_key()), how)
+      assert.are.equal("previous", last_request(org).key, how .. ": adopted")
+      client:close()
+
+      -- and without the override, adopted
+      org, key = H.new_org()
+      client = client_for(org, key)
+      if how == "op" then
+        local op = client:start_rotate_key()
+        assert.is_true(op:wait(10))
+        info = select(4, op:results())
+      else
+        info = client:rotate_keys({ {} })[1].info
+      end
+      assert.are.equal("rotated", info.outcome, how)
+      assert.is_true((client:check_key()), how)
+      assert.are.equal("current", last_request(org).key, how .. ": not adopted")
+      client:close()
+    end
+  end)
+
+  -- URL schemes are case-insensitive (RFC 3986, 3.1): HTTP://host is the
+  -- client's own base URL, and a rotation there killed the client's key.
+  it("a call naming the client's own base URL spelled otherwise (trailing slash, scheme case) adopts", function()
+    local wrong = {}
+    for _, spelled in ipairs({ H.http_url .. "/", H.http_url .. "//", (H.http_url:gsub("^http", "HTTP")),
+                               (H.http_url:gsub("^http", "Http")) }) do
+      local org, key = H.new_org()
+      local client = client_for(org, key)
+      local _, errors, _, info = client:rotate_key({ base_url = spelled })
+      assert.are.equal("rotated", info.outcome, spelled .. ": " .. messages(errors))
+      client:check_key()
+      if last_request(org).key ~= "current" then
+        wrong[#wrong + 1] = spelled .. ": the next request presented a " .. last_request(org).key .. " key"
+      end
+      client:close()
+    end
+    assert.are.equal(0, #wrong, table.concat(wrong, "\n"))
+  end)
+
+  -- A client with no base_url of its own takes SLASHID_BASE_URL: the URL
+  -- every call of it goes to is its own, however the variable is spelled.
+  it("a client whose base URL comes from SLASHID_BASE_URL (with a trailing slash) adopts", function()
+    for _, spelled in ipairs({ H.http_url, H.http_url .. "/" }) do
+      local org, key = H.new_org()
+      local script = H.write(H.tmpname("env-url") .. ".lua", [[
+        local slashid = require "slashid"
+        local c = slashid.new{ org_id = os.getenv("T_ORG"), api_key = os.getenv("T_KEY") }
+        local r, e, p, i = c:rotate_key()
+        local ok = c:check_key()
+        io.write(i.outcome, " ", tostring(ok))
+      ]])
+      local p = io.popen(("T_ORG=%s T_KEY=%s SLASHID_BASE_URL=%s %s %s 2>&1")
+        :format(H.q(org), H.q(key), H.q(spelled), H.lua, H.q(script)))
+      local out = p:read("*a")
+      p:close()
+      H.assert_no_secret(out, key)
+      assert.are.equal("rotated true", out, "SLASHID_BASE_URL=" .. spelled)
+      assert.are.equal("current", last_request(org).key, "SLASHID_BASE_URL=" .. spelled)
+    end
+  end)
+end)
+
+-- ---- (e) ---------------------------------------------------------------------
+
+describe("errors lists show as their messages", function()
+  local function assert_readable(errors, why, words)
+    local s = tostring(errors)
+    assert.is_falsy(s:find("^table:"), why .. ": tostring gives " .. s)
+    for _, w in ipairs(words or {}) do
+      assert.is_truthy(s:find(w, 1, true), why .. ": '" .. w .. "' not in " .. s)
+    end
+    return s
+  end
+
+  it("after a 401: the message and 401, not table:", function()
+    local org, key = H.new_org()
+    H.faults(org, { { status = 401, message = "this key is not valid" } })
+    local result, errors = slashid.rotate_key(H.opts(org, key))
+    assert.is_nil(result)
+    assert_readable(errors, "401", { "this key is not valid", "401" })
+  end)
+
+  -- The interpreter's own assert (busted's `assert` is luassert's), in a
+  -- process of its own: caught by pcall, then uncaught. Lua 5.3/5.4 show
+  -- an error object's __tostring; LuaJIT's assert raises its LAST argument
+  -- (info, here), so the message must reach that too. Lua 5.1/5.2's assert
+  -- takes only a string message and refuses the table with "bad argument
+  -- #2": nothing a library can change there, so only "fails, no key" holds.
+  it("assert(slashid.rotate_key{...}) fails with the message, caught or uncaught (the interpreter's assert)", function()
+    local org, key = org_with_known_key()
+    local echo = { status = 401, json = { errors = { { httpcode = 401,
+      message = "readable failure for {{old_key}} " .. pct_all(key, true) } } } }
+    H.faults(org, { echo, echo })
+    local script = H.write(H.tmpname("assert") .. ".lua", [[
+      local slashid = require "slashid"
+      local o = { org_id = os.getenv("T_ORG"), api_key = os.getenv("T_KEY"),
+                  base_url = os.getenv("T_URL") }
+      local ok, err = pcall(function() assert(slashid.rotate_key(o)) end)
+      io.write("caught: ", tostring(ok), " ", tostring(err), "\n")
+      io.stdout:flush()
+      assert(slashid.rotate_key(o))
+    ]])
+    local p = io.popen(("T_ORG=%s T_KEY=%s T_URL=%s %s %s 2>&1; echo \"rc=$?\"")
+      :format(H.q(org), H.q(key), H.q(H.http_url), H.lua, H.q(script)))
+    local out = p:read("*a")
+    p:close()
+    assert_no_key(out, key, "the interpreter's output")
+    assert.are.equal(2, #H.org(org).requests, out)
+    assert.is_truthy(out:find("caught: false ", 1, true), out)
+    assert.is_truthy(out:find("rc=1", 1, true), out)
+    local caught = out:match("caught: false ([^\n]*)")
+    local uncaught = out:match("\n([^\n]*)")
+    if _VERSION == "Lua 5.1" and type(jit) ~= "table" or _VERSION == "Lua 5.2" then return end
+    assert.is_truthy(caught:find("readable failure for", 1, true), "caught: " .. caught)
+    assert.is_truthy(caught:find("401", 1, true), "caught: " .. caught)
+    assert.is_truthy(uncaught:find("readable failure for", 1, true), "uncaught: " .. uncaught)
+  end)
+
+  it("several entries are all shown", function()
+    local org, key = H.new_org()
+    H.faults(org, { { status = 400, json = { errors = {
+      { httpcode = 400, message = "first problem" }, { httpcode = 400, message = "second problem" } } } } })
+    local _, errors = slashid.rotate_key(H.opts(org, key))
+    assert.are.equal(2, #errors)
+    assert_readable(errors, "two entries", { "first problem", "second problem", "400" })
+  end)
+
+  it("never shows a key (old or new) after an echoing answer", function()
+    local org, key = org_with_known_key()
+    local echo = { status = 401, json = { errors = {
+      { httpcode = 401, message = "key {{old_key}} refused, " .. pct_all(key, true) .. ", " ..
+        json_some(key, false) } } } }
+    local page = { status = 401, content_type = "text/html", body = "<p>refused: " ..
+                   json_all(key, false) .. " / " .. pct_some(key, true) .. "</p>" }
+    H.faults(org, { echo, page })
+    local _, errors = slashid.rotate_key(H.opts(org, key))
+    local s = assert_readable(errors, "echoing 401", { "refused", "401" })
+    assert_no_key(s, key, "tostring(errors)")
+    local _, errors_page = slashid.rotate_key(H.opts(org, key))
+    s = assert_readable(errors_page, "echoing 401 page", { "refused", "401" })
+    assert_no_key(s, key, "tostring(errors) of a page")
+
+    -- a rotated answer whose save failed: the new key is in result only
+    local org2, key2 = org_with_known_key()
+    local result, errors2 = slashid.rotate_key(H.opts(org2, key2, {
+      save_to = H.tmpname("no-such-dir") .. "/sub/key" }))
+    assert.is_table(result)
+    local s2 = assert_readable(errors2, "save failed", { "not saved" })
+    assert_no_key(s2, result.api_key, "tostring(errors) of a rotation")
+    assert_no_key(s2, key2, "tostring(errors) of a rotation")
+  end)
+
+  it("an empty errors list too: a clean rotation, an accepted check_key (blocking, op, client)", function()
+    local org, key = H.new_org()
+    local wrong = {}
+    local function readable(errors, why)
+      assert.are.equal(0, #errors, why .. ": " .. messages(errors))
+      if tostring(errors):find("^table:") then wrong[#wrong + 1] = why end
+    end
+    local r, rerrors = slashid.rotate_key(H.opts(org, key))
+    assert.is_table(r)
+    readable(rerrors, "rotate_key")
+    key = r.api_key
+    local ok, cerrors = slashid.check_key(H.opts(org, key))
+    assert.is_true(ok)
+    readable(cerrors, "check_key")
+    local op = slashid.start_check_key(H.opts(org, key))
+    assert.is_true(op:wait(10))
+    local ok2, cerrors2 = op:results()
+    assert.is_true(ok2)
+    readable(cerrors2, "start_check_key")
+    local client = slashid.new(H.opts(org, key))
+    local ok3, cerrors3 = client:check_key()
+    assert.is_true(ok3)
+    readable(cerrors3, "client:check_key")
+    client:close()
+    assert.are.equal(0, #wrong, "tostring gives table: for " .. table.concat(wrong, ", "))
+  end)
+
+
+  it("every errors list: check_key, ops, cancelled ops, batch items, unstarted items", function()
+    local org, key = H.new_org()
+    -- check_key refused
+    H.faults(org, { { status = 401, message = "check refused here" } })
+    local ok, cerrors = slashid.check_key(H.opts(org, key))
+    assert.is_false(ok)
+    assert_readable(cerrors, "check_key", { "check refused here" })
+    -- a rotation with no errors
+    local r, rerrors = slashid.rotate_key(H.opts(org, key))
+    assert.is_table(r)
+    assert_readable(rerrors, "a clean rotation")
+    key = r.api_key
+    -- an op
+    H.faults(org, { { status = 429, message = "slow down, op" } })
+    local op = slashid.start_rotate_key(H.opts(org, key, { retries = 0 }))
+    assert.is_true(op:wait(10))
+    local _, oerrors = op:results()
+    assert_readable(oerrors, "op", { "slow down, op", "429" })
+    -- a cancelled op (a request that stalls)
+    H.faults(org, { { delay = 5 } })
+    local op2 = slashid.start_rotate_key(H.opts(org, key, { retries = 0 }))
+    op2:poll()
+    op2:cancel()
+    local _, cancel_errors = op2:results()
+    assert_readable(cancel_errors, "cancelled op", { "cancel" })
+    -- check ops
+    local cop = slashid.start_check_key(H.opts(org, "sk_not_the_key_at_all"))
+    assert.is_true(cop:wait(10))
+    local cok, cop_errors = cop:results()
+    assert.is_false(cok)
+    assert_readable(cop_errors, "check op")
+    -- batch items, one of them never started
+    local org2, key2 = H.new_org()
+    H.faults(org2, { { status = 404, message = "no such org here" } })
+    local out = slashid.rotate_keys({ H.opts(org2, key2), H.opts(org2, key2) },
+      { concurrency = 1, on_progress = function() return false end })
+    assert_readable(out[1].errors, "batch item", { "no such org here" })
+    assert.are.equal("not_rotated", out[2].info.outcome)
+    assert_readable(out[2].errors, "unstarted batch item")
+    -- a client's
+    local client = slashid.new(H.opts(org2, key2))
+    H.faults(org2, { { status = 401, message = "client refused" } })
+    local _, clerrors = client:rotate_key()
+    assert_readable(clerrors, "client", { "client refused" })
+    client:close()
+  end)
+end)
+
+-- ---- (f) ---------------------------------------------------------------------
+
+describe("ca_file from SLASHID_CA_FILE", function()
+  local SCRIPT = [[
+    local slashid = require "slashid"
+    local o = { org_id = os.getenv("T_ORG"), api_key = os.getenv("T_KEY"),
+                base_url = os.getenv("T_URL"), retries = 2, retry_delay = 0.01,
+                ca_file = os.getenv("T_CA") }
+    local r, e, p, i = slashid.rotate_key(o)
+    io.write(i.outcome, " ", tostring(i.status), " ", tostring(i.attempts), " ",
+             tostring(e[1] and e[1].curl_code), " ", tostring(r ~= nil))
+  ]]
+
+  local function run(env_ca, option_ca)
+    local org, key = H.new_org()
+    local script = H.write(H.tmpname("ca-env") .. ".lua", SCRIPT)
+    local parts = { "T_ORG=" .. H.q(org), "T_KEY=" .. H.q(key), "T_URL=" .. H.q(H.https_url) }
+    if env_ca then parts[#parts + 1] = "SLASHID_CA_FILE=" .. H.q(env_ca) end
+    if option_ca then parts[#parts + 1] = "T_CA=" .. H.q(option_ca) end
+    local p = io.popen(table.concat(parts, " ") .. " " .. H.lua .. " " .. H.q(script) .. " 2>&1")
+    local out = p:read("*a")
+    p:close()
+    H.assert_no_secret(out, key)
+    return out, org
+  end
+
+  it("a subprocess rotating over HTTPS without ca_file uses SLASHID_CA_FILE", function()
+    local out, org = run(H.ca_file)
+    assert.are.equal("rotated 200 1 nil true", out)
+    assert.are.equal(1, H.org(org).rotations)
+    assert.are.equal("https", H.org(org).requests[1].port)
+  end)
+
+  it("with SLASHID_CA_FILE naming a CA that did not sign the server: not_rotated, nothing sent", function()
+    local wrong = "/etc/ssl/certs/ca-certificates.crt"
+    if not H.read_if_any(wrong) then
+      wrong = H.write(H.tmpname("empty-ca") .. ".pem", "")
+    end
+    local out, org = run(wrong)
+    local outcome, status, attempts, curl_code = out:match("^(%S+) (%S+) (%S+) (%S+) false$")
+    assert.are.equal("not_rotated", outcome, out)
+    assert.are.equal("0", status, out)
+    -- a certificate failure is never retried
+    assert.are.equal("1", attempts, out)
+    assert.is_truthy(curl_code == "60" or curl_code == "77" or curl_code == "35", out)
+    assert.are.equal(0, H.org(org).rotations)
+    assert.are.equal(0, #H.org(org).requests)
+  end)
+
+  it("the ca_file option wins over SLASHID_CA_FILE", function()
+    local out, org = run("/etc/ssl/certs/ca-certificates.crt", H.ca_file)
+    assert.are.equal("rotated 200 1 nil true", out)
+    assert.are.equal(1, H.org(org).rotations)
+    local out2, org2 = run(H.ca_file, "/etc/ssl/certs/ca-certificates.crt")
+    assert.is_truthy(out2:find("^not_rotated "), out2)
+    assert.are.equal(0, H.org(org2).rotations)
+  end)
+end)
