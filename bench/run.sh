@@ -146,3 +146,7 @@ LUA="$LUA" BUILD="$BUILD" URL="$url" sh bench/instr.sh
 # ---- the command's journal: bench/cli_journal.sh prints its own table
 # and cli_* figures (100,000 organizations; its own nginx).
 LUA="$LUA" BUILD="$BUILD" sh bench/cli_journal.sh
+
+# ---- kill -9 then --resume: bench/crash.sh prints its own table and
+# crash_* figures (1,000 organizations, 20 kills; its own emulator).
+LUA="$LUA" BUILD="$BUILD" sh bench/crash.sh
