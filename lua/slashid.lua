@@ -7,6 +7,36 @@
 -- whether another attempt is allowed (only when the server cannot have
 -- acted) -> outcome.lua names the outcome, saves and verifies.
 
+--- Rotate a SlashID organization's API key from Lua, without ever losing it.
+--
+-- `PUT /organizations/api-keys` replaces the organization's key: the old
+-- key dies the moment SlashID issues the new one. So every call says
+-- whether the key was rotated, not rotated, or might have been
+-- (`info.outcome`, see @{slashid.Outcomes|Outcomes}), retries only where
+-- the server cannot have acted, and can save the new key atomically
+-- (`save_to`) before it returns.
+--
+-- Blocking calls: @{rotate_key}, @{check_key}. Clients keeping their
+-- connection and adopting each new key: @{new}. Without blocking, for
+-- hosts with their own loop: @{start_rotate_key}, @{start_check_key} (the
+-- op: @{slashid.op}). Many organizations: @{rotate_keys}, with a
+-- @{slashid.Write_ahead_journal|write-ahead journal} that survives a
+-- crash. Every option: @{options}; what the calls return:
+-- @{slashid.Return_values|Return values}. The command `slashid-rotate` is
+-- @{slashid.cli}. The README says more: @{README#usage|Usage}.
+-- @module slashid
+-- @usage
+-- local slashid = require "slashid"
+-- local result, errors, pagination, info = slashid.rotate_key{
+--   org_id = ORG, api_key = KEY, save_to = "/etc/myapp/slashid.key" }
+-- if result then
+--   store(result.api_key)           -- also already in save_to
+-- elseif info.outcome == "unknown" then
+--   -- the key may have been rotated: do NOT retry blindly (check_key)
+-- else
+--   print(tostring(errors))         -- not_rotated: safe to try later
+-- end
+
 -- The C core is loaded here, not at the first call: a missing or broken
 -- core fails `require "slashid"` itself, with the loader's own message,
 -- as LuaSocket and LuaSec do.
@@ -24,6 +54,17 @@ local slashid = {
   SANDBOX = "https://api.sandbox.slashid.com",
 }
 
+--- The module's version, `"0.1.0"` (also in the default `user_agent`).
+-- @field _VERSION
+
+--- The production base URL, `"https://api.slashid.com"`: the default
+-- `base_url`.
+-- @field PRODUCTION
+
+--- The sandbox base URL, `"https://api.sandbox.slashid.com"`.
+-- @field SANDBOX
+
+-- The User-Agent sent when the user_agent option is not given.
 local default_user_agent =
   "slashid-lua/" .. slashid._VERSION .. " libcurl/" .. core.curl_version
 local function user_agent() return default_user_agent end
@@ -134,6 +175,29 @@ local function module_rotate_cfg(opts)
   return cfg, req
 end
 
+--- Rotates the organization's API key: `PUT /organizations/api-keys`.
+-- Blocks until SlashID answers (up to the consistency `timeout`, plus
+-- retries). The old key is dead once SlashID issues the new one: read
+-- `info.outcome` (@{slashid.Outcomes|Outcomes}) before anything else.
+-- `save_to` is written and `verify` run before the call returns. Calls
+-- one after another reuse one connection.
+-- @tparam[opt] table opts @{options}; those left out come from the
+--   environment (`SLASHID_ORG_ID`, `SLASHID_API_KEY`, `SLASHID_BASE_URL`,
+--   `SLASHID_CA_FILE`), then their defaults
+-- @treturn ?table @{result} (the new key is `result.api_key`), `nil` unless
+--   rotated
+-- @treturn table @{errors}, never empty when `result` is `nil`
+-- @treturn ?table @{pagination}
+-- @treturn table @{info}: `info.outcome` is `"rotated"`, `"not_rotated"`
+--   or `"unknown"`
+-- @raise `slashid: bad option ...`, `slashid: unknown option ...` or
+--   `slashid: missing option ...`, before any network activity
+-- @usage
+-- local result, errors, _, info = slashid.rotate_key{
+--   org_id = ORG, api_key = KEY, consistency = "all_regions", verify = true }
+-- if info.outcome == "unknown" then
+--   local ok = slashid.check_key{ org_id = ORG, api_key = KEY }  -- old key
+-- end
 function slashid.rotate_key(opts)
   local cfg, req = module_rotate_cfg(opts)
   if shared_busy then return rotate(core.handle(), cfg, req) end
@@ -149,15 +213,59 @@ local function check_cfg(defaults, opts, secrets)
   return options.resolve(defaults, options.check(opts, keep, nil, secrets), keep)
 end
 
+--- Asks whether a key is accepted, changing nothing:
+-- `GET /organizations/config`. What `verify` does with a new key, and the
+-- way to learn, after an `unknown` outcome, whether the old key still
+-- works (@{slashid.Outcomes|Outcomes}).
+-- @tparam[opt] table opts the @{options} that concern a request
+--   (`org_id`, `api_key`, `base_url`, the timeouts and retries, `ca_file`,
+--   `max_response_bytes`, `proxy`, `user_agent`, `debug`); any other
+--   option raises
+-- @treturn ?boolean `true`: accepted (2xx); `false`: refused (401 or
+--   403); `nil`: cannot tell (network, 5xx, anything else)
+-- @treturn table @{errors}, empty when `true`
+-- @treturn table @{check_info}
+-- @raise like @{rotate_key}, before any network activity
+-- @usage
+-- local ok, errors = slashid.check_key{ org_id = ORG, api_key = OLD_KEY }
+-- if ok == nil then print("cannot tell: " .. tostring(errors)) end
 function slashid.check_key(opts)
   return with_shared_handle(check, check_cfg(EMPTY, opts))
 end
 
+--- Starts @{rotate_key}'s request without blocking, for hosts with their
+-- own loop (an OpenResty handler, a frame loop, an event loop). The same
+-- options and the same rules; a retry's back-off is a deadline inside the
+-- op, never a sleep; `save_to` is written and `verify` run before the op
+-- reports finished. Each op has its own connection: any number can be
+-- pending at once. See @{slashid.op} and
+-- @{README#without-blocking-ops|README, Without blocking}.
+-- @tparam[opt] table opts @{options}
+-- @treturn slashid.op.Op the op: `op:poll()` (or `op:wait()`) until it
+--   returns `true`, then `op:results()` gives @{rotate_key}'s four values
+-- @raise like @{rotate_key}, before anything is sent
+-- @usage
+-- local op = slashid.start_rotate_key{ org_id = ORG, api_key = KEY, save_to = PATH }
+-- while not op:poll() do
+--   do_other_work()              -- or ngx.sleep(0.01), or the next frame
+-- end
+-- local result, errors, pagination, info = op:results()
 function slashid.start_rotate_key(opts)
   local cfg = options.resolve(EMPTY, options.check(opts))
   return require("slashid.op").start(cfg, user_agent())
 end
 
+--- Starts @{check_key}'s request without blocking: the same op as
+-- @{start_rotate_key}'s, whose `op:results()` gives `ok, errors,
+-- check_info`. For hosts that must learn, after an `unknown` outcome,
+-- whether the old key still works without stalling.
+-- @tparam[opt] table opts the @{options} @{check_key} takes
+-- @treturn slashid.op.Op the op
+-- @raise like @{check_key}, before anything is sent
+-- @usage
+-- local op = slashid.start_check_key{ org_id = ORG, api_key = OLD_KEY }
+-- op:wait(5)                     -- at most 5 s
+-- if op:poll() then print(op:results()) else op:cancel() end
 function slashid.start_check_key(opts)
   return require("slashid.op").start(check_cfg(EMPTY, opts), user_agent(), nil, "check")
 end
@@ -308,6 +416,37 @@ local function rotate_keys(defaults, list, opts, on_rotated, on_resolved, hooks)
   return ret
 end
 
+--- Rotates many organizations at once, over one curl multi handle.
+-- Each item follows @{rotate_key}'s outcome and retry rules; one failure
+-- never stops the others. Each item's `save_to` is written, and
+-- `on_result` and `on_progress` called, the moment its answer arrives, so
+-- an interrupted batch loses no key already issued. Errors raised by the
+-- caller's own iterator or callbacks never come out, because a raise
+-- would throw the outcomes away, and with them issued keys: they are
+-- reported on the value returned (@{batch_summary}); the iterator and the
+-- callbacks cannot yield (a yield is that function's error). With the
+-- `journal` option the batch writes ahead:
+-- @{slashid.Write_ahead_journal|write-ahead journal}. See also
+-- @{README#many-organizations-rotate_keys|README, Many organizations}.
+-- @tparam table|function list an array of @{options} tables, one per
+--   organization, all checked before anything is sent (a bad item raises
+--   `slashid: item N: ...`, and so do two items writing the same `save_to`
+--   file); or an iterator, called with no arguments only when an item is
+--   about to start (never ahead), returning one options table, or `nil` at
+--   the end (a bad item from it becomes that item's `not_rotated` outcome)
+-- @tparam[opt] table opts the batch's own @{batch_options} (`concurrency`,
+--   `rate`, `on_progress`, `on_result`, `keep_results`, `journal`), and
+--   @{options} its items share
+-- @treturn table an array of @{batch_item} in input order; with
+--   `keep_results = false` a @{batch_summary}
+-- @raise a bad option or item, or a journal that cannot be opened, before
+--   anything is sent
+-- @usage
+-- local outcomes = slashid.rotate_keys({
+--   { org_id = ORG1, api_key = KEY1, save_to = "keys/org1" },
+--   { org_id = ORG2, api_key = KEY2, save_to = "keys/org2" },
+-- }, { concurrency = 16, rate = 50 })
+-- for i, o in ipairs(outcomes) do print(i, o.info.outcome) end
 function slashid.rotate_keys(list, opts)
   return rotate_keys(EMPTY, list, opts)
 end
@@ -319,9 +458,22 @@ function slashid._rotate_keys_hooked(list, opts, hooks)
   return rotate_keys(EMPTY, list, opts, nil, nil, hooks)
 end
 
--- read_journal(path) -> entries, skipped: what a journal says of each
--- organization (see slashid/journal.lua); nil and a message when the file
--- cannot be read.
+--- Reads a journal written by @{rotate_keys} (or by slashid-rotate): what
+-- it says of each organization, after a crash or at any time. The record
+-- format is slashid/journal.lua's
+-- (@{slashid.Write_ahead_journal|write-ahead journal}).
+-- @tparam string path the journal file
+-- @treturn ?table entries: one @{journal_entry} per organization, in the
+--   order first recorded; `nil` when the file cannot be read
+-- @treturn number|string skipped: how many lines failed their checksum
+--   (torn by a crash, damaged) and were skipped, never misread; or, when
+--   `entries` is `nil`, the message saying why
+-- @raise when `path` is not a non-empty string
+-- @usage
+-- local entries, skipped = assert(slashid.read_journal(PATH))
+-- for _, e in ipairs(entries) do
+--   if e.state == "rotated" and not e.delivered then store(e.org_id, e.api_key) end
+-- end
 function slashid.read_journal(path)
   if type(path) ~= "string" or path == "" then
     error("slashid: read_journal expects a path string, got " .. type(path), 0)
@@ -350,6 +502,21 @@ local function state_of(client, method)
   return st
 end
 
+--- Makes a client: defaults for its calls, and one connection kept across
+-- them (keep-alive, TLS session). Whenever a call rotates the key the
+-- client holds (it presented the client's own key for the client's own
+-- organization at the client's own base URL, named explicitly or not),
+-- the client adopts the new key for its later calls, so it never presents
+-- a dead key. Keys are kept outside the client table; `tostring(client)`
+-- shows no secret. On Lua 5.4, `local c <close> = slashid.new{...}`.
+-- @tparam[opt] table defaults @{options} for every call of the client (a
+--   call's own options override them)
+-- @treturn Client the client
+-- @raise a bad option, before any network activity
+-- @usage
+-- local client <close> = slashid.new{ org_id = ORG, api_key = KEY, verify = true }
+-- local result, errors, _, info = client:rotate_key()   -- adopts the new key
+-- local ok = client:check_key()                         -- true: the new key works
 function slashid.new(defaults)
   local checked = options.check(defaults, nil, "defaults")
   local client = {}
@@ -418,6 +585,22 @@ local function client_rotate_cfg(st)
   return k.cfg, k.req, k.on_rotated
 end
 
+--- A client, made by @{new}. Its calls take the same options as the
+-- module's (overriding the client's defaults) and return the same values;
+-- they use the client's kept connection. After @{Client:close} they
+-- raise `slashid: client is closed`.
+-- @type Client
+
+--- @{rotate_key} with the client's defaults and connection; adopts the new
+-- key when the call rotated the client's own. Without options, the
+-- configuration resolved for the first such call is kept while the
+-- environment it read is unchanged.
+-- @tparam[opt] table opts @{options} over the client's defaults
+-- @treturn ?table @{result}
+-- @treturn table @{errors}
+-- @treturn ?table @{pagination}
+-- @treturn table @{info}
+-- @usage local result, errors, _, info = client:rotate_key()
 function Client:rotate_key(opts)
   local st = state_of(self, "rotate_key")
   local cfg, req, on_rotated
@@ -434,6 +617,11 @@ function Client:rotate_key(opts)
   return result, errors, pagination, info
 end
 
+--- @{start_rotate_key} with the client's defaults (the op has a connection
+-- of its own); the client adopts the new key when the op rotated the
+-- client's own.
+-- @tparam[opt] table opts @{options} over the client's defaults
+-- @treturn slashid.op.Op the op
 function Client:start_rotate_key(opts)
   local st = state_of(self, "start_rotate_key")
   local given = options.check(opts, nil, nil, { st.defaults.api_key })
@@ -441,6 +629,12 @@ function Client:start_rotate_key(opts)
   return require("slashid.op").start(cfg, user_agent(), adopter(st, cfg))
 end
 
+--- @{rotate_keys} with the client's defaults under every item, on
+-- connections of its own; an item that rotates the client's own key makes
+-- the client adopt it.
+-- @tparam table|function list as for @{rotate_keys}
+-- @tparam[opt] table opts @{batch_options} and shared @{options}
+-- @treturn table an array of @{batch_item}, or a @{batch_summary}
 function Client:rotate_keys(list, opts)
   local st = state_of(self, "rotate_keys")
   -- per item, decided before it can rotate; weak, so that a long batch
@@ -456,6 +650,13 @@ local function client_check_cfg(st, opts)
   return check_cfg(st.defaults, opts, { st.defaults.api_key })
 end
 
+--- @{check_key} with the client's defaults and connection (its defaults
+-- that do not concern a check are ignored).
+-- @tparam[opt] table opts the @{options} @{check_key} takes
+-- @treturn ?boolean `true` accepted, `false` refused, `nil` cannot tell
+-- @treturn table @{errors}
+-- @treturn table @{check_info}
+-- @usage assert(client:check_key(), "the client's key is refused")
 function Client:check_key(opts)
   local st = state_of(self, "check_key")
   local ok, errors, info = check(st.handle, client_check_cfg(st, opts))
@@ -464,11 +665,19 @@ end
 
 -- (The op has its own handle, like start_rotate_key's: the client's may
 -- be in use by a blocking call meanwhile.)
+
+--- @{start_check_key} with the client's defaults (the op has a connection
+-- of its own).
+-- @tparam[opt] table opts the @{options} @{check_key} takes
+-- @treturn slashid.op.Op the op
 function Client:start_check_key(opts)
   local st = state_of(self, "start_check_key")
   return require("slashid.op").start(client_check_cfg(st, opts), user_agent(), nil, "check")
 end
 
+--- Closes the client's connection and forgets its defaults and key;
+-- its later calls raise. Safe to call twice; also what `<close>` (Lua
+-- 5.4) and the garbage collector run. Ops it started live on.
 function Client:close()
   local st = private[self]
   if st and st.handle then

@@ -22,6 +22,22 @@
 -- second one makes multi:wait raise core.INTERRUPTED: what is in flight is
 -- reported unknown.
 
+--- The command `slashid-rotate` as a module: `bin/slashid-rotate` is
+-- `os.exit(require("slashid.cli").main(arg))`. It rotates one
+-- organization's key, or many from a file, with the library's rules, and
+-- keeps a write-ahead journal so that no key is ever lost (durable first,
+-- then delivered to `--save-to`, `--store-cmd` or standard output). Its
+-- flags, journal, `--resume`, signals and recipes are in the man page,
+-- slashid-rotate(1) (`man ./slashid-rotate.1` in a checkout); a summary:
+-- @{README#from-a-shell-slashid-rotate|README, From a shell}.
+--
+-- It needs the Lua module `argparse` (Debian: lua-argparse); without it
+-- every run exits 64 saying what to install.
+-- @module slashid.cli
+-- @usage
+-- -- in-process, as the specs do:
+-- local status = require("slashid.cli").main({ "--org-id", ORG, "--save-to", PATH })
+
 local core = require "slashid.core"
 local args = require "slashid.cli.args"
 local output = require "slashid.cli.output"
@@ -34,6 +50,23 @@ local EXIT = rotate.EXIT
 
 local M = {}
 
+--- The exit statuses of @{main}.
+-- With `--orgs`, the worst item decides: `lost`, else `unknown`, else
+-- `not_saved`, else `not_rotated`, else `ok`.
+-- @table EXIT
+-- @field ok 0: rotated (`--check`: the key is accepted).
+-- @field not_rotated 1: not rotated; nothing changed, safe to try again
+--   (`--check`: the key is refused).
+-- @field unknown 2: the outcome is unknown: the key may have been rotated
+--   (`--check`: cannot tell). Run `--resume` with the journal, or first
+--   `--check` the old key.
+-- @field not_saved 3: rotated, but saving, storing, printing or `--verify`
+--   failed: the new key is kept in the journal (or under `--no-journal` a
+--   rescue file named on stderr).
+-- @field lost 4: only from `--resume`: the old key is refused and the new
+--   key never arrived: recover access through SlashID.
+-- @field usage 64: a usage or argument error (also a missing argparse, a
+--   journal that cannot be kept); nothing was sent.
 M.EXIT = EXIT
 M.USAGE = args.USAGE
 M.json_line = output.json_line
@@ -276,7 +309,20 @@ local function run(argv, ctx)
   return rotate_run(ctx)
 end
 
--- main(arg) -> exit status. `arg`: the command's arguments (arg[1]...).
+--- Runs the command and returns its exit status; it never calls
+-- `os.exit`, and puts back every process state it changes (signal
+-- dispositions, descriptors 0 to 2) before it returns, so a script or a
+-- spec can drive it in-process. Messages go to stderr, new keys (when
+-- neither `--save-to` nor `--store-cmd` is given) and `--json` objects to
+-- stdout. A first SIGINT, SIGTERM, SIGHUP or SIGQUIT starts nothing more
+-- and lets the requests in flight finish (their keys kept); a second one
+-- abandons them (reported unknown, exit 2).
+-- @tparam[opt] {string,...} argv the command's arguments (`arg[1]`, ...),
+--   as typed: `--org-id ID`, `--orgs FILE`, `--save-to PATH`, `--check`,
+--   `--resume JOURNAL`, ... (`--help` lists them). A key is never accepted
+--   as a flag value: it comes from `SLASHID_API_KEY` or `--api-key-file`.
+-- @treturn integer the exit status, one of @{EXIT}
+-- @usage os.exit(require("slashid.cli").main(arg))
 function M.main(argv)
   argv = argv or {}
   local ok, closed = pcall(core.catch_signals, (core.isatty(2) and "\n" or "") .. output.PROG ..

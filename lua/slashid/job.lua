@@ -170,6 +170,7 @@ function Job:conclude(result, errors, pagination, facts)
       outcome.settle(result, errors, pagination, info, facts)
     self.values = { result, errors, pagination, info }
     self.unconcluded = false
+    outcome.describe(info, errors)
     if result then
       -- the old key is dead: hand over (a client adopts it) and save
       -- before anything else

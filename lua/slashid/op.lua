@@ -13,6 +13,31 @@
 -- multi has it from the start; once the op is over it goes with the
 -- sockets, unless pollfd() handed it out.
 
+--- The op: a rotation or a check that runs without blocking, for hosts
+-- with their own loop. Made by `slashid.start_rotate_key` and
+-- `slashid.start_check_key` (and the same methods of a client), never
+-- directly. The rules are the blocking calls': the same outcomes, retries
+-- only where the server cannot have acted, `save_to` written and `verify`
+-- run before the op reports finished. A retry's back-off is a deadline
+-- inside the op, never a sleep. Each op has its own libcurl handles, so
+-- any number of ops, from any number of clients, can be pending at once;
+-- an op that is dropped is cleaned up by the garbage collector. An op
+-- belongs to the process that started it: after `fork()` the child's
+-- `poll`, `wait` and `cancel` raise.
+--
+-- Event loops wait on an op instead of polling it, through the pollable
+-- protocol of cqueues (`cqueues.poll(op)` works as is): @{Op:pollfd},
+-- @{Op:events}, @{Op:timeout}; after each wake-up, call @{Op:poll}. More:
+-- @{README#without-blocking-ops|README, Without blocking} and
+-- docs/hosts.md (OpenResty, C hosts).
+-- @module slashid.op
+-- @usage
+-- local op = slashid.start_rotate_key{ org_id = ORG, api_key = KEY, save_to = PATH }
+-- while not op:poll() do          -- never waits
+--   cqueues.poll(op)              -- or poll(2) on op:pollfd() for op:timeout() s
+-- end
+-- local result, errors, pagination, info = op:results()
+
 local core = require "slashid.core"
 local job_mod = require "slashid.job"
 
@@ -101,6 +126,15 @@ end
 
 local function cancel(st) st.job:cancel() end
 
+--- The op object.
+-- @type Op
+
+--- Advances the op without ever waiting: sends, reads what has arrived,
+-- starts a retry whose back-off is over, writes `save_to`, runs `verify`.
+-- Calling it from the op's own `debug` function raises.
+-- @treturn boolean `true` once the op is finished (then @{Op:results}),
+--   `false` while it is pending
+-- @usage while not op:poll() do do_other_work() end
 function Op:poll()
   local st = state_of(self, "poll")
   local job = st.job
@@ -127,6 +161,16 @@ local function time_left(st)
   return left
 end
 
+--- A file descriptor that polls readable when the op has work to do
+-- (Linux: epoll of libcurl's sockets; BSDs and macOS: kqueue;
+-- close-on-exec). The same descriptor through retries and after the end,
+-- until the op is collected; once the op is over it polls readable for
+-- good, so a loop asleep on it wakes at once. The op owns it: do not
+-- close it (a host that does loses it; the op goes on, waited by libcurl,
+-- and never touches whatever later gets that number).
+-- @treturn integer the descriptor
+-- @raise when no descriptor can be made
+-- @usage local poll = uv.new_poll(op:pollfd())   -- luv, plus a timer for op:timeout()
 function Op:pollfd()
   local st = state_of(self, "pollfd")
   local fd, err = st.multi:pollfd()
@@ -135,11 +179,18 @@ function Op:pollfd()
   return fd
 end
 
+--- The events to wait for on @{Op:pollfd} (cqueues' pollable protocol).
+-- @treturn string always `"r"`
 function Op:events()
   state_of(self, "events")
   return "r"
 end
 
+--- Seconds until the op must be polled whatever its descriptor does:
+-- libcurl's timers, the attempt's `request_timeout`, the end of a retry
+-- back-off (cqueues' pollable protocol).
+-- @treturn ?number seconds; `nil` when only the descriptor matters; `0`
+--   once the op is finished (or a cancel is pending)
 function Op:timeout()
   return time_left(state_of(self, "timeout"))
 end
@@ -148,6 +199,14 @@ end
 -- on the signal pipe: multi:wait), woken by its sockets, by time_left, or
 -- by the caller's limit. Without a descriptor (none on this platform, or
 -- none could be made) multi:wait is libcurl's own wait, as correct.
+
+--- Blocks until the op is finished, at most `seconds`, sleeping on the
+-- op's descriptor (no CPU used while nothing happens).
+-- @tparam[opt] number seconds the longest wait, >= 0; `nil`: until
+--   finished
+-- @treturn boolean `true` once finished, `false` if the time ran out
+-- @raise a bad `seconds`
+-- @usage if not op:wait(0.5) then do_other_work() end
 function Op:wait(seconds)
   local st = state_of(self, "wait")
   if seconds ~= nil and (type(seconds) ~= "number" or not (seconds >= 0)) then
@@ -166,6 +225,14 @@ function Op:wait(seconds)
   return true
 end
 
+--- What the finished op gives: a rotation's four values, as from
+-- `slashid.rotate_key` (`result, errors, pagination, info`), or a check's
+-- three, as from `slashid.check_key` (`ok, errors, check_info`).
+-- See @{slashid.Return_values|Return values}. Before @{Op:poll} (or
+-- @{Op:wait}) returned `true` it raises.
+-- @return the values
+-- @raise `slashid: the operation has not finished ...`
+-- @usage local result, errors, pagination, info = op:results()
 function Op:results()
   local st = state_of(self, "results")
   local job = st.job
@@ -177,6 +244,14 @@ function Op:results()
   return v[1], v[2], v[3], v[4]
 end
 
+--- Aborts the op; afterwards @{Op:poll} returns `true` and
+-- @{Op:results} tells what happened, by the usual rules: `not_rotated` if
+-- no request byte had been sent, else `unknown` (the server may have
+-- acted), an `errors` entry saying it was cancelled. An answer already
+-- complete in the socket is read first and kept: a key that arrived is
+-- never thrown away. Called from the op's own `debug` function, it takes
+-- effect when the current @{Op:poll} returns. Does nothing once finished.
+-- @usage op:cancel(); local result, errors, _, info = op:results()
 function Op:cancel()
   local st = state_of(self, "cancel")
   if st.performing then

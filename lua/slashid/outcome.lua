@@ -31,6 +31,23 @@ local ERRORS = {
 }
 M.ERRORS = ERRORS
 
+-- LuaJIT's assert raises its last argument, which for rotate_key is
+-- `info`: it shows as the call's errors too ("not_rotated: HTTP 401: ...").
+local errors_of = setmetatable({}, { __mode = "k" })
+local INFO = {
+  __tostring = function(info)
+    local errors = errors_of[info]
+    return tostring(info.outcome) .. (errors and #errors > 0 and (": " .. tostring(errors)) or "")
+  end,
+}
+
+-- info shows as its outcome and errors (see INFO).
+function M.describe(info, errors)
+  errors_of[info] = errors
+  if getmetatable(info) == nil then setmetatable(info, INFO) end
+  return info
+end
+
 -- errors, with its __tostring (setting a metatable allocates nothing).
 function M.listed(errors)
   if getmetatable(errors) == nil then setmetatable(errors, ERRORS) end
@@ -62,7 +79,8 @@ M.CA_HINT = "to trust a private CA, set ca_file or SLASHID_CA_FILE"
 function M.settle(result, errors, pagination, info, facts)
   info.outcome = policy.outcome(result, facts)
   local last = errors[#errors]
-  if last and CERTIFICATE[last.curl_code] and type(last.message) == "string" then
+  if last and CERTIFICATE[last.curl_code] and type(last.message) == "string" and
+     not last.message:find(M.CA_HINT, 1, true) then
     last.message = last.message .. " (" .. M.CA_HINT .. ")"
   end
   if info.outcome ~= "rotated" then
