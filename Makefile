@@ -83,11 +83,12 @@ deps:
 # a Lua 5.4 host: spec 20).
 HOST_SPECS  = spec/10-openresty_spec.lua spec/11-embed_spec.lua spec/27-loops_spec.lua
 SWEEP_SPECS = spec/20-alloc_spec.lua
+JOBS       ?= 3
 TEST_SPECS  = $(filter-out $(HOST_SPECS) $(SWEEP_SPECS),$(sort $(wildcard spec/*_spec.lua)))
 
 test: deps
 	@$(MAKE) --no-print-directory all
-	@LUA=$(LUA) BUILD=$(BUILD) SPECS="$(TEST_SPECS)" sh spec/run.sh
+	@LUA=$(LUA) BUILD=$(BUILD) SPECS="$(TEST_SPECS)" JOBS=$(JOBS) sh spec/run.sh
 
 # (spec 26 again, with cqueues and luv installed: make test skips those
 # parts of it, saying why)
@@ -329,3 +330,34 @@ soak: deps
 	  LUA_PATH_5_3="lua/?.lua;;" LUA_CPATH_5_3="$(BUILD)/?.so;;" \
 	  LUA_PATH_5_4="lua/?.lua;;" LUA_CPATH_5_4="$(BUILD)/?.so;;" \
 	  sh spec/with-emulator.sh $(LUA) bench/soak.lua
+
+# ---- the reference ----------------------------------------------------------
+# `make doc`: the LDoc reference (config.ld) in build/doc; open
+# build/doc/index.html. The module slashid with every option and return
+# value, the op, the command's module slashid.cli, and the README as a
+# topic. Fails on any LDoc warning, on a link into the README that no
+# heading answers, and when docs/options.ld.lua no longer says what the
+# rules of lua/slashid/options.lua say (regenerate it:
+# lua5.4 docs/make-options-ld.lua > docs/options.ld.lua). Debian's ldoc runs
+# under lua5.2 or lua5.1 (lua-any); lua-discount renders the Markdown.
+DOC_PKGS = lua-ldoc lua-discount lua5.1 lua5.4
+DOC_NOISE = -e '^reading configuration from config.ld$$' -e '^found master module' \
+            -e '^\*\*\*closing section from master module\*\*\*$$' -e '^output written to '
+
+.PHONY: doc
+doc:
+	@sh scripts/deps.sh $(DOC_PKGS)
+	@lua5.4 docs/make-options-ld.lua --check docs/options.ld.lua
+	@rm -rf build/doc && mkdir -p build
+	@status=0; ldoc --fatalwarnings . >build/doc.log 2>&1 || status=$$?; \
+	  grep -v $(DOC_NOISE) build/doc.log >build/doc.warnings || true; \
+	  cat build/doc.warnings; \
+	  if [ $$status -ne 0 ] || [ -s build/doc.warnings ]; then \
+	    echo "make doc: LDoc warned ($$(wc -l <build/doc.warnings) lines above, exit $$status)" >&2; \
+	    exit 1; \
+	  fi
+	@for a in $$(grep -oh 'README\.md\.html#[^"]*' build/doc/modules/*.html | sed 's/.*#//' | sort -u); do \
+	  grep -q "id=\"$$a\"" build/doc/topics/README.md.html || \
+	    { echo "make doc: no README heading answers the link #$$a" >&2; exit 1; }; \
+	done
+	@echo "make doc: build/doc/index.html, 0 warnings"
