@@ -266,6 +266,7 @@ NOPREREQ_SPECS = spec/03-outcomes_spec.lua spec/04-retries_spec.lua \
                  spec/14-faults_spec.lua spec/19-proxy_spec.lua \
                  spec/21-library_holes_spec.lua
 check-noprereq: deps
+	@$(CC) $(ALL_CFLAGS) -DSID_POLLSET_NONE -fsyntax-only src/pollset.c
 	@$(MAKE) --no-print-directory BUILD=$(NOPREREQ_BUILD) \
 	  CFLAGS="-O2 -g -DSID_NO_PREREQ" all
 	@LUA=$(LUA) BUILD=$(NOPREREQ_BUILD) SPECS="$(NOPREREQ_SPECS)" \

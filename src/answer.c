@@ -292,7 +292,7 @@ int sid_answer_push(lua_State *L, sid_transfer *t, CURLcode rc) {
    values. Touches no libcurl state, so the fuzzer can drive it. */
 int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
                      double elapsed) {
-  int envelope = 0, list, facts, base = lua_gettop(L);
+  int envelope = 0, list, facts;
   int complete = (rc == CURLE_OK), tolerant = 0;
 
   luaL_checkstack(L, 12, "answer");
@@ -341,7 +341,7 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
     lua_pop(L, 1);
     tolerant = 1;
   }
-  if (!complete && envelope && has_api_key(L, envelope)) salvaged = 1;
+  if (!complete && has_api_key(L, envelope)) salvaged = 1;
   else if (!complete && lua_type(L, envelope) == LUA_TTABLE) {
     lua_pushnil(L);             /* a partial envelope without a key: */
     lua_replace(L, envelope);   /* the attempt stays incomplete */
@@ -429,6 +429,5 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
   t->secrets.key[SID_SECRET_NEW_KEY] = NULL;
   t->secrets.len[SID_SECRET_NEW_KEY] = 0;
   lua_remove(L, envelope);
-  (void)base;
   return 4;
 }

@@ -7,14 +7,13 @@
  * here calls into Lua (trace.c has the one rule for callbacks).
  *
  *   Linux            an epoll descriptor (level-triggered), itself pollable
- *   BSDs, macOS      a kqueue descriptor, pollable the same way
  *   anything else    none: sid_pollset_open fails with ENOSYS, op:pollfd()
  *                    raises "not available", and op:wait keeps libcurl's
  *                    own wait (curl_multi_poll): simpler, as correct, just
  *                    not usable by an outside loop
  *
- * Build with -DSID_POLLSET_KQUEUE (and libkqueue on Linux) or
- * -DSID_POLLSET_NONE to try the other two paths here.
+ * -DSID_POLLSET_NONE builds the second path on Linux. A BSD or macOS port
+ * (a kqueue) starts here: docs/hosts.md says what it must pass.
  *
  * Every descriptor made here is close-on-exec: a child the host spawns
  * must not keep an op's descriptor (or its sockets) alive.
@@ -29,29 +28,12 @@
 #include <unistd.h>
 #include "slashid.h"
 
-#if defined(SID_POLLSET_NONE)
-#define SID_EPOLL 0
-#define SID_KQUEUE 0
-#elif defined(SID_POLLSET_KQUEUE) || defined(__APPLE__) || \
-      defined(__FreeBSD__) || defined(__OpenBSD__) || defined(__NetBSD__) || \
-      defined(__DragonFly__)
-#define SID_EPOLL 0
-#define SID_KQUEUE 1
-#elif defined(__linux__)
+#if defined(__linux__) && !defined(SID_POLLSET_NONE)
 #define SID_EPOLL 1
-#define SID_KQUEUE 0
-#else
-#define SID_EPOLL 0
-#define SID_KQUEUE 0
-#endif
-
-#if SID_EPOLL
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#elif SID_KQUEUE
-#include <sys/types.h>
-#include <sys/event.h>
-#include <sys/time.h>
+#else
+#define SID_EPOLL 0
 #endif
 
 /* Linux: every epoll descriptor is the same anonymous inode, so a set
@@ -79,34 +61,12 @@ int sid_pollset_open(int *marker) {
     return -1;
   }
   return set;
-#elif SID_KQUEUE
-  /* kqueue() has no close-on-exec flag everywhere (and a kqueue is never
-     inherited by fork anyway): set it at once */
-  int fd = kqueue();
-  if (fd >= 0 && fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {
-    int err = errno;
-    close(fd);
-    errno = err;
-    return -1;
-  }
-  *marker = -1;
-  return fd;
 #else
   *marker = -1;
   errno = ENOSYS;
   return -1;
 #endif
 }
-
-#if SID_KQUEUE
-/* One filter on or off; a filter that was not there is not an error. */
-static int kq_change(int set, curl_socket_t s, short filter, int on) {
-  struct kevent ch;
-  EV_SET(&ch, s, filter, on ? EV_ADD : EV_DELETE, 0, 0, 0);
-  if (kevent(set, &ch, 1, NULL, 0, NULL) == 0) return 0;
-  return !on && (errno == ENOENT || errno == EBADF) ? 0 : -1;
-}
-#endif
 
 /* What libcurl wants from socket s (CURL_POLL_IN, _OUT, _INOUT, _NONE,
    _REMOVE): 0, or -1 with errno. A socket libcurl closed without saying
@@ -126,12 +86,6 @@ int sid_pollset_watch(int set, curl_socket_t s, int what) {
   if (epoll_ctl(set, EPOLL_CTL_MOD, s, &ev) == 0) return 0;
   if (errno != ENOENT) return -1;
   return epoll_ctl(set, EPOLL_CTL_ADD, s, &ev);
-#elif SID_KQUEUE
-  int in = what != CURL_POLL_REMOVE && (what & CURL_POLL_IN);
-  int out = what != CURL_POLL_REMOVE && (what & CURL_POLL_OUT);
-  int rc = kq_change(set, s, EVFILT_READ, in);
-  if (kq_change(set, s, EVFILT_WRITE, out) != 0) rc = -1;
-  return rc;
 #else
   (void)set; (void)s; (void)what;
   errno = ENOSYS;

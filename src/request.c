@@ -1,6 +1,6 @@
 /*
  * request.c - where a request is built: the request table the Lua layer
- * made (policy.lua) becomes the URL, the four SlashID headers, user
+ * made (request.lua) becomes the URL, the four SlashID headers, user
  * agent, timeouts, TLS, proxy and the answer cap on a kept easy handle.
  * A handle keeps its request (options, header list, key copy) across
  * attempts and calls until another table comes: a client calling again
@@ -221,9 +221,9 @@ void sid_request_set(lua_State *L, int req, int ud, sid_transfer *t) {
   t->request_timeout = (double)timeout_ms / 1000.0;
 #if !SID_HAVE_PREREQ
   /* Without the pre-request callback a last look could not keep a request
-     from going out: libcurl's own timeout stops it first, as before (an
-     answer that arrived while nobody drove the transfer is then lost to
-     a timeout; README, "libcurl versions"). */
+     from going out: libcurl's own timeout stops it (an answer that
+     arrived while nobody drove the transfer is then lost to a timeout;
+     README, "Outcomes"). */
   SETOPT(t, CURLOPT_TIMEOUT_MS, timeout_ms);
 #endif
   SETOPT(t, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)t->max_bytes);

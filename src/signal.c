@@ -232,7 +232,8 @@ static int signal_caught(lua_State *L) {
   return 1;
 }
 
-/* core.signal_count() -> SIGINT and SIGTERM received since catch_signals */
+/* core.signal_count() -> the SIGINT, SIGTERM, SIGHUP and SIGQUIT received
+   since catch_signals */
 static int signal_count(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)sig_count);
   return 1;

@@ -135,7 +135,9 @@ CURLMcode sid_transfer_attach(lua_State *L, sid_transfer *t, int idx,
 void sid_transfer_detach(lua_State *L, sid_transfer *t);
 void sid_transfer_forget(lua_State *L, sid_transfer *t);
 void sid_transfer_release(lua_State *L, sid_transfer *t);  /* close */
-/* the one rule for when a libcurl callback may call into Lua (trace.c) */
+/* transfer.c: which lua_State a libcurl callback may call into (the one
+   whose call drives libcurl now), and none between calls; trace.c's
+   callbacks follow that rule */
 void sid_callbacks_on(sid_transfer *t, lua_State *L);
 void sid_callbacks_off(sid_transfer *t);
 
@@ -183,9 +185,7 @@ int    sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc,
                         long status, double elapsed);
 void   sid_answer_clear(sid_transfer *t);   /* wiped: it held the new key */
 
-/* trace.c: the one place that decides when callbacks may call into Lua */
-void sid_callbacks_on(sid_transfer *t, lua_State *L);
-void sid_callbacks_off(sid_transfer *t);
+/* trace.c: the debug trace */
 int  sid_trace_on_debug(CURL *h, curl_infotype type, char *p, size_t n,
                         void *ud);
 void sid_trace_emit(sid_transfer *t, const char *prefix,

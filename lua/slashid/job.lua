@@ -26,8 +26,6 @@ local M = {}
 local Job = {}
 Job.__index = Job
 
-M.ROTATE_PATH = outcome.ROTATE_PATH
-M.CHECK_PATH = outcome.CHECK_PATH
 
 -- kind: "rotate" or "check". `on_rotated(result)` runs the moment a new
 -- key is known (before it is saved: a client adopts it even if saving fails).

@@ -45,9 +45,11 @@ local function proxy_of(cfg)
   return cfg.proxy
 end
 
--- The request table the C core reads (src/request.c). Never changed once
--- built: a handle keeps the request it last set up and skips the setup
--- when the same table comes again (retries, a client's next call).
+-- The request table the C core reads (src/request.c). A handle keeps the
+-- request it last set up and skips the setup when the same table comes
+-- again (retries, a client's next call), so the table is not changed once
+-- a handle has set it up; the one field set after building, `pipewait`
+-- (job.lua, for a batch's items), is set before the first attempt.
 function M.build(cfg, method, path, default_user_agent)
   local proxy = proxy_of(cfg)
   local secrets
