@@ -1,5 +1,7 @@
--- Options and argument errors (API.md: "Options", "Argument errors",
--- "Secrets", "check_key", "slashid.new", "rotate_keys"). Table-driven:
+-- Options and argument errors (README: "Options" with its argument
+-- errors, "Secrets", "Checking a key", clients under "Usage", "Many
+-- organizations"; the reference, make doc: options, check_key, new,
+-- rotate_keys). Table-driven:
 --   ROWS    {option, value} -> the exact message, checked through every
 --           call that takes options (rotate_key, start_rotate_key,
 --           check_key, start_check_key, slashid.new, client:rotate_key,
@@ -277,7 +279,8 @@ local ROWS = {
   unknown("timeout\r\nX-Injected: 1", "(a name that is not an option, not shown)"),
 }
 
--- Control characters in org_id and api_key (API.md: "CR, LF, NUL, ...").
+-- Control characters in org_id and api_key (README, "Options": "a control
+-- character in org_id/api_key", CR, LF, NUL, ...).
 local CONTROL = {
   { "CR", "\r" }, { "LF", "\n" }, { "CRLF", "\r\n" }, { "NUL", "\0" }, { "TAB", "\t" },
   { "DEL", "\127" }, { "ESC", "\27" }, { "BEL", "\7" }, { "US", "\31" },

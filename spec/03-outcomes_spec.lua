@@ -1,4 +1,4 @@
--- Every row of API.md's "Outcomes" table against the emulator: the outcome,
+-- Every row of README's "Outcomes" table against the emulator: the outcome,
 -- whether a result came back, the `errors` entries (server's own kept as
 -- sent, one excerpt entry when there is no envelope, httpcode 0 and
 -- curl_code for transport failures), info.status, and how many requests

@@ -158,8 +158,9 @@ describe("a client adopting its new key", function()
     client:close()
   end)
 
-  -- API.md: the client adopts whenever the call presented its own key for
-  -- its own organization, whether or not it also named them.
+  -- README, "Usage" (and slashid.new in the reference): the client adopts
+  -- whenever the call presented its own key for its own organization,
+  -- whether or not it also named them.
   it("adopts when the call passed its own api_key explicitly", function()
     local org, key = H.new_org()
     local client = slashid.new(H.opts(org, key))

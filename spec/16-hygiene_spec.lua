@@ -86,9 +86,9 @@ local CASES = {
   { "success over HTTPS", nil, { https = true }, "rotated" },
   { "success, chunked", { { rotate = true, chunked = true } }, {}, "rotated" },
   { "success, dripped", { { rotate = true, action = "drip", interval = 0.0003 } }, {}, "rotated" },
-  -- (result's other members are returned as sent — API.md: "the
-  -- response's result object" — and a result exists only once the old key
-  -- is dead; so the quotes go into errors, which are redacted)
+  -- (result's other members are returned as sent — README, "Return
+  -- values": "the answer's result table" — and a result exists only once
+  -- the old key is dead; so the quotes go into errors, which are redacted)
   { "success quoting both keys", { { rotate = true, status = 200, json = {
       result = { api_key = "{{new_key}}", note = "replaced" },
       errors = { { httpcode = 200, message = "issued {{new_key}} for {{old_key}}" } } } } }, {}, "rotated" },

@@ -1,4 +1,4 @@
--- The `proxy` option (API.md, rotate_key's options) against a real proxy:
+-- The `proxy` option (README, "Proxies") against a real proxy:
 -- Debian's tinyproxy (spec/proxy.lua starts one per test on 127.0.0.1).
 --   * explicit `proxy`: an https rotation goes through the proxy's CONNECT
 --     tunnel (its log shows it), also for clients, ops and batches;

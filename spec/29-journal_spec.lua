@@ -1,5 +1,6 @@
--- rotate_keys' write-ahead journal (API.md, "Write-ahead journal", rules
--- 1-6) and slashid.read_journal: one entry per organization in the order
+-- rotate_keys' write-ahead journal (the reference's "Write-ahead journal",
+-- rules 1-6: docs/values.ld.lua; README, "A batch that survives a crash")
+-- and slashid.read_journal: one entry per organization in the order
 -- first recorded, each state backed by the emulator's own record; the
 -- `sent` record durable before the request leaves, never more than
 -- `concurrency` organizations sent with no outcome; a key durable in the

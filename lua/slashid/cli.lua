@@ -22,13 +22,14 @@
 -- second one makes multi:wait raise core.INTERRUPTED: what is in flight is
 -- reported unknown.
 
---- The command `slashid-rotate` as a module: `bin/slashid-rotate` is
--- `os.exit(require("slashid.cli").main(arg))`. It rotates one
--- organization's key, or many from a file, with the library's rules, and
--- keeps a write-ahead journal so that no key is ever lost (durable first,
--- then delivered to `--save-to`, `--store-cmd` or standard output). Its
--- flags, journal, `--resume`, signals and recipes are in the man page,
--- slashid-rotate(1) (`man ./slashid-rotate.1` in a checkout); a summary:
+--- The command `slashid-rotate`, as a module.
+-- `bin/slashid-rotate` is `os.exit(require("slashid.cli").main(arg))`.
+-- The command rotates one organization's key, or many from a file, with
+-- the library's rules, and keeps a write-ahead journal so that no key is
+-- ever lost (durable first, then delivered to `--save-to`, `--store-cmd`
+-- or standard output). Its flags, journal, `--resume`, signals and
+-- recipes are in the man page, slashid-rotate(1) (`man ./slashid-rotate.1`
+-- in a checkout); a summary:
 -- @{README#from-a-shell-slashid-rotate|README, From a shell}.
 --
 -- It needs the Lua module `argparse` (Debian: lua-argparse); without it

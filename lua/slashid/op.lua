@@ -14,8 +14,8 @@
 -- sockets, unless pollfd() handed it out.
 
 --- The op: a rotation or a check that runs without blocking, for hosts
--- with their own loop. Made by `slashid.start_rotate_key` and
--- `slashid.start_check_key` (and the same methods of a client), never
+-- with their own loop. Made by @{slashid.start_rotate_key} and
+-- @{slashid.start_check_key} (and the same methods of a client), never
 -- directly. The rules are the blocking calls': the same outcomes, retries
 -- only where the server cannot have acted, `save_to` written and `verify`
 -- run before the op reports finished. A retry's back-off is a deadline
@@ -161,15 +161,17 @@ local function time_left(st)
   return left
 end
 
---- A file descriptor that polls readable when the op has work to do
--- (Linux: epoll of libcurl's sockets; BSDs and macOS: kqueue;
--- close-on-exec). The same descriptor through retries and after the end,
--- until the op is collected; once the op is over it polls readable for
--- good, so a loop asleep on it wakes at once. The op owns it: do not
--- close it (a host that does loses it; the op goes on, waited by libcurl,
--- and never touches whatever later gets that number).
+--- A file descriptor that polls readable when the op has work to do (an
+-- epoll set of libcurl's sockets, close-on-exec). The same descriptor
+-- through retries and after the end, until the op is collected; once the
+-- op is over it polls readable for good, so a loop asleep on it wakes at
+-- once. The op owns it: do not close it (a host that does loses it; the
+-- op goes on, waited by libcurl, and never touches whatever later gets
+-- that number). Only Linux has it today; elsewhere this raises and
+-- @{Op:wait} uses libcurl's own wait (docs/hosts.md).
 -- @treturn integer the descriptor
--- @raise when no descriptor can be made
+-- @raise `slashid: no poll descriptor on this platform ...` (not Linux);
+--   also once the host closed it, or when none can be made
 -- @usage local poll = uv.new_poll(op:pollfd())   -- luv, plus a timer for op:timeout()
 function Op:pollfd()
   local st = state_of(self, "pollfd")
@@ -226,8 +228,8 @@ function Op:wait(seconds)
 end
 
 --- What the finished op gives: a rotation's four values, as from
--- `slashid.rotate_key` (`result, errors, pagination, info`), or a check's
--- three, as from `slashid.check_key` (`ok, errors, check_info`).
+-- @{slashid.rotate_key} (`result, errors, pagination, info`), or a check's
+-- three, as from @{slashid.check_key} (`ok, errors, check_info`).
 -- See @{slashid.Return_values|Return values}. Before @{Op:poll} (or
 -- @{Op:wait}) returned `true` it raises.
 -- @return the values

@@ -18,7 +18,7 @@ local PASSABLE = {
   [56] = true, -- CURLE_RECV_ERROR   (idem)
 }
 
--- "rotated", "not_rotated" or "unknown" (see the outcome table in API.md).
+-- "rotated", "not_rotated" or "unknown" (see README's "Outcomes" table).
 function M.outcome(result, facts)
   if facts.salvaged then
     -- the transfer failed after a whole 2xx envelope with a key arrived

@@ -1,6 +1,6 @@
 -- The invariants fuzz_answer.c checks after each input: the shapes of the
 -- four values sid_answer_build returns, the outcome the Lua policy names
--- from them (lua/slashid/policy.lua, outcome.lua: the rules of API.md),
+-- from them (lua/slashid/policy.lua, outcome.lua: README's "Outcomes"),
 -- that no retry is ever allowed after an `unknown`, and that neither key
 -- appears in anything handed back but `result`. Raising here is a finding.
 local core = require "slashid.core"
@@ -121,7 +121,7 @@ local function check_outcome(result, errors, pagination, facts, rc)
   check_errors(e)
   if p ~= pagination then fail("settle changed pagination") end
 
-  -- the outcome table of API.md
+  -- README's "Outcomes" table
   local s = facts.status
   local expected
   if facts.complete then

@@ -8,8 +8,8 @@
 --     position, and never contains the API key given (in the table or in
 --     SLASHID_API_KEY);
 --   - an accepted table gives a copy holding every option given, each of
---     the documented type and range (API.md), and never triggers a
---     metamethod of the caller's table;
+--     the documented type and range (README's options table), and never
+--     triggers a metamethod of the caller's table;
 --   - a resolved configuration has every default filled in and is
 --     consistent (retry_max_delay >= retry_delay, http only on loopback).
 local options = require "slashid.options"
@@ -190,7 +190,7 @@ local function loopback_url(url)
          host:find("^127%.%d+%.%d+%.%d+$") ~= nil
 end
 
--- What each kind of option accepts (API.md), written here apart from
+-- What each kind of option accepts (README, "Options"), written here apart from
 -- options.lua's checkers; which option is of which kind, with its range or
 -- values, comes from options.RULES.
 local function path(v) return type(v) == "string" and v ~= "" and not v:find("%z") end

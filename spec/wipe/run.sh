@@ -1,5 +1,5 @@
 #!/bin/sh
-# The C side of "Secrets" (API.md): buffers of the module that held a key
+# The C side of "Secrets" (README): buffers of the module that held a key
 # are wiped before they are freed. spec/wipe/wipe.lua runs every key-bearing
 # path with two recognisable keys while spec/wipe/wipecheck.c (preloaded)
 # inspects each freed block; any block freed by slashid/core.so that still

@@ -4,7 +4,7 @@
  * counts, per calling library, the blocks that still hold the key named by
  * SLASHID_WIPECHECK_KEY (and SLASHID_WIPECHECK_KEY2). A block freed by
  * slashid/core.so itself that still holds a key means a C buffer of the
- * module was not wiped before release (API.md, "Secrets"): the check fails.
+ * module was not wiped before release (README, "Secrets"): the check fails.
  * Blocks freed by other libraries (Lua strings, libcurl's own request and
  * receive buffers) are counted and shown, not failed: the module cannot
  * wipe them.

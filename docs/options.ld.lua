@@ -1,0 +1,144 @@
+-- docs/options.ld.lua: no code, only LDoc comments: every option of the
+-- module slashid (config.ld merges them into its page). GENERATED from
+-- lua/slashid/options.lua's rules by docs/make-options-ld.lua; edit those and
+-- run: lua5.4 docs/make-options-ld.lua > docs/options.ld.lua
+-- (`make doc` fails while this file and the rules disagree).
+
+--- Options of the module slashid.
+-- @module slashid
+
+--- Options.
+-- Every call takes its options as one table, checked before any network
+-- activity. An unknown name (with a "did you mean" hint), a wrong type, a
+-- value out of range, a control character in `org_id` or `api_key`, or a
+-- non-loopback `http://` URL raises `slashid: bad option '...' (...)` or
+-- `slashid: unknown option '...'`; messages never quote a string value, so
+-- a key passed by mistake is never shown. The same table, as README's
+-- @{README#options|Options}.
+-- @section Options
+
+--- The options of a call: @{rotate_key} and @{start_rotate_key}, the
+-- defaults of a client (@{new}), each item of @{rotate_keys} and the
+-- defaults its items share. @{check_key} and @{start_check_key} take those
+-- that concern a request ("All calls"); other names raise there, while a
+-- client's defaults that do not concern a check are ignored. Per-call
+-- options override a client's defaults; an option left out comes from its
+-- environment variable, then its default.
+-- @table options
+-- @field org_id non-empty string. Default: env `SLASHID_ORG_ID`. All calls,
+--   @{check_key} too. The organization whose key is rotated (or checked),
+--   sent as the `SlashID-OrgID` header. Required: without it and its
+--   environment variable the call raises
+--   `slashid: missing option 'org_id' (or set SLASHID_ORG_ID)`.
+-- @field api_key non-empty string. Default: env `SLASHID_API_KEY`. All calls,
+--   @{check_key} too. The organization's current key, sent as the
+--   `SlashID-API-Key` header. Required, like `org_id`. Never shown: not in a
+--   message, an `errors` entry, a `tostring` or the `debug` trace.
+-- @field consistency `"local_region"` or `"all_regions"`. Default:
+--   `"local_region"`. Rotating calls only (not @{check_key}). Sent as
+--   `SlashID-Required-Consistency`: whether the new key must have reached the
+--   local region or all regions before SlashID answers.
+-- @field timeout integer 1..120, consistency timeout in seconds (`60.0`
+--   counts). Default: `30`. Rotating calls only (not @{check_key}). Sent as
+--   `SlashID-Required-Consistency-Timeout`. When the consistency level is not
+--   reached in time SlashID answers 408: outcome `unknown`, and the rotation
+--   may still complete later
+--   (@{README#after-an-unknown-outcome|README, After an unknown outcome}).
+-- @field base_url `https://` URL; `http://` only for 127.0.0.0/8, `::1`,
+--   `localhost`. Default: env `SLASHID_BASE_URL`, else `slashid.PRODUCTION`.
+--   All calls, @{check_key} too. Where requests go: `slashid.PRODUCTION`,
+--   `slashid.SANDBOX`, or a local emulator over loopback `http://`. Trailing
+--   slashes are dropped; user information, a query or a fragment are refused.
+-- @field connect_timeout number > 0, seconds. Default: `10`. All calls,
+--   @{check_key} too. Limit on making the connection (TCP, proxy tunnel,
+--   TLS), per attempt. A connect timeout is `not_rotated` (no byte reached
+--   the server) and is retried.
+-- @field request_timeout number > 0, seconds, whole transfer. Default:
+--   `timeout + 15`. All calls, @{check_key} too. Limit on one attempt as a
+--   whole. Checked after one last look at the socket, never before: an answer
+--   that arrived meanwhile (the process stopped, an op nobody polled) is
+--   read, never thrown away. Past it the attempt ends as a timeout (curl code
+--   28): `unknown` once the request was sent
+--   (@{README#outcomes|README, Outcomes}).
+-- @field ca_file path of a PEM CA bundle. Default: env `SLASHID_CA_FILE`,
+--   else the system store. All calls, @{check_key} too. Replaces the system's
+--   CA store for TLS verification (always on), e.g. for a private CA.
+-- @field retries integer >= 0: extra attempts, only where the server cannot
+--   have acted. Default: `2`. All calls, @{check_key} too. Attempts after the
+--   first, made only after a failure where the server cannot have acted: a
+--   connection-phase failure other than a TLS or certificate error, or a 429.
+--   Never after an `unknown` outcome.
+-- @field retry_delay number > 0: base of exponential backoff with full
+--   jitter. Default: `0.5`. All calls, @{check_key} too. Before attempt n + 1
+--   the call waits a random time between 0 and `retry_delay * 2^(n-1)` (at
+--   most `retry_max_delay`), or what a 429's `Retry-After` says (seconds or
+--   an HTTP-date).
+-- @field retry_max_delay number >= `retry_delay`: cap of one wait; a larger
+--   `Retry-After` ends the retries. Default: `max(30, retry_delay)`. All
+--   calls, @{check_key} too. A `Retry-After` longer than this is not waited
+--   for: the call returns `not_rotated` with the 429.
+-- @field max_response_bytes integer > 0: cap on the answer's **body**
+--   (headers have their own fixed cap of 64 KiB per attempt, every header
+--   block counted; over either cap the outcome is `unknown`). Default:
+--   `1048576`. All calls, @{check_key} too. An answer over the cap is not
+--   read further: outcome `unknown` (the server may have rotated).
+-- @field proxy proxy URL (`http://`, `https://`, `socks5h://`; credentials in
+--   it are secrets), or `false`: no proxy at all. Default: see
+--   @{README#proxies|README, Proxies}. All calls, @{check_key} too. Not
+--   given: for an `https://` base URL the environment decides (`https_proxy`,
+--   `all_proxy`, `no_proxy`, as curl reads them); a loopback `http://` base
+--   URL never uses a proxy. A proxy unreachable or refusing the tunnel is
+--   `not_rotated`.
+-- @field save_to path: new key + newline, written atomically (same-directory
+--   temp file, fsync, rename, fsync of the directory) before the call
+--   returns; see @{README#key-files-save_to|README, Key files}. Default:
+--   none. Rotating calls only (not @{check_key}). A new file is mode 0600; an
+--   existing one keeps its owner, its group and their permission bits; a
+--   symbolic link is followed. A failure leaves the file as it was, sets
+--   `info.saved` to `false` and adds an `errors` entry: the key is still in
+--   `result.api_key`.
+-- @field verify boolean: after rotating, check that the new key is accepted.
+--   Default: `false`. Rotating calls only (not @{check_key}). The new key is
+--   checked as @{check_key} would (same request options); `info.verified`
+--   tells. A refusal adds an `errors` entry, and the key is still returned.
+-- @field user_agent string. Default:
+--   `slashid-lua/<version> libcurl/<version>`. All calls, @{check_key} too.
+--   The `User-Agent` header.
+-- @field debug `function(line)`: a trace of the exchange, keys redacted.
+--   Default: none. All calls, @{check_key} too. Receives the exchange line by
+--   line, credentials redacted (`SlashID-API-Key: <redacted>`, the new key
+--   hidden in the answer). Called only from within the library call that
+--   drives the exchange, under `pcall`: an error it raises stops the trace,
+--   nothing else.
+
+--- The options of @{rotate_keys} itself (and `Client:rotate_keys`), beside
+-- the @{options} its items share.
+-- @table batch_options
+-- @field concurrency integer >= 1: items in flight at once. Default: `8`. One
+--   curl multi handle drives every item; connections are reused across items
+--   (HTTP/2 streams share one when the server offers it).
+-- @field rate number > 0: most item starts per second. Default: none. Without
+--   it, items start as fast as `concurrency` allows.
+-- @field on_progress `function(done, total, index, outcome)`; returning
+--   `false` stops starting items. Default: none. Called once per item as it
+--   finishes, after its `save_to` and `on_result`; `outcome` is the item's
+--   `info.outcome`, `total` is `nil` for an iterator. An error it raises is
+--   reported as `on_progress_error` on the value returned, and it is not
+--   called again; the batch goes on.
+-- @field on_result `function(index, item)`: each item's table as it finishes.
+--   Default: none. `item` is the item's @{batch_item}, handed over once its
+--   `save_to` is written. An error it raises is reported as
+--   `on_result_error`: no more items start, those in flight finish; with
+--   `keep_results = false` the item comes back in `undelivered[index]`, so
+--   its key is not lost.
+-- @field keep_results boolean: `false` collects nothing and returns a
+--   summary. Default: `true`. With `false` the call returns a
+--   @{batch_summary} and keeps nothing of the items that are over: memory
+--   stays flat for any number of organizations (hand the keys over in
+--   `on_result`).
+-- @field journal path of a new write-ahead journal (see
+--   @{README#a-batch-that-survives-a-crash-the-write-ahead-journal|README, Write-ahead journal}).
+--   Default: none. The batch then writes ahead (rules 1 to 6 at
+--   @{rotate_keys}); read it back with @{read_journal}. A journal that cannot
+--   be created or written, that another process holds, or that already has
+--   records raises `slashid: journal: ...` before anything is sent.

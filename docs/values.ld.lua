@@ -1,0 +1,214 @@
+-- docs/values.ld.lua: no code, only LDoc comments: what the calls of the
+-- module slashid return, the outcome rules and the write-ahead journal
+-- (config.ld merges them into the module's page; `make doc`). The README
+-- says the same at more length: "Return values", "Outcomes", "After an
+-- `unknown` outcome", "A batch that survives a crash".
+
+--- What the calls of the module slashid return.
+-- @module slashid
+
+--- Return values.
+-- Mistakes in a call (an unknown option, a wrong type: @{options}) raise
+-- `slashid: ...` before any network activity. Everything that happens
+-- once a call runs comes back as values, never raised: @{rotate_key} (and
+-- `op:results()` of @{start_rotate_key}) returns `result, errors,
+-- pagination, info`; @{check_key} returns `ok, errors, check_info`;
+-- @{rotate_keys} returns an array of @{batch_item} or a @{batch_summary}.
+-- JSON `null` becomes `nil`; `httpcode`, `status` and the pagination
+-- numbers are Lua integers (on 5.3 and later). See also
+-- @{README#return-values|README, Return values}.
+-- @section Return_values
+
+--- The answer's `result` object on success (the first value of
+-- @{rotate_key}), as a plain table; `nil` unless `info.outcome` is
+-- `"rotated"`. Its members other than `api_key` are returned as sent.
+-- @table result
+-- @field api_key the new key: a non-empty string. Also written to
+--   `save_to` when that option was given (unless it holds a control
+--   character: then `info.saved` is `false`).
+
+--- The second value of every call: always a list, of
+-- `{ httpcode = integer, message = string }` (plus `curl_code` for a
+-- transport failure, where `httpcode` is 0). Never empty when `result` is
+-- `nil` (or `ok` is not `true`); after retries it describes the last
+-- attempt. The server's own entries are kept as sent; an answer with no
+-- usable envelope gives one entry with the status and an excerpt of the
+-- body (at most 200 bytes). A `save_to` or `verify` problem after a
+-- rotation adds an entry while `result` is still returned. No entry ever
+-- holds a key (old or new; also JSON-escaped or percent-encoded).
+--
+-- `tostring(errors)` (its `__tostring`) gives the messages joined by
+-- `"; "`, each prefixed `HTTP <code>: ` when it has a status and does not
+-- say so already, or `"no errors"`: so `assert(slashid.rotate_key{...})`
+-- fails with a readable message, never a key.
+-- @table errors
+-- @field httpcode the HTTP status of the answer, 0 when there was none
+--   (a transport failure) or for the library's own entries (save_to,
+--   verify, cancel).
+-- @field message what went wrong, for people.
+-- @field curl_code libcurl's code of a transport failure (e.g. 28 for a
+--   timeout, 60 for a certificate that could not be verified), else `nil`.
+
+--- The answer's `meta.pagination` (the third value of @{rotate_key}), or
+-- `nil` when the answer has none.
+-- @table pagination
+-- @field limit integer
+-- @field offset integer
+-- @field total_count integer
+
+--- The last value of @{rotate_key}: how the call went. See
+-- @{slashid.Outcomes|Outcomes} for what `outcome` means and what to do
+-- after `unknown`.
+-- @table info
+-- @field outcome `"rotated"`, `"not_rotated"` or `"unknown"` (the key may
+--   have been rotated: do not retry blindly): see @{outcome}.
+-- @field status integer: the last HTTP status line received, 0 when none.
+-- @field attempts integer: requests made (1 + retries taken).
+-- @field elapsed number: seconds, all attempts and waits.
+-- @field retry_after number or `nil`: the last `Retry-After` received, in
+--   seconds.
+-- @field headers table: the last answer's headers, names in lower case
+--   (credentials redacted).
+-- @field saved `true` when `save_to` was written, `false` when it was
+--   given and could not be (an `errors` entry says why), `nil` without
+--   `save_to` or when nothing was rotated.
+-- @field verified `true` when `verify` found the new key accepted, `false`
+--   when it was refused or could not be checked, `nil` without `verify`.
+
+--- The last value of @{check_key} (and of `op:results()` of
+-- @{start_check_key}), after `ok`: `true` when the key is accepted (a 2xx
+-- to `GET /organizations/config`), `false` when refused (401 or 403),
+-- `nil` when it cannot tell (network, 5xx, anything else). A check
+-- changes nothing on the server.
+-- @table check_info
+-- @field status integer: the last HTTP status line received, 0 when none.
+-- @field attempts integer: requests made.
+-- @field elapsed number: seconds.
+-- @field retry_after number or `nil`: the last `Retry-After`, in seconds.
+-- @field headers table: the answer's headers, names in lower case.
+
+--- One organization of @{rotate_keys}: what @{rotate_key} would have
+-- returned, as a table; the elements of the array it returns (in input
+-- order) and the `item` of `on_result`. An item that could not start (a
+-- bad item from an iterator, a repeat in a journal, a batch stopped
+-- before it) is `not_rotated`, its `errors` saying why and that nothing
+-- was sent.
+-- @table batch_item
+-- @field result @{result} or `nil`
+-- @field errors @{errors}
+-- @field pagination @{pagination} or `nil`
+-- @field info @{info}
+
+--- What @{rotate_keys} returns with `keep_results = false`: counts. The
+-- fields `on_progress_error`, `on_result_error`, `list_error`,
+-- `undelivered` and `journal_error` are set on the returned array of
+-- @{batch_item} just the same.
+-- @table batch_summary
+-- @field rotated items whose key was rotated.
+-- @field not_rotated items not rotated (nothing sent, or refused).
+-- @field unknown items whose outcome is unknown.
+-- @field not_saved rotated items whose key could not be saved (`save_to`)
+--   or journaled: the key is in the item's `result` all the same.
+-- @field on_progress_error text of the error `on_progress` raised (the
+--   batch went on without calling it again), else `nil`.
+-- @field on_result_error text of the error `on_result` raised (no more
+--   items started), else `nil`.
+-- @field list_error text of the error the iterator raised (no more items
+--   started), else `nil`.
+-- @field undelivered with `keep_results = false`: `{ [index] = item }` of
+--   the rotated items `on_result` failed on, so that no key is lost; else
+--   `nil`.
+-- @field journal_error why the journal could not be written mid-run
+--   (nothing more started), else `nil`.
+
+--- Outcomes.
+-- Every rotation says whether the key was rotated, not rotated, or might
+-- have been: `info.outcome`, one of the three @{outcome}s. Only
+-- `not_rotated` failures that can pass are retried automatically, at most
+-- `retries` times: connection-phase failures other than TLS or
+-- certificate errors, and 429 (honouring `Retry-After`). Never `unknown`:
+-- the old key may be dead. libcurl's own silent resend of the request on
+-- a reused connection is refused the same way (libcurl 7.80 and later;
+-- with older ones every rotation takes a fresh connection).
+--
+-- After `unknown`, ask whether the old key still works: @{check_key} with
+-- the old key gives `true` (the rotation did not happen: retrying is
+-- safe), `false` (it happened and the new key was lost in transit:
+-- recover access through SlashID) or `nil` (cannot tell now: ask again
+-- later, do not rotate meanwhile). After a 408, check again once the
+-- consistency timeout has passed. In full:
+-- @{README#outcomes|README, Outcomes} and
+-- @{README#after-an-unknown-outcome|README, After an unknown outcome}.
+-- @section Outcomes
+
+--- The values of `info.outcome`, and when each is given.
+-- @table outcome
+-- @field rotated a 2xx answer whose `result.api_key` is a non-empty
+--   string, also when the rest of the envelope is beyond the strict
+--   parser (an `errors` entry says what could not be read).
+-- @field not_rotated no request byte reached the server (name resolution,
+--   connection refused, connect timeout, a proxy unreachable or refusing
+--   the tunnel, a TLS handshake or certificate failure); any 3xx (never
+--   followed); any 4xx but 408; an op cancelled before a byte was sent.
+--   Safe to try again.
+-- @field unknown the request was sent and then: 408, any 5xx, a timeout
+--   or a dropped connection before the whole answer, a 2xx without a
+--   readable `result.api_key`, an answer over `max_response_bytes` (or
+--   over the 64 KiB cap on headers); an op cancelled after a byte was
+--   sent. The key may have been rotated: do not retry blindly.
+
+--- Write-ahead journal.
+-- With the `journal` option (@{batch_options}), @{rotate_keys} writes
+-- ahead, so that after a crash at any instant (`kill -9`, the OOM killer,
+-- a power cut) every organization is in the journal with its new key,
+-- named as sent with no answer, named with its outcome, or absent (never
+-- sent). The rules:
+--
+-- 1. No request leaves before a `sent` record naming its organization is
+--    durable (written and fsync'ed); so at most `concurrency`
+--    organizations are ever recorded as sent with no outcome after them.
+-- 2. A new key is durable in the journal before it goes anywhere else
+--    (`save_to`, `on_result`, `on_progress`, the returned outcomes).
+-- 3. Every outcome is recorded, and so is a delivery once the key is
+--    durable where it was meant to go (the item's `save_to`). An
+--    organization is sent at most once per journal: a repeat is that
+--    item's error.
+-- 4. The file is created mode 0600 in a directory only its owner may
+--    write, and held under an exclusive `flock` while the batch runs. One
+--    record per line, each with its own CRC-32: a line torn by a crash or
+--    damaged is skipped by readers, never misread. A journal that already
+--    has records is refused (only `slashid-rotate --resume` continues
+--    one).
+-- 5. Group commit: the records that fall due in one turn of the loop
+--    share one write and one fsync; rules 1 and 2 hold for each record.
+-- 6. A journal that cannot be created, written or locked raises
+--    `slashid: journal: ...` before anything is sent. One that fails
+--    mid-run stops new starts; keys that still arrive are returned and
+--    count as not saved (`journal_error` says why).
+--
+-- The journal holds live keys: keep it like a key file, and delete it
+-- once they are stored. The record format and recovery: README,
+-- @{README#a-batch-that-survives-a-crash-the-write-ahead-journal|A batch that survives a crash};
+-- the command's journal and `--resume`: slashid-rotate(1), JOURNAL and
+-- RESUMING.
+-- @section Write_ahead_journal
+
+--- One organization as @{read_journal} reads it from a journal: the
+-- entries come in the order the organizations were first recorded, the
+-- latest record of each deciding.
+-- @table journal_entry
+-- @field org_id the organization.
+-- @field state `"sent"` (the request went out and no outcome was
+--   recorded: the crash case), `"rotated"`, `"not_rotated"`, `"unknown"`
+--   or `"lost"` (slashid-rotate `--resume` found the old key refused and
+--   no new key recorded).
+-- @field api_key the new key, for state `"rotated"` only.
+-- @field delivered boolean: a delivery of the key was recorded (it is
+--   durable where it was meant to go).
+-- @field delivered_to list of where it was delivered (`"save_to"`, or the
+--   command's `"store"`), or `nil`.
+-- @field sent_at seconds since the epoch of the latest `sent` record.
+-- @field request_timeout seconds: that request's time limit; once it has
+--   passed since `sent_at`, the request can no longer be answered.
+-- @field verified `false` once the key was recorded as failing `verify`,
+--   else `nil`.
