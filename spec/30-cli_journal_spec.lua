@@ -1,5 +1,6 @@
--- slashid-rotate's write-ahead journal, seen from outside (API.md,
--- "Command line" and rotate_keys' "Write-ahead journal"): the command is
+-- slashid-rotate's write-ahead journal, seen from outside
+-- (slashid-rotate(1): JOURNAL, RESUMING, SECRET STORES; the journal's rules:
+-- the reference's "Write-ahead journal", docs/values.ld.lua): the command is
 -- run as a subprocess against the emulator, killed, starved of its
 -- outputs, and resumed. The emulator's record of what it rotated
 -- (H.org(org).rotations and .api_key) is the truth every test compares
@@ -619,7 +620,8 @@ describe("slashid-rotate killed with SIGKILL", function()
         assert(saved2[org] == nil, "delivered again though the journal says delivered: " .. org)
       elseif class[org] == "A" and saved2[org] then
         -- killed between the save and its `delivered` record: delivered
-        -- again, the same key (API.md: a key may be delivered more than once)
+        -- again, the same key (slashid-rotate(1), SECRET STORES: a key may
+        -- be delivered more than once)
         H.assert_key_equal(saved[org], saved2[org], "delivered again, another key: " .. org)
       end
       if class[org] == "A" or class[org] == "B" then
@@ -1244,5 +1246,421 @@ describe("slashid-rotate's journal by default", function()
       assert.are.equal(0, H.requests(org), "a request was sent")
     end
     assert.are.equal(1, #lines_of(read(used)), "a record was added to a used journal")
+  end)
+end)
+
+-- =======================================================================
+-- Findings of the journal's review (issue 15), each as the reviewer
+-- reproduced it.
+
+-- The emulator's record is the truth: `org`'s current key is in the save
+-- file (`saved`: org -> key), or the journal at `jpath` is still there and
+-- holds it (rotated). Never shows a key.
+local function key_kept(org, saved, jpath, why)
+  local current = H.org(org).api_key
+  if saved[org] == current then return "saved" end
+  assert(exists(jpath), org .. ": its key is neither in the save file nor in a kept journal (" ..
+         why .. ")")
+  local e = journal_of(jpath)[org]
+  assert(e and e.state == "rotated" and e.api_key == current,
+         org .. ": its key is neither in the save file nor in the kept journal (" .. why .. ")")
+  return "journal"
+end
+
+-- Runs `fn` and, whatever it raised, `cleanup` (then raises it again).
+local function finally(fn, cleanup)
+  local ok, err = pcall(fn)
+  cleanup()
+  if not ok then error(err, 0) end
+end
+
+describe("slashid-rotate --resume stopped by a first SIGINT", function()
+  it("while it waits out the interrupted run's time limit: the journaled key is still delivered, " ..
+     "the organization in flight is reported unknown (not never started), the journal is kept; a later " ..
+     "--resume says lost", function()
+    local a, ka = H.new_org()
+    local b, kb = H.new_org()
+    H.faults(b, { { delay = 2 } })     -- the server rotates it after the kill
+    local list = { { org_id = a, api_key = ka }, { org_id = b, api_key = kb } }
+    local path = list_file(list)
+    local jdir = private_dir()
+    local env = { SLASHID_JOURNAL_DIR = jdir }
+    local job = spawn({ "--orgs", path, "--base-url", H.http_url, "--concurrency", "2",
+                        "--request-timeout", "8" }, { env = env })
+    wait_for("A's key journaled, B sent", 20, function()
+      local f = files_in(jdir)[1]
+      local entries = f and slashid.read_journal(f)
+      local st = {}
+      for _, e in ipairs(entries or {}) do st[e.org_id] = e.state end
+      return (st[a] == "rotated" and st[b] == "sent") or job.ended()
+    end)
+    assert.is_false(job.ended(), "the run ended before the kill: " .. shown(job.err()))
+    job.kill("KILL")
+    assert.are.equal(137, (job.wait(20)))
+    local jpath = the_journal(jdir)
+    wait_for("B's delayed request to land", 20, function() return H.org(b).rotations == 1 end)
+
+    local save = private_dir("saved") .. "/keys.tsv"
+    local resume = spawn({ "--resume", jpath, "--orgs", path, "--base-url", H.http_url,
+                           "--save-to", save, "--json" }, { env = env })
+    wait_for("--resume to wait", 20, function()
+      return resume.err():find("waiting", 1, true) ~= nil or resume.ended()
+    end)
+    assert.is_false(resume.ended(), "--resume did not wait: " .. shown(resume.err()))
+    resume.kill("INT")
+    local status, out, err = resume.wait(30)
+    local saved = key_lines(read(save) or "", "the save file")
+    key_kept(a, saved, jpath, "after the stopped --resume")
+    assert.is_true(exists(jpath), "the journal was removed: B is not decided: " .. shown(err))
+    assert.is_nil(err:find("never started", 1, true), "listed as never started:\n" .. shown(err))
+    local json = json_lines(out)
+    assert.are.equal("rotated", json[a] and json[a].outcome, shown(out))
+    assert.are.equal("unknown", json[b] and json[b].outcome, shown(out))
+    assert.are.equal(2, status, shown(err))
+    assert.is_truthy(err:find(jpath, 1, true), "the kept journal is not named on stderr")
+    local st = journal_of(jpath)[b].state
+    assert.is_truthy(st == "sent" or st == "unknown", "B: " .. tostring(st) .. " in the journal")
+    assert.are.equal(1, H.org(a).rotations)
+    no_keys(list, { out, err }, true)
+
+    -- nothing was dropped: a later --resume finishes it (B's key never arrived: lost)
+    local save2 = private_dir("saved") .. "/keys.tsv"
+    local status2, out2, err2 = run({ "--resume", jpath, "--orgs", path, "--base-url", H.http_url,
+                                      "--save-to", save2, "--json" }, { env = env })
+    assert.are.equal(4, status2, shown(err2))
+    assert.are.equal("lost", json_lines(out2)[b].outcome)
+    local saved2 = key_lines(read(save2) or "", "the second save file")
+    if saved[a] ~= H.org(a).api_key then
+      H.assert_key_equal(H.org(a).api_key, saved2[a], "A's key was never delivered")
+    end
+    for _, o in ipairs(list) do assert.are.equal(1, H.org(o.org_id).rotations, o.org_id) end
+  end)
+
+  it("while an organization is in flight: it finishes and is saved, the journaled key is still " ..
+     "delivered, a journaled lost organization is reported lost (exit 4); no key is dropped", function()
+    -- run 1: B rotated, its key on stdout only (the journal keeps it)
+    local b, kb = H.new_org()
+    local jdir = private_dir()
+    local env = { SLASHID_JOURNAL_DIR = jdir }
+    local status1, _, err1 = run({ "--orgs", list_file({ { org_id = b, api_key = kb } }),
+                                   "--base-url", H.http_url }, { env = env })
+    assert.are.equal(0, status1, shown(err1))
+    local jpath = the_journal(jdir, err1)
+    -- L: recorded lost by an earlier --resume of that run (records as journal.lua writes them)
+    local l, kl = H.new_org()
+    local f = assert(io.open(jpath, "ab"))
+    f:write(journal_line(socket.gettime(), "sent", l, "rt=3"),
+            journal_line(socket.gettime(), "lost", l, "-"))
+    f:close()
+    -- A: new, slow to answer; listed first, so it is in flight when the signal comes
+    local a, ka = H.new_org()
+    H.faults(a, { { delay = 2 } })
+    local list = { { org_id = a, api_key = ka }, { org_id = b, api_key = kb },
+                   { org_id = l, api_key = kl } }
+    local save = private_dir("saved") .. "/keys.tsv"
+    local job = spawn({ "--resume", jpath, "--orgs", list_file(list), "--base-url", H.http_url,
+                        "--save-to", save, "--concurrency", "1", "--json" }, { env = env })
+    wait_for("A in flight", 20, function() return H.requests(a) >= 1 or job.ended() end)
+    assert.is_false(job.ended(), "--resume ended early: " .. shown(job.err()))
+    job.kill("INT")
+    local status, out, err = job.wait(30)
+    local saved = key_lines(read(save) or "", "the save file")
+    H.assert_key_equal(H.org(a).api_key, saved[a], "A finished in flight but was not saved")
+    key_kept(b, saved, jpath, "after the stopped --resume")
+    assert.is_nil(err:find("never started", 1, true), "listed as never started:\n" .. shown(err))
+    local json = json_lines(out)
+    assert.are.equal("rotated", json[a] and json[a].outcome, shown(out))
+    assert.are.equal("rotated", json[b] and json[b].outcome, shown(out))
+    assert.are.equal("lost", json[l] and json[l].outcome, shown(out))
+    assert.are.equal(4, status, shown(err))
+    for _, o in ipairs({ a, b }) do assert.are.equal(1, H.org(o).rotations, o) end
+    assert.are.equal(0, H.requests(l), "a request for the lost organization")
+    -- kept unless every key was delivered: here L is lost, so kept
+    assert.is_true(exists(jpath), "the journal was removed: " .. shown(err))
+    assert.are.equal("lost", journal_of(jpath)[l].state)
+    no_keys(list, { out, err }, true)
+  end)
+end)
+
+-- An LD_PRELOAD shim (compiled at test time): every write(2) to a file
+-- whose path holds SHIM_MATCH fails with ENOSPC, from the first one whose
+-- data holds SHIM_FROM on (a disk that fills up at that record).
+local ENOSPC_SHIM = [[
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static int failing;
+static int watched(int fd) {
+  char link[64], path[4096];
+  const char *m = getenv("SHIM_MATCH");
+  ssize_t n;
+  if (!m || !*m) return 0;
+  snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+  n = readlink(link, path, sizeof path - 1);
+  if (n <= 0) return 0;
+  path[n] = 0;
+  return strstr(path, m) != NULL;
+}
+ssize_t write(int fd, const void *buf, size_t n) {
+  static ssize_t (*real)(int, const void *, size_t);
+  const char *from = getenv("SHIM_FROM");
+  if (!real) real = (ssize_t (*)(int, const void *, size_t))dlsym(RTLD_NEXT, "write");
+  if (fd > 2 && watched(fd)) {
+    if (!failing && from && memmem(buf, n, from, strlen(from))) failing = 1;
+    if (failing) { errno = ENOSPC; return -1; }
+  }
+  return real(fd, buf, n);
+}
+]]
+
+-- The shim built in a scratch folder: its path, or nil and why not.
+local function enospc_shim()
+  if not sh("command -v cc >/dev/null 2>&1") then return nil, "needs a C compiler (cc)" end
+  local dir = private_dir("shim")
+  write(dir .. "/enospc.c", ENOSPC_SHIM)
+  local so = dir .. "/enospc.so"
+  if not sh(("env -u LD_PRELOAD cc -shared -fPIC -o %s %s -ldl >/dev/null 2>&1")
+            :format(q(so), q(dir .. "/enospc.c"))) then
+    return nil, "cc could not build the LD_PRELOAD shim"
+  end
+  return so
+end
+
+describe("slashid-rotate whose journal fails in a later round", function()
+  it("--orgs from a pipe that stalls; the journal fails (ENOSPC) as A's key arrives, B comes later: " ..
+     "exit 3 (not 64), B not sent, A's key stored or in a rescue file, stderr names A", function()
+    local so, why = enospc_shim()
+    if not so then pending(why) return end
+    local a, ka = H.new_org()
+    local b, kb = H.new_org()
+    local dir = private_dir("round2")
+    local la = write(dir .. "/a.tsv", a .. "\t" .. ka .. "\n")
+    local lb = write(dir .. "/b.tsv", b .. "\t" .. kb .. "\n")
+    local jdir = private_dir()
+    local jpath = jdir .. "/run.journal"
+    local rescue = private_dir("rescue")
+    local stored = private_dir("stored")
+    -- a slow store: A's delivery is still under way when B starts a second round
+    local store = ("sleep 3; cat >%s/\"$SLASHID_ORG_ID\""):format(q(stored))
+    local cmd = cmdline({ "--orgs", "-", "--base-url", H.http_url, "--journal", jpath,
+                          "--store-cmd", store },
+                        { env = { LD_PRELOAD = ((os.getenv("LD_PRELOAD") or "") .. " " .. so)
+                                                 :gsub("^ ", ""),
+                                  SHIM_MATCH = jdir, SHIM_FROM = "\trotated\t",
+                                  TMPDIR = rescue } })
+    local job = H.spawn("sh -c " .. q(("{ cat %s; sleep 2; cat %s; sleep 1; } | %s")
+                                      :format(q(la), q(lb), cmd)))
+    local status, _, err = job.wait(60)
+    assert.are.equal(3, status, shown(err))
+    assert.are.equal(1, H.org(a).rotations)
+    local current = H.org(a).api_key
+    local in_store = read(stored .. "/" .. a) == current
+    local in_rescue = false
+    for _, f in ipairs(H.rescue_files(rescue)) do
+      if (read(f) or ""):find(a .. "\t" .. current .. "\n", 1, true) then in_rescue = true end
+    end
+    assert(in_store or in_rescue, "A's key is neither stored nor in a rescue file:\n" .. shown(err))
+    assert.are.equal(0, H.requests(b), "B was sent with the journal failed")
+    assert.is_truthy(err:find(a, 1, true), "stderr does not name A:\n" .. shown(err))
+    no_keys({ { org_id = a, api_key = ka }, { org_id = b, api_key = kb } }, { err }, true)
+  end)
+end)
+
+describe("slashid-rotate's store commands and SLASHID_API_KEY", function()
+  local function env_of(dir, org)
+    local text = read(dir .. "/" .. org .. ".env")
+    assert(text and #text > 0, "the store command recorded no environment for " .. org)
+    return text
+  end
+
+  it("a store command's environment never holds SLASHID_API_KEY (exported beside --orgs; " ..
+     "the old key of --org-id)", function()
+    local dir = private_dir("storeenv")
+    local store = ('cat >%s/"$SLASHID_ORG_ID.key"; env >%s/"$SLASHID_ORG_ID.env"'):format(q(dir), q(dir))
+    -- an --orgs run with SLASHID_API_KEY exported (some value)
+    local exported = ("sk_exported%08x%08x"):format(math.random(0, 0x7fffffff), math.random(0, 0x7fffffff))
+    local path, list = orgs_file(2)
+    local status, out, err = run({ "--orgs", path, "--base-url", H.http_url, "--store-cmd", store },
+                                 { env = { SLASHID_JOURNAL_DIR = private_dir(),
+                                           SLASHID_API_KEY = exported } })
+    assert.are.equal(0, status, shown(err))
+    for _, o in ipairs(list) do
+      H.assert_key_equal(H.org(o.org_id).api_key, read(dir .. "/" .. o.org_id .. ".key"), o.org_id)
+      local text = env_of(dir, o.org_id)
+      H.assert_no_secret(text, exported)
+      assert.is_nil(("\n" .. text):find("\nSLASHID_API_KEY=", 1, true),
+                    "SLASHID_API_KEY is in the store command's environment")
+    end
+    no_keys(list, { out, err }, true)
+    -- one organization, its old key in SLASHID_API_KEY
+    local org, key = H.new_org()
+    local status2, out2, err2 = run({ "--org-id", org, "--base-url", H.http_url, "--store-cmd", store },
+                                    { env = { SLASHID_JOURNAL_DIR = private_dir(),
+                                              SLASHID_API_KEY = key } })
+    assert.are.equal(0, status2, shown(err2))
+    H.assert_key_equal(H.org(org).api_key, read(dir .. "/" .. org .. ".key"))
+    local text = env_of(dir, org)
+    H.assert_no_secret(text, key)
+    assert.is_nil(("\n" .. text):find("\nSLASHID_API_KEY=", 1, true),
+                  "SLASHID_API_KEY is in the store command's environment")
+  end)
+end)
+
+describe("slashid-rotate --resume given another key than the interrupted run presented", function()
+  it("in flight when the run was killed (the server never rotated it), resumed with a mistyped key: " ..
+     "unknown (exit 2), not lost; resumed with the right key: rotated once", function()
+    local a, ka = H.new_org()
+    H.faults(a, { { delay = 3, status = 500, message = "later" } })
+    local typo = ka:sub(1, -2) .. (ka:sub(-1) == "x" and "y" or "x")
+    local path = list_file({ { org_id = a, api_key = ka } })
+    local typo_path = list_file({ { org_id = a, api_key = typo } })
+    local jdir = private_dir()
+    local env = { SLASHID_JOURNAL_DIR = jdir }
+    local job = spawn({ "--orgs", path, "--base-url", H.http_url, "--request-timeout", "2" },
+                      { env = env })
+    wait_for("A sent", 20, function()
+      local f = files_in(jdir)[1]
+      local entries = f and slashid.read_journal(f)
+      local sent = false
+      for _, e in ipairs(entries or {}) do sent = sent or (e.org_id == a and e.state == "sent") end
+      return (sent and H.requests(a) >= 1) or job.ended()
+    end)
+    assert.is_false(job.ended(), "the run ended before the kill: " .. shown(job.err()))
+    job.kill("KILL")
+    assert.are.equal(137, (job.wait(20)))
+    local jpath = the_journal(jdir)
+
+    local status, out, err = run({ "--resume", jpath, "--orgs", typo_path, "--base-url", H.http_url,
+                                   "--json", "--request-timeout", "2" }, { env = env })
+    assert.are.equal(0, H.org(a).rotations)
+    local obj = json_lines(out)[a]
+    assert(obj, "no JSON line for A: " .. shown(err))
+    assert.are.equal("unknown", obj.outcome, shown(err))
+    assert.are.equal(2, status, shown(err))
+    assert.is_true(exists(jpath), "the journal was removed")
+    assert.are.equal("unknown", journal_of(jpath)[a].state)
+    no_keys({ { org_id = a, api_key = ka }, { org_id = a, api_key = typo } }, { out, err }, true)
+
+    local save = private_dir("saved") .. "/keys.tsv"
+    local status2, out2, err2 = run({ "--resume", jpath, "--orgs", path, "--base-url", H.http_url,
+                                      "--save-to", save, "--request-timeout", "2" }, { env = env })
+    assert.are.equal(0, status2, shown(err2))
+    local state = H.org(a)
+    assert.are.equal(1, state.rotations)
+    H.assert_key_equal(state.api_key, key_lines(read(save))[a])
+    assert.is_false(exists(jpath), "the journal was kept: " .. shown(err2))
+    no_keys({ { org_id = a, api_key = ka } }, { out2, err2 }, true)
+  end)
+end)
+
+describe("slashid-rotate whose stdout reader never reads", function()
+  it("a FIFO held open by a reader that never reads, --json over 1500 organizations: two SIGINTs " ..
+     "end the command within seconds, not exit 0, every rotated key in the journal", function()
+    local n = 1500
+    local path, list = orgs_file(n)
+    local jdir = private_dir()
+    local dir = private_dir("stuck")
+    local fifo = dir .. "/stdout"
+    assert(sh("mkfifo -m 600 " .. q(fifo)))
+    local reader = H.spawn("sleep 300", fifo)     -- opens it, never reads
+    local job = H.spawn("sh -c " .. q("exec " .. cmdline({ "--orgs", path, "--base-url", H.http_url,
+                                                           "--json", "--concurrency", "16" },
+                                                         { env = { SLASHID_JOURNAL_DIR = jdir } }) ..
+                                      " >" .. q(fifo)))
+    local function rotated_records()
+      local f = files_in(jdir)[1]
+      local text = f and read(f) or ""
+      local c = 0
+      for _ in text:gmatch("\trotated\t") do c = c + 1 end
+      return c
+    end
+    local ended_in_time
+    finally(function()
+      -- stuck: no new rotated record for 1.5 s (the pipe is full)
+      local last, since = -1, socket.gettime()
+      wait_for("the output to fill the pipe", 120, function()
+        if job.ended() then return true end
+        local c = rotated_records()
+        if c ~= last then last, since = c, socket.gettime() end
+        return c > 0 and socket.gettime() - since > 1.5
+      end)
+      assert.is_false(job.ended(), "the command ended with nobody reading: " .. shown(job.err()))
+      assert.is_true(last < n, "every organization was printed: the pipe never filled")
+      job.kill("INT")
+      wait_for("the first signal to be taken", 10, function()
+        return job.err():find("interrupted", 1, true) ~= nil or job.ended()
+      end)
+      if not job.ended() then job.kill("INT") end
+      ended_in_time = pcall(wait_for, "the command to end", 5, job.ended)
+    end, function()
+      if not job.ended() then sh("kill -9 " .. job.pid .. " 2>/dev/null") end
+      sh("kill " .. reader.pid .. " 2>/dev/null")
+    end)
+    local status, _, err = job.wait(20)
+    assert.is_true(ended_in_time, "still running 5 s after the second SIGINT")
+    assert.are_not.equal(0, status, shown(err))
+    local jpath = the_journal(jdir, err)
+    local by = journal_of(jpath)
+    local rotated = 0
+    for _, o in ipairs(list) do
+      if H.org(o.org_id).rotations > 0 then
+        rotated = rotated + 1
+        assert_journaled(by, o.org_id, nil)
+      end
+    end
+    assert.is_true(rotated > 0)
+    no_keys(list, { err }, true)
+  end)
+end)
+
+describe("slashid-rotate --store-timeout while the input is idle", function()
+  it("--orgs - from a producer that stays open: the store command (sleep 100) is killed about 1 s " ..
+     "after it starts, long before the input ends; exit 3, the key kept in the journal", function()
+    local a, ka = H.new_org()
+    local dir = private_dir("idle")
+    local line = write(dir .. "/a.tsv", a .. "\t" .. ka .. "\n")
+    local pidfile = dir .. "/producer.pid"
+    -- one line, then 15 s of silence with the pipe open
+    local producer = ("sh -c %s"):format(q(("cat %s; echo $$ >%s; exec sleep 15")
+                                           :format(q(line), q(pidfile))))
+    -- (unique to this run: the clock's microseconds, a random number)
+    local marker = ("sleep 100.%06d%04d"):format(math.floor(socket.gettime() * 1e6) % 1000000,
+                                                 math.random(0, 9999))
+    local jdir = private_dir()
+    local cmd = cmdline({ "--orgs", "-", "--base-url", H.http_url, "--store-timeout", "1",
+                          "--store-cmd", marker }, { env = { SLASHID_JOURNAL_DIR = jdir } })
+    local job = H.spawn("sh -c " .. q(producer .. " | " .. cmd))
+    local seen_at
+    finally(function()
+      wait_for("the producer", 10, function() return exists(pidfile) end)
+      local t0 = socket.gettime()
+      wait_for("the store command to start", 10, function() return H.org(a).rotations == 1 end)
+      local ok = pcall(wait_for, "\"timed out\" on stderr", 6, function()
+        return job.err():find("timed out", 1, true) ~= nil or job.ended()
+      end)
+      seen_at = ok and socket.gettime() - t0
+      assert(seen_at, "no \"timed out\" on stderr 6 s after the key arrived (the input still " ..
+             "open):\n" .. shown(job.err()))
+      assert.is_false(job.ended(), "the command ended with its input still open")
+    end, function()
+      local pid = tonumber((read(pidfile) or ""):match("%d+"))
+      if pid then sh("kill " .. pid .. " 2>/dev/null") end     -- ends the input
+    end)
+    local status, out, err = job.wait(30)
+    local p = io.popen("pgrep -f " .. q("^" .. marker .. "$") .. " 2>/dev/null")
+    local left = p:read("*a")
+    p:close()
+    for pid in left:gmatch("%d+") do sh("kill -9 " .. pid) end   -- our own leftovers
+    assert.are.equal("", left, "the store command's process outlived its kill")
+    assert.are.equal(3, status, shown(err))
+    assert.are.equal(1, H.org(a).rotations)
+    local jpath = the_journal(jdir, err)
+    assert_journaled(journal_of(jpath), a, false)
+    assert_empty(out, "stdout")
+    no_keys({ { org_id = a, api_key = ka } }, { out, err }, true)
   end)
 end)

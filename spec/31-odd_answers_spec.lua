@@ -1081,3 +1081,82 @@ describe("ca_file from SLASHID_CA_FILE", function()
     assert.are.equal(0, H.org(org2).rotations)
   end)
 end)
+
+-- ---- review findings (issue 15) ------------------------------------------------
+
+describe("slashid.read_journal given what is not a regular file", function()
+  it("a FIFO with no writer: nil and a message at once, never blocking (in a subprocess under timeout)", function()
+    local dir = H.mkdir(H.tmpname("rj-fifo"))
+    local fifo = dir .. "/run.journal"
+    assert(os.execute("mkfifo -m 600 " .. H.q(fifo)))
+    local script = H.write(dir .. "/read.lua", [[
+      local entries, why = require("slashid").read_journal(arg[1])
+      io.write(tostring(entries), "\n", type(why), "\n")
+    ]])
+    local socket = require "socket"
+    local t0 = socket.gettime()
+    local p = io.popen(("timeout 10 %s %s %s 2>&1; echo \"rc=$?\"")
+                       :format(H.lua, H.q(script), H.q(fifo)))
+    local out = p:read("*a")
+    p:close()
+    local took = socket.gettime() - t0
+    assert.is_nil(out:find("rc=124", 1, true), "read_journal blocked on the FIFO (killed by timeout)")
+    assert.are.equal("nil\nstring\nrc=0\n", out)
+    assert.is_true(took < 5, ("it took %.1f s"):format(took))
+  end)
+
+  it("a device (/dev/null) or a directory: nil and a message, not an empty journal", function()
+    for _, path in ipairs({ "/dev/null", H.mkdir(H.tmpname("rj-dir")) }) do
+      local entries, why = slashid.read_journal(path)
+      assert.is_nil(entries, path .. " read as a journal")
+      assert.is_string(why, path)
+    end
+  end)
+end)
+
+describe("a 200 whose new key holds CR LF", function()
+  local EVIL = "sk_abc\r\nX-Injected: yes"
+
+  local function assert_no_injection(state)
+    for i, r in ipairs(state.requests) do
+      assert.is_nil(r.headers["x-injected"], "request " .. i .. " (" .. r.method ..
+                    ") carried an injected header")
+    end
+  end
+
+  it("with verify = true: the check is never sent (one request, the PUT); info.verified false " ..
+     "with an errors entry", function()
+    local org, key = H.new_org()
+    H.faults(org, { { status = 200, rotate = true, json = { result = { api_key = EVIL } } } })
+    local result, errors, _, info = slashid.rotate_key(H.opts(org, key, { verify = true }))
+    assert.are.equal("rotated", info.outcome, messages(errors))
+    H.assert_key_equal(EVIL, result.api_key)
+    local state = H.org(org)
+    assert_no_injection(state)
+    for i, r in ipairs(state.requests) do
+      assert.are_not.equal("GET", r.method, "request " .. i .. ": the check was sent")
+    end
+    assert.are.equal(1, #state.requests)
+    assert.is_false(info.verified)
+    assert.is_true(#errors >= 1, "no errors entry")
+    H.assert_no_secret(H.flatten(errors, info), key)
+  end)
+
+  it("a client that rotated it does not adopt it: its next request presents the old key " ..
+     "(the emulator's `previous`), no injected header", function()
+    local org, key = H.new_org()
+    H.faults(org, { { status = 200, rotate = true, json = { result = { api_key = EVIL } } } })
+    local client = slashid.new(H.opts(org, key))
+    local r, e, _, i = client:rotate_key()
+    assert.are.equal("rotated", i.outcome, messages(e))
+    H.assert_key_equal(EVIL, r.api_key)
+    local ok, why = pcall(client.check_key, client)
+    client:close()
+    local state = H.org(org)
+    assert_no_injection(state)
+    assert.are.equal(2, #state.requests, "the client's next call sent no request" ..
+                     (ok and "" or (": " .. tostring(why))))
+    assert.are.equal("PUT", state.requests[1].method)
+    assert.are.equal("previous", state.requests[2].key, "the next request did not present the old key")
+  end)
+end)
