@@ -44,6 +44,7 @@ local core = require "slashid.core"
 local options = require "slashid.options"
 local job = require "slashid.job"
 local request = require "slashid.request"
+local outcome = require "slashid.outcome"
 
 local setmetatable, type, next, tostring, error = setmetatable, type, next, tostring, error
 local rawget, getenv = rawget, os.getenv
@@ -529,11 +530,16 @@ end
 -- own key for the client's own organization (named explicitly or not):
 -- if it rotates, the key the client holds is dead.
 -- A base URL as compared for adoption: scheme and host in lower case
--- (they are case-insensitive), no trailing slash.
+-- (they are case-insensitive), the scheme's default port left out, no
+-- trailing slash.
+local DEFAULT_PORT = { http = ":80", https = ":443" }
 local function url_key(url)
-  local scheme_host, rest = url:match("^([%a][%w+.-]*://[^/]*)(.*)$")
-  if not scheme_host then return url end
-  return scheme_host:lower() .. rest:gsub("/+$", "")
+  local scheme, host, rest = url:match("^([%a][%w+.-]*)://([^/]*)(.*)$")
+  if not scheme then return url end
+  scheme, host = scheme:lower(), host:lower()
+  local port = DEFAULT_PORT[scheme]
+  if port and host:sub(-#port) == port then host = host:sub(1, -#port - 1) end
+  return scheme .. "://" .. host .. rest:gsub("/+$", "")
 end
 
 local function holds(st, cfg)
@@ -555,7 +561,7 @@ end
 local function adopt(st, cfg, result)
   -- a key holding a control character would go out as a header of its own
   -- (CR LF): it is returned to the caller, never adopted
-  if result.api_key:find("[%c\127]") then return end
+  if not outcome.printable(result.api_key) then return end
   if st.handle then
     local d = st.defaults
     if d.api_key ~= result.api_key or d.org_id ~= cfg.org_id then

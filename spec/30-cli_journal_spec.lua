@@ -1664,3 +1664,23 @@ describe("slashid-rotate --store-timeout while the input is idle", function()
     no_keys({ { org_id = a, api_key = ka } }, { out, err }, true)
   end)
 end)
+
+describe("slashid-rotate and a new key holding a byte outside printable ASCII", function()
+  it("--json: one object, whose errors say the key is only in the journal; exit 3", function()
+    local org, key = H.new_org()
+    H.faults(org, { { status = 200, rotate = true,
+                      body = '{"errors":[],"result":{"api_key":"sk_line\\nbreak_key_0123456789"}}' } })
+    local status, out, err = run({ "--org-id", org, "--base-url", H.http_url, "--json" },
+                                 { env = { SLASHID_API_KEY = key } })
+    assert.are.equal(3, status, err)
+    local objects = {}
+    for line in out:gmatch("[^\n]+") do objects[#objects + 1] = cjson.decode(line) end
+    assert.are.equal(1, #objects, "one object per organization")
+    assert.are.equal("rotated", objects[1].outcome)
+    assert.is_nil(objects[1].api_key)
+    local said = {}
+    for _, e in ipairs(objects[1].errors) do said[#said + 1] = e.message end
+    assert.is_truthy(table.concat(said, " "):find("outside printable ASCII", 1, true))
+    assert.is_truthy(err:find("journal", 1, true), err)
+  end)
+end)

@@ -346,7 +346,8 @@ describe("a 2xx the strict parser refuses (read tolerantly)", function()
     for _, b in ipairs(bodies) do unknown_answer(b[2], b[1]) end
   end)
 
-  it("an object cut short (no closing brace, the transfer complete): unknown", function()
+  it("an object broken after a whole key (the transfer complete): rotated; cut in the key: unknown", function()
+    -- a key whose closing quote arrived is whole, whatever follows it
     local bodies = {
       { "no closing brace", '{"result":{"api_key":"{{new_key}}"}' },
       { "no closing brace after a surrogate", '{"result":{"api_key":"{{new_key}}"},"meta":{"m":"\\ud83d"}' },
@@ -355,9 +356,12 @@ describe("a 2xx the strict parser refuses (read tolerantly)", function()
         nested_objects(100):sub(1, -3) },
       { "cut after a comma", '{"result":{"api_key":"{{new_key}}"},' },
       { "result not closed", '{"result":{"api_key":"{{new_key}}",' },
-      { "cut in the key", '{"result":{"api_key":"{{new_key}}' },
+      { "a trailing comma in result", '{"result":{"api_key":"{{new_key}}",},"errors":[]}' },
+      { "a trailing comma at the top", '{"result":{"api_key":"{{new_key}}"},}' },
+      { "an empty value after the key", '{"result":{"api_key":"{{new_key}}"},"meta":,"errors":[]}' },
     }
-    for _, b in ipairs(bodies) do unknown_answer(b[2], b[1]) end
+    for _, b in ipairs(bodies) do rotated_tolerantly(b[2], b[1]) end
+    unknown_answer('{"result":{"api_key":"{{new_key}}', "cut in the key")
   end)
 
   it("result.api_key a number, null, true, an object, an array, empty: unknown", function()
@@ -1159,4 +1163,76 @@ describe("a 200 whose new key holds CR LF", function()
     assert.are.equal("PUT", state.requests[1].method)
     assert.are.equal("previous", state.requests[2].key, "the next request did not present the old key")
   end)
+end)
+
+-- ---- answers a gateway encodes, keys with bytes beyond ASCII ------------------
+
+describe("a 2xx a gateway gzip-encoded (no Accept-Encoding asked for none)", function()
+  local socket = require "socket"
+
+  -- Serves one raw HTTP answer on 127.0.0.1 while an op runs; returns the
+  -- op's four values and the request's head.
+  local function serve_once(answer, opts)
+    local server = assert(socket.bind("127.0.0.1", 0))
+    local _, port = server:getsockname()
+    server:settimeout(0)
+    opts.base_url = "http://127.0.0.1:" .. port
+    local op = slashid.start_rotate_key(opts)
+    local client, head = nil, ""
+    local deadline = socket.gettime() + 10
+    while not op:poll() and socket.gettime() < deadline do
+      if not client then
+        client = server:accept()
+        if client then client:settimeout(0) end
+      elseif not head:find("\r\n\r\n", 1, true) then
+        local data, _, part = client:receive(4096)
+        head = head .. (data or part or "")
+        if head:find("\r\n\r\n", 1, true) then
+          client:settimeout(5)
+          client:send(answer)
+          client:close()
+        end
+      end
+      socket.sleep(0.005)
+    end
+    server:close()
+    assert.is_true(op:poll(), "the op did not finish")
+    local r, e, p, i = op:results()
+    return r, e, p, i, head
+  end
+
+  it("is decoded: rotated, the key returned", function()
+    local key = "sk_gzipped_" .. ("k"):rep(30)
+    local dir = H.mkdir(H.tmpname("gz"))
+    H.write(dir .. "/body.json", '{"errors":[],"result":{"api_key":"' .. key .. '"}}')
+    local p = assert(io.popen("gzip -c " .. dir .. "/body.json"))
+    local gz = p:read("*a")
+    p:close()
+    assert.is_true(#gz > 20, "gzip is needed for this test")
+    local answer = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n" ..
+                   "Content-Length: " .. #gz .. "\r\nConnection: close\r\n\r\n" .. gz
+    local result, errors, _, info, head = serve_once(answer, { org_id = "org-gz", api_key = "sk_old_gz_key_000000000000" })
+    assert.are.equal("rotated", info.outcome, messages(errors))
+    assert.is_true(result.api_key == key, "another key came back")
+    -- the request admits the codings libcurl decodes
+    assert.is_truthy(head:lower():find("accept%-encoding:"), "no Accept-Encoding sent")
+  end)
+end)
+
+describe("a new key with a byte beyond printable ASCII (UTF-8 C1 controls, line separators)", function()
+  for _, case in ipairs({ { "U+0085 (NEL)", "\\u0085" }, { "U+009B (CSI)", "\\u009b" },
+                          { "U+2028 (line separator)", "\\u2028" }, { "an accented letter", "\\u00e9" } }) do
+    it(case[1] .. ": returned, never written to save_to", function()
+      local org, key = org_with_known_key()
+      H.faults(org, { { status = 200, rotate = true,
+                        body = '{"errors":[],"result":{"api_key":"sk_beyond' .. case[2] .. 'ascii"}}' } })
+      local path = H.mkdir(H.tmpname("c1")) .. "/key"
+      local result, errors, _, info = slashid.rotate_key(H.opts(org, key, { save_to = path }))
+      assert.are.equal("rotated", info.outcome, messages(errors))
+      assert.is_truthy(result.api_key:find("[\128-\255]"), "the key came back changed")
+      assert.is_false(info.saved)
+      assert.is_nil(H.read_if_any(path), "the file was written")
+      assert.is_truthy(messages(errors):find("not saved", 1, true), messages(errors))
+    end)
+  end
 end)

@@ -324,7 +324,7 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
      rather than lost. */
   if (readable && status >= 200 && status <= 299 && t->body.len &&
       !has_api_key(L, envelope) &&
-      sid_tolerant_api_key(L, t->body.data, t->body.len)) {
+      sid_tolerant_api_key(L, t->body.data, t->body.len, !complete)) {
     if (lua_type(L, envelope) != LUA_TTABLE) {
       lua_newtable(L);
       lua_replace(L, envelope);

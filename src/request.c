@@ -227,6 +227,10 @@ void sid_request_set(lua_State *L, int req, int ud, sid_transfer *t) {
   SETOPT(t, CURLOPT_TIMEOUT_MS, timeout_ms);
 #endif
   SETOPT(t, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)t->max_bytes);
+  /* A request without Accept-Encoding admits any coding (RFC 9110): a
+     gateway may gzip the answer. libcurl decodes what it offers, so an
+     encoded 2xx still yields its key; the body cap counts decoded bytes. */
+  SETOPT(t, CURLOPT_ACCEPT_ENCODING, "");
   lua_getfield(L, req, "pipewait");
   if (lua_toboolean(L, -1)) SETOPT(t, CURLOPT_PIPEWAIT, 1L);
   lua_pop(L, 1);

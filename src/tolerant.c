@@ -8,8 +8,10 @@
  * value it does not need skipped whole (strings with their escapes,
  * nested values by depth, so a string holding `"api_key":"..."` never
  * fools it), and only `result` opened, to take `api_key` when it is a
- * well-formed, non-empty JSON string. The whole top-level object must be
- * there (its closing brace): a cut answer gives nothing.
+ * well-formed, non-empty JSON string. What follows the key may be broken
+ * (a trailing comma, a member cut short, a missing last brace): a key
+ * whose closing quote arrived is whole. The caller says whether that is
+ * enough: for an answer whose transfer failed it wants the whole object.
  */
 #include <string.h>
 #include "slashid.h"
@@ -219,9 +221,9 @@ static int take_result(lua_State *L, reader *r, int found) {
   return skip_value(r);
 }
 
-int sid_tolerant_api_key(lua_State *L, const char *s, size_t n) {
+int sid_tolerant_api_key(lua_State *L, const char *s, size_t n, int whole) {
   reader r;
-  int found;
+  int found, walked;
   r.s = s;
   r.n = n;
   r.i = 0;
@@ -232,9 +234,9 @@ int sid_tolerant_api_key(lua_State *L, const char *s, size_t n) {
      ignore one) */
   if (n >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0) r.i = 3;
   skip_space(&r);
-  if (r.i >= r.n || r.s[r.i] != '{' ||
-      !walk_object(L, &r, "result", take_result, found) ||
-      lua_type(L, found) != LUA_TSTRING) {
+  walked = r.i < r.n && r.s[r.i] == '{' &&
+           walk_object(L, &r, "result", take_result, found);
+  if ((whole && !walked) || lua_type(L, found) != LUA_TSTRING) {
     lua_pop(L, 1);
     return 0;
   }

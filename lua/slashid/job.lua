@@ -177,11 +177,12 @@ function Job:conclude(result, errors, pagination, facts)
         self.told = true
       end
       outcome.save(self.cfg, result, errors, info)
-      if self.cfg.verify and result.api_key:find("[%c\127]") then
+      if self.cfg.verify and not outcome.printable(result.api_key) then
         -- sent as a header it would split into two (CR LF): never sent
         info.verified = false
         outcome.add_error(errors, 0, "not verified: the new key holds a control " ..
-                          "character and cannot be sent as a header")
+                          "character or another byte outside printable ASCII and cannot " ..
+                          "be sent as a header")
       elseif self.cfg.verify then
         if not self.cancelled then
           return self:begin("verify", outcome.verify_cfg(self.cfg, result.api_key))

@@ -98,15 +98,22 @@ end
 
 -- After a rotation the old key is dead: a failure to save is reported,
 -- never raised, and the key stays in result.
+-- Whether a key is made of printable ASCII only: one holding a control
+-- byte (a newline, a NUL, UTF-8's C1 controls and line separators, any
+-- byte over 126) is returned to the caller but never written to a file,
+-- sent as a header (verify) or adopted: a reader of the file's first line,
+-- or a header parser, would take it for something else.
+function M.printable(key)
+  return not key:find("[^\32-\126]")
+end
+
 function M.save(cfg, result, errors, info)
   if not cfg.save_to then return end
-  -- a key holding a control byte (a newline, a NUL) would be read back cut
-  -- short from the file's first line: it is returned, never written
-  if result.api_key:find("[%c\127]") then
+  if not M.printable(result.api_key) then
     info.saved = false
-    add_error(errors, 0, "the key was rotated but not saved: it holds a control " ..
-              "character, so no file could hold it readably (the new key is in " ..
-              "result.api_key)")
+    add_error(errors, 0, "the key was rotated but not saved: it holds a control character " ..
+              "or another byte outside printable ASCII, so no file could hold it readably " ..
+              "(the new key is in result.api_key)")
     return
   end
   local ok, why = core.write_key_file(cfg.save_to, result.api_key .. "\n")

@@ -46,6 +46,14 @@ function M.new(ctx)
     tally.total, tally.rotated = tally.total + 1, tally.rotated + 1
     local problems = e.problems
     local stranded = #problems > 0 and not journaled() and not e.printed
+    -- --json: what went wrong is in the object's errors too
+    local json_errors = e.errors
+    if #problems > 0 then
+      json_errors = {}
+      for k, x in ipairs(e.errors) do json_errors[k] = x end
+      for _, p in ipairs(problems) do json_errors[#json_errors + 1] = { httpcode = 0, message = p } end
+    end
+    if o.json and e.unprintable then out.line(json_line(e.org_id, "rotated", e.status, json_errors)) end
     if stranded and e.unprintable then
       -- no line or file can hold it readably: stderr, shown escaped, is
       -- the only way out left
@@ -57,8 +65,8 @@ function M.new(ctx)
                  end)), false)
       return
     end
-    if o.json and not e.on_stdout then
-      local ok = out.line(json_line(e.org_id, "rotated", e.status, e.errors,
+    if o.json and not e.on_stdout and not e.unprintable then
+      local ok = out.line(json_line(e.org_id, "rotated", e.status, json_errors,
                                     stranded and e.key or nil))
       if stranded then e.printed = ok end
     elseif stranded then
@@ -219,9 +227,6 @@ function M.new(ctx)
       e.unprintable = true
       e.problems[#e.problems + 1] = "the new key holds a byte outside printable ASCII: " ..
                                     "it is not printed, saved or stored"
-      if o.json then
-        out.line(json_line(org_id, "rotated", info.status, errors))
-      end
       done_one(e)
       return
     end
