@@ -54,6 +54,7 @@ SID_API int luaopen_slashid_core(lua_State *L) {
   sid_open_multi(L);
   sid_open_signal(L);
   sid_open_files(L);
+  sid_open_idset(L);
   sid_open_journal(L);
   sid_open_checksum(L);
   sid_open_output(L);

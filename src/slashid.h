@@ -225,6 +225,7 @@ void sid_open_keyfile(lua_State *L);
 void sid_open_multi(lua_State *L);
 void sid_open_signal(lua_State *L);
 void sid_open_files(lua_State *L);
+void sid_open_idset(lua_State *L);
 /* tolerant.c: result.api_key of a 2xx the strict parser refused; pushes
    it and returns 1, or pushes nothing and returns 0 */
 int sid_tolerant_api_key(lua_State *L, const char *s, size_t n, int whole);

@@ -44,7 +44,6 @@ M.FORMAT = 1
 local STATES = { sent = true, rotated = true, not_rotated = true, unknown = true,
                  lost = true }
 
-local id_hash
 local OUTSIDE = "[^!-$&-~]"     -- bytes a field holds as %XX
 local function escape(s)
   s = tostring(s)
@@ -69,11 +68,6 @@ end
 -- FNV-1a, in hex (not the key; enough to tell one key from another).
 function M.fingerprint(key)
   return format("%08x", core.fnv1a32(key))
-end
-
--- An organization ID's 53-bit hash (see sent_hash).
-id_hash = function(org_id)
-  return core.fnv1a32(org_id) * 2097152 + tonumber(core.crc32(org_id):sub(1, 6), 16) % 2097152
 end
 
 -- The line of a record: its body, then the body's checksum.
@@ -102,13 +96,13 @@ function M.open(path, how, run)
   local j = setmetatable({
     path = path, file = file, buffer = {}, n = 0,
     run = false,        -- the run record's fields, until it is written
-    -- what was sent in this journal (an organization at most once), by a
-    -- 53-bit hash of its ID (FNV-1a and CRC-32 together: a number, exact
-    -- in every Lua): a few bytes per organization, so memory stays flat
-    -- enough for any number of them. A hash seen before is confirmed
-    -- against the records themselves, read once into `exact` (then kept
-    -- up to date): only an input that repeats an organization pays that.
-    sent_hash = {},
+    -- what was sent in this journal (an organization at most once), as
+    -- 64-bit hashes of the IDs (src/idset.c: at most 16 bytes each, no
+    -- Lua object), so memory stays flat enough for any number of them. A
+    -- hash seen before is confirmed against the records themselves, read
+    -- once into `exact` (then kept up to date): only an input that
+    -- repeats an organization pays that.
+    sent_ids = core.idset(),
     exact = false,
     sent_durable = false, -- a `sent` record reached the disk (something went out)
     again = {},         -- org_id -> true: may be sent once more (--resume)
@@ -151,7 +145,7 @@ function Journal:add(kind, org_id, value, raw)
   self.buffer[n] = record(kind, org_id, value or "-", raw)
   self.n = n
   if kind == "sent" then
-    self.sent_hash[id_hash(org_id)] = true
+    self.sent_ids:add(org_id)
     if self.exact then self.exact[org_id] = true end
     self.again[org_id] = nil
   end
@@ -179,7 +173,7 @@ end
 -- Whether org_id was sent in this journal (and may not be sent again).
 function Journal:was_sent(org_id)
   if self.again[org_id] then return false end
-  if not self.sent_hash[id_hash(org_id)] then return false end
+  if not self.sent_ids:has(org_id) then return false end
   if not self.exact then
     local set = read_sent(self)
     if not set then return true end   -- cannot tell: taken as sent (never sent twice)
@@ -196,7 +190,7 @@ end
 
 -- --resume: org_id's earlier request counts as sent.
 function Journal:mark_sent(org_id)
-  self.sent_hash[id_hash(org_id)] = true
+  self.sent_ids:add(org_id)
   if self.exact then self.exact[org_id] = true end
 end
 
