@@ -223,6 +223,40 @@ test-prereqs: deps
 	  $(MAKE) --no-print-directory LUA=lua5.4 LUA_VERSION=5.4 \
 	  LUA_INCDIR=/usr/include/lua5.4 all; }
 
+# ---- examples: each host's recipe in one line, from a fresh clone ---------
+#   make example-love       examples/love (LÖVE, headless) against the emulator
+#   make example-embed      examples/embed/host.c (the C host) against it
+#   make example-openresty  examples/openresty (nginx + lua module): POST /rotate
+# Each installs what it lacks (scripts/deps.sh: nothing when all is there),
+# builds the module for the host's Lua (LÖVE and nginx embed LuaJIT; the C
+# host is Lua 5.4, `make embed`), then examples/run-*.sh starts the bundled
+# emulator, runs the example against it with the clone's lua/ and build/ on
+# the host's paths, shows the outcome (never a key) and stops all it started.
+# luajit2 before love: love then takes libluajit2 rather than Debian's
+# libluajit, which would keep luajit2 (and nginx's lua module) out.
+EXAMPLE_PKGS = gcc libc6-dev libcurl4-openssl-dev lua-cjson ca-certificates python3 openssl
+LUAJIT_PKGS  = luajit2 libluajit2-5.1-dev
+LUAJIT_MAKE  = $(MAKE) --no-print-directory LUA=luajit LUA_VERSION=5.1 \
+               LUA_INCDIR=/usr/include/luajit-2.1 all
+
+.PHONY: example-love example-embed example-openresty
+
+example-love:
+	@sh scripts/deps.sh --for "make example-love" $(EXAMPLE_PKGS) $(LUAJIT_PKGS)
+	@sh scripts/deps.sh --for "make example-love" $(LOVE_PKGS)
+	@$(LUAJIT_MAKE) >/dev/null
+	@sh examples/run-love.sh
+
+example-embed:
+	@sh scripts/deps.sh --for "make example-embed" $(EXAMPLE_PKGS) $(LUA54_PKGS)
+	@$(MAKE) --no-print-directory embed >/dev/null
+	@sh examples/run-embed.sh
+
+example-openresty:
+	@sh scripts/deps.sh --for "make example-openresty" $(EXAMPLE_PKGS) $(OPENRESTY_PKGS) curl
+	@$(LUAJIT_MAKE) >/dev/null
+	@sh examples/run-openresty.sh
+
 # ---- gates: sanitizers, valgrind, fuzzing, many states (issue 3) ---------
 #   make check-asan      the whole spec suite against the module built with
 #                        -fsanitize=address,undefined, runtime preloaded;

@@ -90,6 +90,26 @@ local function median(list)
   return n % 2 == 1 and s[(n + 1) / 2] or (s[n / 2] + s[n / 2 + 1]) / 2
 end
 
+
+-- Runs `line` (a recipe's one line, as docs/hosts.md and README.md show
+-- it) from the clone's root with the spec's environment; returns its exit
+-- status and output (stdout and stderr). The line starts an emulator of its
+-- own, so the spec's keys are not the ones to look for: no output may hold
+-- anything shaped like a key (sk_ and 20 or more url-safe characters).
+local function run_recipe(line)
+  for _, doc in ipairs({ "docs/hosts.md", "README.md" }) do
+    assert(H.read_file(doc):find("\n" .. line .. "\n", 1, true),
+           doc .. " does not show the line `" .. line .. "`")
+  end
+  local p = io.popen(line .. " 2>&1; echo \"rc=$?\"")
+  local out = p:read("*a")
+  p:close()
+  local rc = tonumber(out:match("rc=(%d+)%s*$"))
+  out = out:gsub("rc=%d+%s*$", "")
+  assert(not out:find("sk_" .. ("[%w_%-]"):rep(20)), "a key was shown by `" .. line .. "`")
+  return rc, out
+end
+
 describe("OpenResty example", function()
   it("serves /ping on the same worker while a rotation is pending (2 s delay)", function()
     local why = missing()
@@ -253,5 +273,20 @@ describe("OpenResty example", function()
     assert.is_false(a4.old_key_works, b4)
     assert.matches("the old key is refused", logs())
     H.assert_no_secret(b3 .. b4 .. logs(), (before:gsub("%s+$", "")))
+  end)
+
+  it("`make example-openresty`, the recipe's one line, answers rotated from a clone", function()
+    local why = missing() or not lua51_lib() and "lua-cjson for Lua 5.1 not found"
+    if why then
+      pending("OpenResty recipe skipped: " .. why)
+      return
+    end
+    local rc, out = run_recipe("make example-openresty")
+    io.stderr:write("\n[openresty] make example-openresty:\n", out)
+    assert.are.equal(0, rc, out)
+    local answer = cjson.decode((assert(out:match("\n(%b{})\n"), out)))
+    assert.are.equal("rotated", answer.outcome, out)
+    assert.are.equal(200, answer.status)
+    assert.is_true(answer.saved)
   end)
 end)

@@ -50,6 +50,26 @@ local function run_host(env, args)
   return values, rc, text
 end
 
+
+-- Runs `line` (a recipe's one line, as docs/hosts.md and README.md show
+-- it) from the clone's root with the spec's environment; returns its exit
+-- status and output (stdout and stderr). The line starts an emulator of its
+-- own, so the spec's keys are not the ones to look for: no output may hold
+-- anything shaped like a key (sk_ and 20 or more url-safe characters).
+local function run_recipe(line)
+  for _, doc in ipairs({ "docs/hosts.md", "README.md" }) do
+    assert(H.read_file(doc):find("\n" .. line .. "\n", 1, true),
+           doc .. " does not show the line `" .. line .. "`")
+  end
+  local p = io.popen(line .. " 2>&1; echo \"rc=$?\"")
+  local out = p:read("*a")
+  p:close()
+  local rc = tonumber(out:match("rc=(%d+)%s*$"))
+  out = out:gsub("rc=%d+%s*$", "")
+  assert(not out:find("sk_" .. ("[%w_%-]"):rep(20)), "a key was shown by `" .. line .. "`")
+  return rc, out
+end
+
 describe("embedding in a C frame loop (examples/embed/host.c)", function()
   it("rotates from a frame loop that sleeps on op:pollfd(); no frame stalls over 20 ms", function()
     local why = missing()
@@ -151,5 +171,18 @@ describe("embedding in a C frame loop (examples/embed/host.c)", function()
     assert.are.equal(64, rc3, text3)
     assert.matches("slashid: ", text3)
     assert.are.equal(0, H.requests(org))
+  end)
+
+  it("`make example-embed`, the recipe's one line, rotates from a clone", function()
+    local why = missing()
+    if why then
+      pending("embed recipe skipped: " .. why)
+      return
+    end
+    local rc, out = run_recipe("make example-embed")
+    io.stderr:write("\n[embed] make example-embed:\n", out)
+    assert.are.equal(0, rc, out)
+    assert.matches("\noutcome=rotated\n", out, 1, true)
+    assert.matches("\nsaved=true\n", out, 1, true)
   end)
 end)

@@ -3,7 +3,9 @@
 -- game's 60 Hz update polls it once per frame. op:poll() never waits, so a
 -- slow SlashID answer costs the frame loop nothing.
 --
---   SLASHID_ORG_ID=... SLASHID_API_KEY=... SLASHID_KEY_FILE=./key love examples/love
+--   make example-love          (from a clone: against the bundled emulator)
+--   SLASHID_ORG_ID=... SLASHID_API_KEY=... SLASHID_KEY_FILE=./key \
+--     LUA_PATH="$PWD/lua/?.lua;;" LUA_CPATH="$PWD/build/luajit/?.so;;" love examples/love
 --
 -- (SLASHID_BASE_URL and SLASHID_CA_FILE point it at a local emulator.) The
 -- new key goes to SLASHID_KEY_FILE (mode 0600, atomic) and never to the
