@@ -393,4 +393,33 @@ function H.fds_after(want)
   return n
 end
 
+-- Runs `line` (a recipe's one line, as docs/hosts.md and README.md show
+-- it) from the clone's root with the spec's environment; returns its exit
+-- status and output (stdout and stderr). The line starts an emulator of its
+-- own, so the spec's keys are not the ones to look for: no output may hold
+-- anything shaped like a key (sk_ and 20 or more url-safe characters).
+function H.run_recipe(line)
+  for _, doc in ipairs({ "docs/hosts.md", "README.md" }) do
+    assert(H.read_file(doc):find("\n" .. line .. "\n", 1, true),
+           doc .. " does not show the line `" .. line .. "`")
+  end
+  local p = io.popen(line .. " 2>&1; echo \"rc=$?\"")
+  local out = p:read("*a")
+  p:close()
+  local rc = tonumber(out:match("rc=(%d+)%s*$"))
+  out = out:gsub("rc=%d+%s*$", "")
+  assert(not out:find("sk_" .. ("[%w_%-]"):rep(20)), "a key was shown by `" .. line .. "`")
+  return rc, out
+end
+
+-- Why a recipe's line is not run here (nil: it is): under check-asan the
+-- preloaded ASan runtime would reach the programs the line starts (nginx,
+-- LÖVE, python); make check-hosts runs the lines.
+function H.recipe_skip()
+  if (os.getenv("LD_PRELOAD") or ""):find("asan") then
+    return "the recipe's line is run by make check-hosts, not under the preloaded ASan runtime"
+  end
+  return nil
+end
+
 return H
