@@ -993,6 +993,12 @@ describe("slashid-rotate input rules", function()
   end)
 
   it("a line over 1 MiB from a FIFO (given by path), under ulimit -v: that line's error, the rest rotated", function()
+    if (os.getenv("LD_PRELOAD") or ""):find("asan") then
+      -- ASan's shadow memory takes terabytes of address space: no process
+      -- starts under a ulimit -v of 300 MB (make test runs this one)
+      pending("not under check-asan: its runtime cannot start under ulimit -v")
+      return
+    end
     local o1, k1 = H.new_org()
     local o3, k3 = H.new_org()
     local dir = H.mkdir(H.tmpname("fifo"))
