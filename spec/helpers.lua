@@ -393,6 +393,14 @@ function H.fds_after(want)
   return n
 end
 
+-- No descriptor is left open past `base` (polled as fds_after does). Fewer
+-- is no leak: a descriptor an earlier spec of the same busted run dropped
+-- may close only now (seen under Lua 5.1, whose collector runs later).
+function H.assert_no_fd_leak(base)
+  local n = H.fds_after(base)
+  assert(n <= base, ("%d descriptors open, %d before"):format(n, base))
+end
+
 -- Runs `line` (a recipe's one line, as docs/hosts.md and README.md show
 -- it) from the clone's root with the spec's environment; returns its exit
 -- status and output (stdout and stderr). The line starts an emulator of its
