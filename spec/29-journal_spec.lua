@@ -545,7 +545,7 @@ H.write(out_file, ("%d %d %d %d %d"):format(looks, unnamed, in_flight, most_sent
     local path = journal_path()
     local j = assert(J.open(path, "new", { base_url = H.http_url }))
     local out = slashid.rotate_keys(items(list), { journal = j, concurrency = 8 })
-    local fsyncs = j.fsyncs
+    local fsyncs = j.file:stats().fsyncs
     j:close()
     for i, o in ipairs(list) do assert_rotated(o, out[i]) end
     local records = #lines_of(path)

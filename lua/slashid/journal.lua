@@ -108,7 +108,6 @@ function M.open(path, how, run)
     again = {},         -- org_id -> true: may be sent once more (--resume)
     failed = false,     -- the message of the write that failed, once one did
     before_flush = false, -- function(journal): runs first in every flush
-    fsyncs = 0,
   }, Journal)
   if how == "new" then
     j.run = run or {}
@@ -213,11 +212,9 @@ function Journal:flush(keys_only)
     self.failed = tostring(why)
     return nil, self.failed
   end
-  self.fsyncs = self.fsyncs + 1
   return true
 end
 
-function Journal:pending() return self.n end
 
 function Journal:close()
   if self.file then self.file:close() end
@@ -308,9 +305,5 @@ function M.read(path)
   return entries, skipped, run
 end
 
--- The journal's record time, for specs and tools: floor to the ms.
-M.now = function() return floor(core.time() * 1000) / 1000 end
-
 M.Journal = Journal
-M.escape, M.unescape = escape, unescape
 return M

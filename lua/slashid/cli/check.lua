@@ -6,6 +6,7 @@
 local core = require "slashid.core"
 local args = require "slashid.cli.args"
 local output = require "slashid.cli.output"
+local input = require "slashid.cli.input"
 
 local say, json_line, first_error, all_errors = output.say, output.json_line,
   output.first_error, output.all_errors
@@ -55,36 +56,17 @@ function M.one(ctx, opts, org_id)
   return 2
 end
 
--- Lists the organizations an interruption left unchecked.
+-- Lists the organizations an interruption left unchecked (each counts
+-- as cannot tell).
 local function list_rest(ctx, reader, tally, read_all)
-  local o = ctx.o
-  local n, message = 0, "not checked: interrupted"
-  if read_all then
-    reader.interrupted = nil
-    while true do
-      if core.signal_count() >= 2 and not reader.seekable then
-        reader.incomplete = true
-        break
-      end
-      local e = reader.next("wait")
-      if not e then break end
-      local id = e.org_id or ("(line " .. e.line .. ")")
-      if n == 0 then say("never started (", message, "):") end
-      n = n + 1
-      tally.total, tally.unknown = tally.total + 1, tally.unknown + 1
-      if o.json then
-        ctx.out.line(json_line(id, "unknown", 0, { { httpcode = 0, message = message } }))
-      end
-      io.stderr:write("  ", id, "\n")
+  local message = "not checked: interrupted"
+  local unread = input.list_rest(reader, read_all, message, "checked", function(_, id)
+    tally.total, tally.unknown = tally.total + 1, tally.unknown + 1
+    if ctx.o.json then
+      ctx.out.line(json_line(id, "unknown", 0, { { httpcode = 0, message = message } }))
     end
-  end
-  if n > 0 then
-    say(("%d organization%s never started"):format(n, n == 1 and "" or "s"))
-  end
-  if reader.interrupted or reader.incomplete or not read_all then
-    say("the rest of ", reader.name, " was not read: its organizations were not checked either")
-    tally.unread = true
-  end
+  end)
+  if unread then tally.unread = true end
 end
 
 function M.many(ctx, reader, opts, total)

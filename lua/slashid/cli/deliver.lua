@@ -26,7 +26,7 @@ local M = {}
 -- quiet), tally.
 function M.new(ctx)
   local o, out = ctx.o, ctx.out
-  local d = { pending = 0 }
+  local d = {}
   local store_cmd = o.store_cmd
   local store_timeout = tonumber(o.store_timeout) or 30
   local store_limit = tonumber(o.concurrency) or 8
@@ -102,7 +102,6 @@ function M.new(ctx)
     if problem then e.problems[#e.problems + 1] = problem end
     e.waiting = e.waiting - 1
     if e.waiting == 0 then
-      d.pending = d.pending - 1
       if #e.problems == 0 and journaled() and e.durable then ctx.closed_org(e.org_id) end
       settle(e)
     end
@@ -213,7 +212,6 @@ function M.new(ctx)
     local e = { org_id = org_id, key = key, problems = {}, waiting = 1, durable = false,
                 printed = false, where = "", verified = info.verified == true,
                 status = info.status, errors = errors, on_stdout = false }
-    d.pending = d.pending + 1
     if ctx.journal and ctx.journal.failed then
       e.problems[#e.problems + 1] = "the journal could not be written (" ..
                                     tostring(ctx.journal.failed) .. ")"

@@ -139,7 +139,6 @@ local function parse_line(line, n)
   if not ok then return { bad = (tostring(err):gsub("^slashid: ", "")), line = n, org_id = org } end
   return { org_id = org, api_key = key, line = n }
 end
-M.parse_line = parse_line
 
 -- A reader of ORG_ID<TAB>CURRENT_KEY lines. reader.next(mode) -> entry
 -- (see parse_line) | nil at the end (reader.interrupted when a signal
@@ -190,6 +189,44 @@ function M.open_orgs(path, closed, shard)
     if own then core.close_input(fd) own = false end
   end
   return r
+end
+
+-- After a stop: reads the rest of `source` (when `read_all`; a second
+-- signal ends the reading of a stream) just to name what was never
+-- started. take(e) may claim an entry (it returns true); every other one
+-- is passed to unstarted(e, id) and listed on stderr under `label`.
+-- `what` ends the note on what was not read ("started", "checked").
+-- Returns whether part of the input was left unread.
+function M.list_rest(source, read_all, label, what, unstarted, take)
+  local say = require("slashid.cli.output").say
+  local n = 0
+  if read_all then
+    source.interrupted = nil
+    while true do
+      if core.signal_count() >= 2 and not source.seekable then
+        source.incomplete = true
+        break
+      end
+      local e = source.next("wait")
+      if not e or e == WAIT then break end
+      if not (take and take(e)) then
+        local id = e.org_id or ("(line " .. tostring(e.line) .. ")")
+        if n == 0 then say("never started (", label, "):") end
+        n = n + 1
+        unstarted(e, id)
+        io.stderr:write("  ", id, "\n")
+      end
+    end
+  end
+  if n > 0 then
+    say(("%d organization%s never started"):format(n, n == 1 and "" or "s"))
+  end
+  if source.interrupted or source.incomplete or not read_all then
+    say("the rest of ", source.name, " was not read: its organizations were not ", what,
+        " either")
+    return true
+  end
+  return false
 end
 
 -- The first line of --api-key-file (PATH, or - for standard input); nil

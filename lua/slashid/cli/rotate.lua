@@ -40,44 +40,25 @@ function M.new_tally()
            closed = 0 }
 end
 
--- Lists the organizations a stop left unstarted: the rest of the input
--- is read just for their ids (each counts as not rotated).
+-- Lists the organizations a stop left unstarted (each counts as not
+-- rotated). With --resume, what needs no request still ends as decided,
+-- and a key the journal holds is still delivered (settle_entry): a stop
+-- starts nothing new, it never drops what is there.
 local function list_rest(ctx, source, report, read_all, settle_entry)
-  local n = 0
   if read_all and not source.seekable and ctx.many then
     say("reading the rest of ", source.name, " to list the organizations not started ",
         "(interrupt again to skip this)")
   end
-  if read_all then
-    source.interrupted = nil
-    while true do
-      if core.signal_count() >= 2 and not source.seekable then
-        source.incomplete = true
-        break
-      end
-      local e = source.next("wait")
-      if not e or e == WAIT then break end
-      -- (--resume: what needs no request still ends as decided, and a key
-      -- the journal holds is still delivered: a stop starts nothing new,
-      -- it never drops what is there)
-      if not e.bad and (e.decided or e.key) then
-        settle_entry(e)
-      else
-        local id = e.org_id or ("(line " .. tostring(e.line) .. ")")
-        if n == 0 then say("never started (interrupted):") end
-        n = n + 1
-        report(id, "not_rotated", nil, { { httpcode = 0, message = "interrupted" } }, true)
-        io.stderr:write("  ", id, "\n")
-      end
-    end
-  end
-  if n > 0 then
-    say(("%d organization%s never started"):format(n, n == 1 and "" or "s"))
-  end
-  if source.interrupted or source.incomplete or not read_all then
-    say("the rest of ", source.name, " was not read: its organizations were not started either")
-    ctx.tally.unread = true
-  end
+  local unread = input.list_rest(source, read_all, "interrupted", "started",
+    function(_, id)
+      report(id, "not_rotated", nil, { { httpcode = 0, message = "interrupted" } }, true)
+    end,
+    function(e)
+      if e.bad or not (e.decided or e.key) then return false end
+      settle_entry(e)
+      return true
+    end)
+  if unread then ctx.tally.unread = true end
 end
 
 -- run(ctx, source, opts, total) -> exit status. opts: the library's
@@ -123,7 +104,6 @@ function M.run(ctx, source, opts, total)
       ctx.report(org_id, outcome, note)
     end
   end
-  ctx.report_outcome = report
 
   -- An entry that ends without a request of its own: a bad line, an
   -- outcome --resume decided, a key the journal holds (delivered now).
