@@ -390,17 +390,11 @@ local function rotate_keys(defaults, list, opts, on_rotated, on_resolved, hooks)
   -- (slashid.journal.open: the command, which adds its own records) is
   -- the caller's to close. One that cannot be opened fails the call
   -- before anything is sent.
-  local journal, opened = own.journal, false
-  if type(journal) == "string" then
-    local why
-    -- (the run record names the batch's base URL, else the first item's)
-    journal, why = require("slashid.journal").open(journal, "new", {
-      base_url = merged.base_url,
-    })
-    if not journal then error("slashid: journal: " .. tostring(why), 0) end
-    opened = true
-  end
-  local ok, ret = pcall(require("slashid.batch").run, pull, n, {
+  -- Everything the batch needs is made before a journal is opened: from
+  -- the open on, the only step that can raise is the protected run, so the
+  -- journal is always closed (a memory error included).
+  local run = require("slashid.batch").run
+  local settings = {
     concurrency = own.concurrency or options.BATCH_DEFAULTS.concurrency,
     rate = own.rate,
     on_progress = own.on_progress,
@@ -408,11 +402,20 @@ local function rotate_keys(defaults, list, opts, on_rotated, on_resolved, hooks)
     keep_results = own.keep_results,
     user_agent = user_agent(),
     on_rotated = on_rotated,
-    journal = journal,
+    journal = own.journal,
     on_turn = hooks and hooks.on_turn,
     wait_limit = hooks and hooks.wait_limit,
-  })
-  if opened then journal:close() end
+  }
+  local opened = type(own.journal) == "string"
+  if opened then
+    -- (the run record names the batch's base URL, else the first item's)
+    local journal, why = require("slashid.journal").open(own.journal, "new",
+                                                         { base_url = merged.base_url })
+    if not journal then error("slashid: journal: " .. tostring(why), 0) end
+    settings.journal = journal
+  end
+  local ok, ret = pcall(run, pull, n, settings)
+  if opened then settings.journal:close() end
   if not ok then error(ret, 0) end
   return ret
 end

@@ -196,3 +196,15 @@ describe("a memory error as a batch ends (spec/alloc/batch_end.lua)", function()
     end)
   end
 end)
+
+describe("a memory error in a batch written ahead to a journal (spec/alloc/journal.lua)", function()
+  for _, m in ipairs({ { "plain", 1 }, { "lean", 3 } }) do
+    it(("%s, %d error(s) in a row: no key lost, and the journal never left locked"):format(m[1], m[2]),
+       function()
+      local skip = ensure_host()
+      if skip then pending(skip) return end
+      local rc, text = run("journal.lua", tostring(m[2]), m[1])
+      assert_swept(rc, text, "^alloc journal %S+ x%d+:", "alloc journal: ok")
+    end)
+  end
+end)

@@ -87,12 +87,8 @@ Journal.__tostring = function(j) return "slashid journal (" .. j.path .. ")" end
 -- must be empty or absent) or "resume" (it must exist: records are added
 -- after those in it). run: the first record's fields for a new journal
 -- ({ base_url = ..., shard = ..., input = ... }).
-function M.open(path, how, run)
-  if type(path) ~= "string" or path == "" then
-    return nil, "journal: a file path expected"
-  end
-  local file, why = core.journal_open(path, how)
-  if not file then return nil, why end
+-- The journal object around a locked file, its first record written.
+local function set_up(path, file, how, run)
   local j = setmetatable({
     path = path, file = file, buffer = {}, n = 0,
     run = false,        -- the run record's fields, until it is written
@@ -116,8 +112,25 @@ function M.open(path, how, run)
     if j.run.base_url then
       j:write_run()
       local ok, err = j:flush()
-      if not ok then file:close() return nil, err end
+      if not ok then return nil, err end
     end
+  end
+  return j
+end
+
+function M.open(path, how, run)
+  if type(path) ~= "string" or path == "" then
+    return nil, "journal: a file path expected"
+  end
+  local file, why = core.journal_open(path, how)
+  if not file then return nil, why end
+  -- the file is locked from here: whatever fails (a memory error
+  -- included) closes it, or a retry would find it "held by another process"
+  local ok, j, err = pcall(set_up, path, file, how, run)
+  if not ok or not j then
+    file:close()
+    if not ok then error(j, 0) end
+    return nil, err
   end
   return j
 end
