@@ -48,6 +48,14 @@ end
 
 local function exists(path) return read(path) ~= nil end
 
+-- The shell line listing the processes whose command line is exactly
+-- `cmd`. pgrep runs without LD_PRELOAD: under make check-asan, pgrep with
+-- the ASan runtime preloaded was seen deadlocked on a futex of its own
+-- (a CI run stalled there until CI's limit).
+local function pgrep_exact(cmd)
+  return "env -u LD_PRELOAD pgrep -f " .. q("^" .. cmd .. "$") .. " 2>/dev/null"
+end
+
 local function lines_of(text)
   local t = {}
   for line in (text or ""):gmatch("([^\n]*)\n") do t[#t + 1] = line end
@@ -432,7 +440,7 @@ describe("slashid-rotate --store-cmd", function()
     local job = spawn(args, opts)
     -- far less than the command's 100 s
     local status, out, err = job.wait(40)
-    local p = io.popen("pgrep -f " .. q("^" .. marker .. "$") .. " 2>/dev/null")
+    local p = io.popen(pgrep_exact(marker))
     local left = p:read("*a")
     p:close()
     for pid in left:gmatch("%d+") do sh("kill -9 " .. pid) end   -- our own leftovers
@@ -1657,7 +1665,7 @@ describe("slashid-rotate --store-timeout while the input is idle", function()
       if pid then sh("kill " .. pid .. " 2>/dev/null") end     -- ends the input
     end)
     local status, out, err = job.wait(30)
-    local p = io.popen("pgrep -f " .. q("^" .. marker .. "$") .. " 2>/dev/null")
+    local p = io.popen(pgrep_exact(marker))
     local left = p:read("*a")
     p:close()
     for pid in left:gmatch("%d+") do sh("kill -9 " .. pid) end   -- our own leftovers

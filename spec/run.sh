@@ -20,13 +20,32 @@ export LUA_PATH_5_2="$LUA_PATH" LUA_CPATH_5_2="$LUA_CPATH"
 export LUA_PATH_5_3="$LUA_PATH" LUA_CPATH_5_3="$LUA_CPATH"
 export LUA_PATH_5_4="$LUA_PATH" LUA_CPATH_5_4="$LUA_CPATH"
 
+# A watchdog: a spec that hangs (a child that never exits, a read that
+# never ends) must fail the run with the test's name, not stall CI until
+# its own limit says nothing. SPEC_TIMEOUT seconds per busted run (the
+# longest, check-asan's whole suite, takes about 8 minutes).
+SPEC_TIMEOUT=${SPEC_TIMEOUT:-1500}
+
 # One busted run over its arguments; 69: the emulator did not start and
-# busted never ran: still end with the summary line.
+# busted never ran: still end with the summary line. The output handler
+# writes the name of the test it is running to SLASHID_SPEC_CURRENT.
 run_busted() {
+  current=$(mktemp "${TMPDIR:-/tmp}/slashid-current.XXXXXX")
+  # timeout signals its whole process group: busted, the emulator and
+  # whatever a test started.
   # shellcheck disable=SC2068
-  sh spec/with-emulator.sh "$LUA" /usr/bin/busted --output=spec/summary_output.lua $@
+  SLASHID_SPEC_CURRENT=$current timeout -k 10 "$SPEC_TIMEOUT" \
+    sh spec/with-emulator.sh "$LUA" /usr/bin/busted --output=spec/summary_output.lua $@
   status=$?
-  [ $status -ne 69 ] || echo "0 passed, 1 failed"
+  case $status in
+    69) echo "0 passed, 1 failed" ;;
+    124|137)
+      echo
+      echo "spec/run.sh: the specs did not finish within $SPEC_TIMEOUT s (SPEC_TIMEOUT);"
+      echo "  the test running then: $(cat "$current" 2>/dev/null)"
+      echo "0 passed, 1 failed" ;;
+  esac
+  rm -f "$current"
   return $status
 }
 
