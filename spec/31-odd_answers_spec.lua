@@ -584,6 +584,33 @@ describe("keys echoed escaped or percent-encoded are redacted", function()
     end
   end)
 
+  it("a key split across a folded header's lines (obs-fold): no half in info.headers nor the trace", function()
+    for _, fold in ipairs({ "\r\n ", "\r\n\t", "\r\n   " }) do
+      local org, key = org_with_known_key()
+      local new = known_key("NEW")
+      local function split(k) local h = math.floor(#k / 2) return k:sub(1, h) .. fold .. k:sub(h + 1) end
+      H.faults(org, { { status = 200, body = '{"result":{"api_key":"' .. new .. '"}}',
+                        headers = { ["X-Echo-Old"] = "was " .. split(key),
+                                    ["X-Echo-New"] = split(new) .. " now",
+                                    ["X-Plain"] = "visible" } } })
+      local debug, lines = tracer()
+      local result, errors, pagination, info =
+        slashid.rotate_key(H.opts(org, key, { debug = debug }))
+      assert.are.equal("rotated", info.outcome, messages(errors))
+      H.assert_key_equal(new, result.api_key)
+      assert.are.equal("visible", info.headers["x-plain"])
+      assert.is_true(has_line(lines, "X-Echo-Old"), "the headers are not in the trace")
+      for _, k in ipairs({ key, new }) do
+        local half = k:sub(1, math.floor(#k / 2))
+        for where, text in pairs({ ["info.headers"] = H.flatten(info.headers),
+                                   trace = table.concat(lines, "\n") }) do
+          assert_no_key(text, k, where)
+          assert.is_falsy(text:find(half, 1, true), "half a key in " .. where)
+        end
+      end
+    end
+  end)
+
   it("the old key percent-encoded in a 401's header (a firewall's Location or cookie)", function()
     local org, key = org_with_known_key()
     H.faults(org, { { status = 401, content_type = "text/html", body = "<p>no</p>",

@@ -35,7 +35,7 @@ size_t sid_answer_on_body(char *p, size_t size, size_t n, void *ud) {
 
 size_t sid_answer_on_header(char *p, size_t size, size_t n, void *ud) {
   sid_transfer *t = (sid_transfer *)ud;
-  size_t len = size * n;
+  size_t len = size * n, fold = 0;
   /* Headers have their own fixed cap: proxies and CDNs add lines the
      caller cannot foresee, and those must not turn a rotation that
      succeeded into "unknown" through max_response_bytes. */
@@ -47,7 +47,19 @@ size_t sid_answer_on_header(char *p, size_t size, size_t n, void *ud) {
   /* A new status line starts a new header block (100 Continue, or an
      interim answer): only the last response's headers are kept. */
   if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) sid_buf_reset(&t->head);
-  if (!sid_buf_append(&t->head, p, len)) {
+  /* A folded line (obs-fold: it starts with a space or a tab) continues
+     the header before it. It is joined to it with the fold taken out
+     altogether, not turned into a space as RFC 9112 has it: a key a
+     server or proxy split across the fold is then whole again where
+     redaction looks (info.headers, the trace), instead of two halves
+     that no match finds. */
+  if (len && (p[0] == ' ' || p[0] == '\t') && t->head.len &&
+      t->head.data[t->head.len - 1] == '\n') {
+    t->head.len--;
+    if (t->head.len && t->head.data[t->head.len - 1] == '\r') t->head.len--;
+    while (fold < len && (p[fold] == ' ' || p[fold] == '\t')) fold++;
+  }
+  if (!sid_buf_append(&t->head, p + fold, len - fold)) {
     t->out_of_memory = 1;
     return 0;
   }
