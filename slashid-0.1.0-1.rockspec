@@ -41,7 +41,7 @@ build = {
         "src/clock.c", "src/curlcode.c", "src/multi.c", "src/signal.c",
         "src/deadline.c", "src/pollset.c", "src/journal.c", "src/checksum.c",
         "src/output.c", "src/child.c", "src/files.c", "src/tolerant.c",
-        "src/idset.c",
+        "src/idset.c", "src/global.c", "src/stdfd.c", "src/nodump.c",
       },
       libraries = { "curl", "pthread" },
       incdirs = { "$(CURL_INCDIR)" },

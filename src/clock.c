@@ -56,16 +56,16 @@ static int clock_http_date(lua_State *L) {
 }
 
 void sid_open_clock(lua_State *L) {
+  static const luaL_Reg functions[] = {
+    {"now", clock_now},
+    {"time", clock_time},
+    {"sleep", clock_sleep},
+    {"http_date", clock_http_date},
+    {NULL, NULL}
+  };
   struct timespec ts;
   uint64_t *seed;
-  lua_pushcfunction(L, clock_now);
-  lua_setfield(L, -2, "now");
-  lua_pushcfunction(L, clock_time);
-  lua_setfield(L, -2, "time");
-  lua_pushcfunction(L, clock_sleep);
-  lua_setfield(L, -2, "sleep");
-  lua_pushcfunction(L, clock_http_date);
-  lua_setfield(L, -2, "http_date");
+  sid_setfuncs(L, functions);
   clock_gettime(CLOCK_REALTIME, &ts);
   seed = (uint64_t *)sid_newuserdata(L, sizeof *seed);
   *seed = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^

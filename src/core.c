@@ -1,30 +1,11 @@
 /*
- * core.c - luaopen_slashid_core: initialises libcurl once per process and
- * registers the parts, and core.pcall (a pcall no coroutine can yield
+ * core.c - luaopen_slashid_core: registers the parts (one sid_open_* per
+ * file; libcurl's own set-up waits for the first handle: global.c), and
+ * core.pcall (a pcall no coroutine can yield
  * across). The Lua layer (slashid.lua) is the public face; this module is
  * its engine.
  */
-#include <pthread.h>
 #include "slashid.h"
-
-static pthread_once_t global_once = PTHREAD_ONCE_INIT;
-static CURLcode global_rc = CURLE_OK;
-
-/* Never undone: other code in the host may use libcurl too, and states
-   (one per thread in some hosts) come and go while the process lives. */
-static void global_init(void) {
-  global_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
-}
-
-/* Run by the first handle or multi, not by luaopen: the TLS library's
-   set-up is ~0.6 ms that `require "slashid"` need not pay (the libraries
-   themselves are loaded, and a missing one fails, at require). */
-void sid_global_init(lua_State *L) {
-  pthread_once(&global_once, global_init);
-  if (global_rc != CURLE_OK)
-    luaL_error(L, "slashid: curl_global_init failed: %s",
-               curl_easy_strerror(global_rc));
-}
 
 /* core.pcall(f, ...) -> true, ... | false, err: pcall that no coroutine
    can yield across (a C function calling lua_pcall without a
@@ -53,6 +34,7 @@ SID_API int luaopen_slashid_core(lua_State *L) {
   sid_open_keyfile(L);
   sid_open_multi(L);
   sid_open_signal(L);
+  sid_open_stdfd(L);
   sid_open_files(L);
   sid_open_idset(L);
   sid_open_journal(L);

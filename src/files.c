@@ -2,8 +2,9 @@
  * files.c - what the command needs of the file system beyond Lua's io
  * library: inputs read as plain descriptors (a FIFO, a pipe and a regular
  * file alike, so one reader with one 1 MiB line cap serves them all, and
- * a signal interrupts a wait), and the private directory a journal lives
- * in (made mode 0700, component by component).
+ * a signal interrupts a wait), the private directory a journal lives
+ * in (made mode 0700, component by component), and the directory fsync
+ * that makes a new name durable (keyfile.c and journal.c both need it).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -11,6 +12,37 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "slashid.h"
+
+/* fsync of a directory: a file created or renamed in it survives a crash
+   only once this returns 0 (-1 and errno otherwise). */
+int sid_sync_dir(const char *dir) {
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), err;
+  if (fd < 0) return -1;
+  if (fsync(fd) != 0) {
+    err = errno;
+    close(fd);
+    errno = err;
+    return -1;
+  }
+  close(fd);
+  return 0;
+}
+
+/* The same for the directory that holds `path` ("." when it has no '/'). */
+int sid_sync_dir_of(const char *path) {
+  char dir[4096];
+  const char *slash = strrchr(path, '/');
+  size_t len;
+  if (slash == NULL) return sid_sync_dir(".");
+  len = slash == path ? 1 : (size_t)(slash - path);   /* "/name": "/" */
+  if (len >= sizeof dir) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  memcpy(dir, path, len);
+  dir[len] = '\0';
+  return sid_sync_dir(dir);
+}
 
 /* core.open_input(path) -> fd | false (a signal came while the open
    waited: a FIFO with no writer yet) | nil, message */
@@ -142,9 +174,5 @@ static const luaL_Reg files_functions[] = {
 };
 
 void sid_open_files(lua_State *L) {
-  const luaL_Reg *f;
-  for (f = files_functions; f->name; f++) {
-    lua_pushcfunction(L, f->func);
-    lua_setfield(L, -2, f->name);
-  }
+  sid_setfuncs(L, files_functions);
 }

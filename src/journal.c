@@ -145,20 +145,6 @@ static int open_file(const char *path, int is_new, int *created) {
   return fd;
 }
 
-/* Makes the journal's name durable: fsync of its directory. */
-static int sync_directory(const char *dir) {
-  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), err;
-  if (fd < 0) return -1;
-  if (fsync(fd) != 0) {
-    err = errno;
-    close(fd);
-    errno = err;
-    return -1;
-  }
-  close(fd);
-  return 0;
-}
-
 /* core.journal_open(path, how) -> journal file | nil, message
    how = "new": a journal for a new run; the file is created (0600) or,
    if it exists, must be empty. how = "resume": an existing journal, whose
@@ -250,7 +236,7 @@ static int journal_open(lua_State *L) {
     }
     /* Whether this call made the file or an earlier, failed one did: its
        name must survive a crash before the first record counts. */
-    if (sync_directory(dir) != 0) {
+    if (sid_sync_dir(dir) != 0) {
       lua_pushfstring(L, "cannot flush the journal directory %s to disk: %s",
                       dir, strerror(errno));
       return refuse(L, j);

@@ -212,16 +212,7 @@ static int keyfile_write(lua_State *L) {
                 push_name(L, path, target), err);
   }
   /* Make the rename itself durable. */
-  if (slash) {
-    lua_pushlstring(L, target, (size_t)(name - target));
-    fd = open(lua_tostring(L, -1), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  } else {
-    fd = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  }
-  if (fd >= 0) {
-    fsync(fd);
-    close(fd);
-  }
+  sid_sync_dir_of(target);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -351,21 +342,7 @@ static int keyfile_append(lua_State *L) {
   }
   end_offset = lseek(fd, 0, SEEK_CUR);
   if (close(fd) != 0) return fail(L, "cannot append to", path, errno);
-  if (created) {
-    /* make the new name itself durable */
-    const char *slash = strrchr(path, '/');
-    if (slash) {
-      lua_pushlstring(L, path, slash == path ? 1 : (size_t)(slash - path));
-      fd = open(lua_tostring(L, -1), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-      lua_pop(L, 1);
-    } else {
-      fd = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    }
-    if (fd >= 0) {
-      fsync(fd);
-      close(fd);
-    }
-  }
+  if (created) sid_sync_dir_of(path);   /* make the new name durable */
   lua_pushboolean(L, 1);
   if (end_offset < 0) return 1;
   lua_pushnumber(L, (lua_Number)end_offset);
@@ -398,10 +375,11 @@ static int keyfile_identity(lua_State *L) {
 }
 
 void sid_open_keyfile(lua_State *L) {
-  lua_pushcfunction(L, keyfile_identity);
-  lua_setfield(L, -2, "key_file_identity");
-  lua_pushcfunction(L, keyfile_write);
-  lua_setfield(L, -2, "write_key_file");
-  lua_pushcfunction(L, keyfile_append);
-  lua_setfield(L, -2, "append_key_line");
+  static const luaL_Reg functions[] = {
+    {"key_file_identity", keyfile_identity},
+    {"write_key_file", keyfile_write},
+    {"append_key_line", keyfile_append},
+    {NULL, NULL}
+  };
+  sid_setfuncs(L, functions);
 }

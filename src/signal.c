@@ -9,16 +9,11 @@
  * "abort at once". SIGPIPE is ignored while caught, so a closed output
  * is a write error the command can handle, never a silent death.
  *
+ * catch_signals() also opens /dev/null on whichever of descriptors 0-2
+ * is closed (stdfd.c) and stops core dumps (nodump.c);
  * release_signals() puts back every disposition found at catch_signals(),
- * closes the pipe, and closes the descriptors 0-2 that catch_signals()
- * had to open on /dev/null (a process started with stdout closed would
- * otherwise see the pipe, a socket or the key file become "stdout"):
- * an in-process caller gets its process back as it was.
- *
- * read_input() is the command's one blocking read (standard input: the
- * key, or --orgs -), cut short by a signal the same way: it polls the
- * descriptor and the pipe, so a signal that came just before the read is
- * not missed, and nothing already read is lost to EINTR.
+ * closes the pipe, and undoes both: an in-process caller gets its process
+ * back as it was. stdfd.c's read_input polls the pipe too.
  *
  * The state is per process (signals are): one catch at a time.
  */
@@ -27,10 +22,6 @@
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
-#include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <unistd.h>
 #include "slashid.h"
 
@@ -38,12 +29,8 @@ static volatile sig_atomic_t sig_count = 0;
 static volatile sig_atomic_t wake_fd = -1;   /* the pipe's write end */
 static int read_fd = -1;                     /* the pipe's read end */
 static int caught = 0;
-static int plugged[3];                       /* fds 0-2 opened at catch */
 static struct sigaction old_int, old_term, old_hup, old_quit, old_pipe,
                         old_xfsz;
-static struct rlimit old_core;
-static int core_limited;
-static int old_dumpable = -1;
 
 static char notice[512];                     /* written on the first signal */
 static size_t notice_len = 0;
@@ -82,40 +69,6 @@ static int set_flags(int fd) {
   return fcntl(fd, F_SETFD, FD_CLOEXEC);
 }
 
-static int is_closed(int fd) {
-  return fcntl(fd, F_GETFD) == -1 && errno == EBADF;
-}
-
-/* Opens /dev/null on each of 0, 1, 2 that is closed; returns -1 (errno)
-   on failure, after undoing what it did. */
-static int plug_std_fds(void) {
-  int fd;
-  for (fd = 0; fd < 3; fd++) {
-    plugged[fd] = 0;
-    if (!is_closed(fd)) continue;
-    {
-      int n = open("/dev/null", O_RDWR);
-      if (n != fd) {   /* lower ones are open, so n == fd unless it failed */
-        int err = errno;
-        if (n >= 0) close(n);
-        while (--fd >= 0) if (plugged[fd]) close(fd);
-        errno = n >= 0 ? EBADF : err;
-        return -1;
-      }
-      plugged[fd] = 1;
-    }
-  }
-  return 0;
-}
-
-static void unplug_std_fds(void) {
-  int fd;
-  for (fd = 0; fd < 3; fd++) {
-    if (plugged[fd]) close(fd);
-    plugged[fd] = 0;
-  }
-}
-
 static void close_pipe(void) {
   int w = wake_fd;
   wake_fd = -1;
@@ -141,22 +94,22 @@ static int signal_catch(lua_State *L) {
   if (nlen >= sizeof notice) nlen = sizeof notice - 1;
   lua_createtable(L, 0, 3);   /* first: nothing to undo if this raises */
   for (fd = 0; fd < 3; fd++) {
-    if (!is_closed(fd)) continue;
+    if (!sid_stdfd_closed(fd)) continue;
     lua_pushboolean(L, 1);
     lua_setfield(L, -2, names[fd]);
   }
-  if (plug_std_fds() != 0)
+  if (sid_stdfd_plug() != 0)
     return luaL_error(L, "slashid: cannot open /dev/null: %s", strerror(errno));
   if (pipe(fds) != 0) {
     int err = errno;
-    unplug_std_fds();
+    sid_stdfd_unplug();
     return luaL_error(L, "slashid: cannot create a pipe: %s", strerror(err));
   }
   if (set_flags(fds[0]) != 0 || set_flags(fds[1]) != 0) {
     int err = errno;
     close(fds[0]);
     close(fds[1]);
-    unplug_std_fds();
+    sid_stdfd_unplug();
     return luaL_error(L, "slashid: cannot set up a pipe: %s", strerror(err));
   }
   memcpy(notice, text, nlen);
@@ -181,18 +134,9 @@ static int signal_catch(lua_State *L) {
   sigaction(SIGHUP, &sa, &old_hup);
   /* Ctrl-\ would dump core by default, and a core file holds the keys in
      memory: counted like Ctrl-C instead. No core file from a crash either
-     while signals are caught (the soft limit is put back on release). */
+     while signals are caught (nodump.c; put back on release). */
   sigaction(SIGQUIT, &sa, &old_quit);
-  /* With core_pattern piping to a helper (systemd-coredump, apport) the
-     kernel ignores RLIMIT_CORE: "not dumpable" is what stops the dump. */
-  old_dumpable = prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
-  if (old_dumpable > 0) prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-  core_limited = getrlimit(RLIMIT_CORE, &old_core) == 0;
-  if (core_limited) {
-    struct rlimit none = old_core;
-    none.rlim_cur = 0;
-    core_limited = setrlimit(RLIMIT_CORE, &none) == 0;
-  }
+  sid_nodump_begin();
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = SIG_IGN;
   sigemptyset(&sa.sa_mask);
@@ -216,13 +160,10 @@ static int signal_release(lua_State *L) {
   sigaction(SIGQUIT, &old_quit, NULL);
   sigaction(SIGPIPE, &old_pipe, NULL);
   sigaction(SIGXFSZ, &old_xfsz, NULL);
-  if (core_limited) setrlimit(RLIMIT_CORE, &old_core);
-  core_limited = 0;
-  if (old_dumpable > 0) prctl(PR_SET_DUMPABLE, old_dumpable, 0, 0, 0);
-  old_dumpable = -1;
+  sid_nodump_end();
   caught = 0;
   close_pipe();
-  unplug_std_fds();
+  sid_stdfd_unplug();
   return 0;
 }
 
@@ -236,85 +177,6 @@ static int signal_caught(lua_State *L) {
    since catch_signals */
 static int signal_count(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)sig_count);
-  return 1;
-}
-
-/* core.isatty(fd) -> boolean: whether the descriptor is a terminal (the
-   progress display: a bar on a terminal, plain lines otherwise). */
-static int signal_isatty(lua_State *L) {
-  lua_Integer fd = luaL_checkinteger(L, 1);
-  lua_pushboolean(L, fd >= 0 && fd <= 1024 && isatty((int)fd) == 1);
-  return 1;
-}
-
-/* core.is_memory_device(fd) -> boolean: whether the descriptor is open
-   on one of Linux's memory devices (character major 1: /dev/null,
-   /dev/zero, /dev/random, /dev/urandom, /dev/kmsg, /dev/full...), which
-   take a write and keep nothing the operator can read back (or put it in
-   the kernel log): a new key written there as standard output is lost,
-   mostly with no error to notice. */
-static int signal_is_memory_device(lua_State *L) {
-  lua_Integer fd = luaL_checkinteger(L, 1);
-  struct stat st;
-  int memory = fd >= 0 && fd <= 1024 && fstat((int)fd, &st) == 0 &&
-               S_ISCHR(st.st_mode) && major(st.st_rdev) == 1;
-  lua_pushboolean(L, memory);
-  return 1;
-}
-
-/* core.read_input(fd, max, seconds) -> data | "" | false | nil [, message]
-   Up to `max` bytes (at most 16 KiB) from `fd` once it has some: a
-   string; "" when nothing came within `seconds` (0: just look; nil or
-   < 0: no limit); false when a signal came first (while caught: the
-   caller reads signal_count); nil at the end of the input, or nil and a
-   message when reading failed. */
-static int signal_read_input(lua_State *L) {
-  lua_Integer fd = luaL_checkinteger(L, 1);
-  lua_Integer max = luaL_checkinteger(L, 2);
-  lua_Number s = luaL_optnumber(L, 3, -1);
-  int ms = s < 0 ? -1 : s > 86400 ? 86400000 : (int)(s * 1000.0 + 0.5);
-  struct pollfd p[2];
-  int n = 1, woke = 0;
-  luaL_argcheck(L, fd >= 0 && fd <= 1 << 20, 1, "a descriptor expected");
-  luaL_argcheck(L, max > 0 && max <= 1 << 20, 2, "1..1048576 expected");
-  p[0].fd = (int)fd;
-  p[0].events = POLLIN;
-  p[0].revents = 0;
-  if (caught && read_fd >= 0) {
-    p[1].fd = read_fd;
-    p[1].events = POLLIN;
-    p[1].revents = 0;
-    n = 2;
-  }
-  if (poll(p, (nfds_t)n, ms) < 0) {
-    if (errno != EINTR) {
-      lua_pushnil(L);
-      lua_pushstring(L, strerror(errno));
-      return 2;
-    }
-    woke = 1;
-  }
-  if (n == 2 && p[1].revents) {
-    sid_signal_drain();
-    woke = 1;
-  }
-  if (p[0].revents) {
-    char buf[16384];
-    ssize_t r = read((int)fd, buf, (size_t)max < sizeof buf ? (size_t)max : sizeof buf);
-    if (r > 0) {
-      lua_pushlstring(L, buf, (size_t)r);
-      return 1;
-    }
-    if (r == 0) return 0;                          /* end of input */
-    if (errno == EINTR) woke = 1;
-    else if (errno != EAGAIN && errno != EWOULDBLOCK) {
-      lua_pushnil(L);
-      lua_pushstring(L, strerror(errno));
-      return 2;
-    }
-  }
-  if (woke) lua_pushboolean(L, 0);
-  else lua_pushliteral(L, "");
   return 1;
 }
 
@@ -333,20 +195,14 @@ int sid_signal_abort(void) {
 }
 
 void sid_open_signal(lua_State *L) {
-  lua_pushcfunction(L, signal_catch);
-  lua_setfield(L, -2, "catch_signals");
-  lua_pushcfunction(L, signal_release);
-  lua_setfield(L, -2, "release_signals");
-  lua_pushcfunction(L, signal_count);
-  lua_setfield(L, -2, "signal_count");
-  lua_pushcfunction(L, signal_caught);
-  lua_setfield(L, -2, "signals_caught");
-  lua_pushcfunction(L, signal_isatty);
-  lua_setfield(L, -2, "isatty");
-  lua_pushcfunction(L, signal_is_memory_device);
-  lua_setfield(L, -2, "is_memory_device");
-  lua_pushcfunction(L, signal_read_input);
-  lua_setfield(L, -2, "read_input");
+  static const luaL_Reg functions[] = {
+    {"catch_signals", signal_catch},
+    {"release_signals", signal_release},
+    {"signal_count", signal_count},
+    {"signals_caught", signal_caught},
+    {NULL, NULL}
+  };
+  sid_setfuncs(L, functions);
   lua_pushliteral(L, SID_INTERRUPTED);
   lua_setfield(L, -2, "INTERRUPTED");
 }

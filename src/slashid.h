@@ -208,10 +208,20 @@ int  sid_signal_fd(void);
 void sid_signal_drain(void);
 int  sid_signal_abort(void);
 
+/* stdfd.c: descriptors 0-2 that are closed opened on /dev/null (-1 and
+   errno on failure, nothing left open), and put back */
+int  sid_stdfd_closed(int fd);
+int  sid_stdfd_plug(void);
+void sid_stdfd_unplug(void);
+
+/* nodump.c: no core file (it would hold the keys) until _end */
+void sid_nodump_begin(void);
+void sid_nodump_end(void);
+
 /* the module's one exported symbol */
 SID_API int luaopen_slashid_core(lua_State *L);
 
-/* core.c: curl_global_init, once per process (raises if it failed) */
+/* global.c: curl_global_init, once per process (raises if it failed) */
 void sid_global_init(lua_State *L);
 
 /* class.c: registers a userdata type */
@@ -224,7 +234,12 @@ void sid_open_clock(lua_State *L);
 void sid_open_keyfile(lua_State *L);
 void sid_open_multi(lua_State *L);
 void sid_open_signal(lua_State *L);
+void sid_open_stdfd(lua_State *L);     /* isatty, is_memory_device, read_input */
 void sid_open_files(lua_State *L);
+/* files.c: fsync of a directory, or of the one holding a path (0, or -1
+   and errno) */
+int  sid_sync_dir(const char *dir);
+int  sid_sync_dir_of(const char *path);
 void sid_open_idset(lua_State *L);
 /* tolerant.c: result.api_key of a 2xx the strict parser refused; pushes
    it and returns 1, or pushes nothing and returns 0 */

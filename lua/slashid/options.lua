@@ -118,21 +118,29 @@ local function host_of(authority, bad, no_host, bad_port)
   return host
 end
 
--- Returns the base URL without trailing slashes, or raises.
-local base_url_ok = {}    -- accepted URL -> normalized form (a small memo)
-local base_url_memo_size = 0
-
-local function check_base_url_uncached(name, v)
-  if type(v) ~= "string" or v == "" then fail(name, "https:// URL string", v) end
+-- What the base URL and proxy checks share: a string of printable
+-- characters spelling SCHEME://AUTHORITY..., split. Returns the scheme in
+-- lower case (nil if there is none), the authority, the rest, and the
+-- function that raises the option's error.
+local function split_url(name, v, expected)
+  if type(v) ~= "string" or v == "" then fail(name, expected, v) end
   local function bad(why)
     raise(string_format("slashid: bad option '%s' (%s)", name, why))
   end
   if v:find("[%c%s\127]") then bad("spaces and control characters are not allowed") end
   local scheme, rest = v:match("^(%a[%w+.-]*)://(.*)$")
-  if not scheme then bad("an absolute https:// URL is required") end
-  scheme = scheme:lower()
+  if not scheme then return nil, nil, nil, bad end
   local authority = rest:match("^[^/?#]*")
-  local path = rest:sub(#authority + 1)
+  return scheme:lower(), authority, rest:sub(#authority + 1), bad
+end
+
+-- Returns the base URL without trailing slashes, or raises.
+local base_url_ok = {}    -- accepted URL -> normalized form (a small memo)
+local base_url_memo_size = 0
+
+local function check_base_url_uncached(name, v)
+  local scheme, authority, path, bad = split_url(name, v, "https:// URL string")
+  if not scheme then bad("an absolute https:// URL is required") end
   if authority:find("@", 1, true) then bad("user information in the URL is not allowed") end
   if path:find("[?#]") then bad("a query or fragment is not allowed") end
   local host = host_of(authority, bad, "the URL has no host", "bad port")
@@ -162,16 +170,10 @@ end
 local PROXY_SCHEMES = { http = true, https = true, socks5h = true }
 local function check_proxy(name, v)
   if v == false then return false end
-  if type(v) ~= "string" or v == "" then fail(name, "proxy URL string or false", v) end
-  local function bad(why)
-    raise(string_format("slashid: bad option '%s' (%s)", name, why))
-  end
-  if v:find("[%c%s\127]") then bad("spaces and control characters are not allowed") end
-  local scheme, rest = v:match("^(%a[%w+.-]*)://(.*)$")
-  if not scheme or not PROXY_SCHEMES[scheme:lower()] then
+  local scheme, authority, _, bad = split_url(name, v, "proxy URL string or false")
+  if not PROXY_SCHEMES[scheme or ""] then
     bad("http://, https:// or socks5h:// proxy URL expected")
   end
-  local authority = rest:match("^[^/?#]*")
   host_of(authority:match("@([^@]*)$") or authority, bad,
           "the proxy URL has no host", "bad proxy port")
   return v
