@@ -72,6 +72,8 @@ void sid_answer_clear(sid_transfer *t) {
   sid_buf_reset(&t->head);
   t->received = t->head_received = 0;
   t->too_large = t->head_too_large = t->out_of_memory = 0;
+  t->requests_sent = 0;
+  t->connect_status = 0;
   t->secrets.key[SID_SECRET_NEW_KEY] = NULL;
   t->secrets.len[SID_SECRET_NEW_KEY] = 0;
 }
@@ -313,13 +315,15 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
   /* A 2xx whose transfer then failed (trailers over the header cap, a
      missing last chunk, a Content-Length one byte too long) may still
      have brought a whole envelope: a key it holds is real, and the old
-     one is dead, so it is handed back ("salvaged") rather than lost. A
-     body cut by max_response_bytes is never read this way. */
+     one is dead, so its result is handed back rather than lost (what
+     that means is policy.lua's to say: a 2xx result with a key is
+     "rotated", however the transfer ended). A body cut by
+     max_response_bytes is never read this way. */
   int readable = complete || (status >= 200 && status <= 299 &&
                               t->requests_sent > 0 &&
                               t->setup_rc == CURLE_OK && !t->too_large &&
                               t->body.len > 0);
-  int salvaged = 0;
+  int cut_with_key = 0;       /* incomplete, but a whole envelope with a key */
   if (readable && sid_json_decode(L, t->body.data ? t->body.data : "",
                                   t->body.len)) {
     if (lua_type(L, -1) == LUA_TTABLE) envelope = lua_gettop(L);
@@ -353,7 +357,7 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
     lua_pop(L, 1);
     tolerant = 1;
   }
-  if (!complete && has_api_key(L, envelope)) salvaged = 1;
+  if (!complete && has_api_key(L, envelope)) cut_with_key = 1;
   else if (!complete && lua_type(L, envelope) == LUA_TTABLE) {
     lua_pushnil(L);             /* a partial envelope without a key: */
     lua_replace(L, envelope);   /* the attempt stays incomplete */
@@ -368,7 +372,7 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
                    SID_TRACE_BODY_MAX);
 
   /* result */
-  if ((complete || salvaged) && lua_type(L, envelope) == LUA_TTABLE) {
+  if ((complete || cut_with_key) && lua_type(L, envelope) == LUA_TTABLE) {
     lua_getfield(L, envelope, "result");
     if (lua_type(L, -1) != LUA_TTABLE) {
       lua_pop(L, 1);
@@ -412,7 +416,7 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
   else lua_pushnil(L);
 
   /* facts */
-  lua_createtable(L, 0, 11);
+  lua_createtable(L, 0, 10);
   facts = lua_gettop(L);
   set_int(L, "status", status);
   set_int(L, "connect_status", t->connect_status);
@@ -421,8 +425,6 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
   lua_setfield(L, facts, "sent");
   lua_pushboolean(L, complete && t->setup_rc == CURLE_OK);
   lua_setfield(L, facts, "complete");
-  lua_pushboolean(L, salvaged);
-  lua_setfield(L, facts, "salvaged");
   lua_pushboolean(L, t->too_large || t->head_too_large);
   lua_setfield(L, facts, "too_large");
   lua_pushboolean(L, lua_type(L, envelope) == LUA_TTABLE);

@@ -18,10 +18,24 @@ double sid_monotonic(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* Only this file writes deadline, expired, timed_out and no_new_send. */
 void sid_deadline_start(sid_transfer *t, double seconds) {
   t->deadline = sid_monotonic() + seconds;
   t->expired = 0;
   t->timed_out = 0;
+  t->no_new_send = 0;
+}
+
+/* No deadline at all (the request was dropped). */
+void sid_deadline_clear(sid_transfer *t) {
+  t->deadline = 0;
+  t->expired = t->timed_out = t->no_new_send = 0;
+}
+
+/* A look that ended without finishing an attempt that is not past its
+   deadline: the next look may send again. */
+void sid_deadline_look_over(sid_transfer *t) {
+  t->no_new_send = 0;
 }
 
 /* Before a look at the socket: once the deadline has passed, that look
@@ -37,7 +51,7 @@ int sid_deadline_before_look(sid_transfer *t, double now, int last_look) {
    answer, ends as a timeout (curl code 28), exactly as libcurl's own
    timeout would have ended it, "sent" telling whether it went out. */
 CURLcode sid_deadline_after_look(sid_transfer *t, int finished, CURLcode rc) {
-  t->no_new_send = 0;
+  sid_deadline_look_over(t);
   if (!t->expired || t->cancelled) return rc;
   if (!finished || rc == CURLE_ABORTED_BY_CALLBACK) {
     t->timed_out = 1;

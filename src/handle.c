@@ -43,17 +43,11 @@ static void prepare_push(lua_State *L, sid_transfer *t) {
    handle still says done: handle:collect() builds it again (the engine
    does, job.lua), instead of losing a key the server has issued. The
    request stays set up either way. */
-static int answer_push_busy(lua_State *L, sid_transfer *t, CURLcode rc) {
+static int answer_push_busy(lua_State *L, sid_transfer *t) {
   int top = lua_gettop(L) - 2, status;   /* below the function and t */
-  t->finished_rc = rc;
   status = lua_pcall(L, 1, 4, 0);
-  t->busy = 0;
-  sid_callbacks_off(t);
-  if (status != 0) {
-    t->finished = 1;
-    return lua_error(L);
-  }
-  t->finished = 0;
+  sid_transfer_release_hold(t, status == 0);
+  if (status != 0) return lua_error(L);
   sid_request_end(L, t);
   sid_answer_clear(t);
   return lua_gettop(L) - top;
@@ -62,18 +56,17 @@ static int answer_push_busy(lua_State *L, sid_transfer *t, CURLcode rc) {
 /* handle:perform(request) -> result, errors, pagination, facts */
 static int handle_perform(lua_State *L) {
   sid_transfer *t = sid_transfer_check(L, 1);
-  CURLcode rc = CURLE_OK;
   luaL_checktype(L, 2, LUA_TTABLE);
   check_idle(L, t);
   sid_request_set(L, 2, 1, t);
+  sid_transfer_start_attempt(t);
   sid_request_attempt(L, 2, t);
   prepare_push(L, t);
-  sid_callbacks_on(t, L);
-  /* Busy until the answer is built: the answer's trace calls the debug
-     function, which must not reuse (or close) this handle meanwhile. */
-  t->busy = 1;
-  if (t->setup_rc == CURLE_OK) rc = sid_transfer_run(t);
-  return answer_push_busy(L, t, rc);
+  /* Held until the answer is built: the run and the answer's trace call
+     the debug function, which must not reuse (or close) this handle. */
+  sid_transfer_hold(t, L, CURLE_OK);
+  if (t->setup_rc == CURLE_OK) sid_transfer_run(t);
+  return answer_push_busy(L, t);
 }
 
 /* handle:collect() -> result, errors, pagination, facts, for an attempt
@@ -90,12 +83,10 @@ static int handle_collect(lua_State *L) {
     return sid_raise(L, "slashid: handle is busy (a transfer is running on it)");
   sid_callbacks_off(t);            /* detaching calls no Lua */
   sid_transfer_detach(L, t);
-  rc = t->finished ? t->finished_rc : CURLE_ABORTED_BY_CALLBACK;
-  if (!t->finished) t->cancelled = 1;
+  rc = sid_transfer_collect_rc(t);
   prepare_push(L, t);
-  sid_callbacks_on(t, L);          /* the answer's trace, if any */
-  t->busy = 1;
-  return answer_push_busy(L, t, rc);
+  sid_transfer_hold(t, L, rc);     /* the answer's trace, if any */
+  return answer_push_busy(L, t);
 }
 
 /* handle:discard(): an answer kept after a memory error that will not be
@@ -103,7 +94,7 @@ static int handle_collect(lua_State *L) {
 static int handle_discard(lua_State *L) {
   sid_transfer *t = sid_transfer_check(L, 1);
   if (t->busy || t->list) return 0;
-  t->finished = 0;
+  sid_transfer_forget_answer(t);
   sid_request_end(L, t);
   sid_answer_clear(t);
   return 0;
@@ -118,8 +109,8 @@ static int handle_close(lua_State *L) {
 }
 
 static int handle_gc(lua_State *L) {
-  sid_transfer_check(L, 1)->busy = 0;  /* a collected handle is not inside
-                                          perform */
+  /* a handle being collected is not inside perform: no call holds it */
+  sid_transfer_release_hold(sid_transfer_check(L, 1), 1);
   return handle_close(L);
 }
 

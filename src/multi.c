@@ -143,16 +143,15 @@ static int multi_add(lua_State *L) {
     return sid_raise(L, "slashid: handle is busy (a transfer is running on it)");
   sid_transfer_own(L, t);
   sid_request_set(L, 3, 2, t);
+  sid_transfer_start_attempt(t);
   sid_request_attempt(L, 3, t);
   if (t->setup_rc != CURLE_OK) {
-    t->finished = 1;
-    t->finished_rc = t->setup_rc;
+    sid_transfer_finish(t, t->setup_rc);
     lua_pushboolean(L, 0);
     return 1;
   }
   if (sid_transfer_attach(L, t, 2, &m->list) != CURLM_OK) {
-    t->finished = 1;
-    t->finished_rc = CURLE_FAILED_INIT;
+    sid_transfer_finish(t, CURLE_FAILED_INIT);
     lua_pushboolean(L, 0);
     return 1;
   }
@@ -205,8 +204,7 @@ static int multi_perform(lua_State *L) {
     if (msg->msg != CURLMSG_DONE) continue;
     h = sid_transfer_of(msg->easy_handle);
     if (h == NULL || h->list != &m->list) continue;
-    h->finished = 1;
-    h->finished_rc = sid_deadline_after_look(h, 1, msg->data.result);
+    sid_transfer_finish(h, sid_deadline_after_look(h, 1, msg->data.result));
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->self_ref);
     lua_rawseti(L, -2, ++n);
     sid_transfer_detach(L, h);
@@ -216,11 +214,10 @@ static int multi_perform(lua_State *L) {
   for (h = m->list.first; h; h = next) {
     next = h->next;
     if (!h->expired) {
-      h->no_new_send = 0;
+      sid_deadline_look_over(h);
       continue;
     }
-    h->finished = 1;
-    h->finished_rc = sid_deadline_after_look(h, 0, CURLE_OK);
+    sid_transfer_finish(h, sid_deadline_after_look(h, 0, CURLE_OK));
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->self_ref);
     lua_rawseti(L, -2, ++n);
     sid_transfer_detach(L, h);

@@ -259,28 +259,17 @@ void sid_request_attempt(lua_State *L, int req, sid_transfer *t) {
   req = sid_absindex(L, req);
   sid_request_end(L, t);
   sid_answer_clear(t);
-  t->requests_sent = 0;
-  t->connect_status = 0;
-  t->no_new_send = 0;
-  t->debug_failed = 0;
-  t->cancelled = 0;
-  t->finished = 0;
-  t->errbuf[0] = '\0';
   ca = field_string(L, req, "ca_file", &len, 0);
   check_ca_file(t, ca);
   if (t->setup_rc != CURLE_OK) t->req_set = 0;   /* set up again next time */
   lua_getfield(L, req, "debug");
-  if (lua_isfunction(L, -1)) t->debug_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  else lua_pop(L, 1);
+  sid_trace_hold(L, t);
   sid_deadline_start(t, t->request_timeout);
 }
 
 /* The end of a call: the debug function is no longer held. */
 void sid_request_end(lua_State *L, sid_transfer *t) {
-  if (t->debug_ref != LUA_NOREF) {
-    luaL_unref(L, LUA_REGISTRYINDEX, t->debug_ref);
-    t->debug_ref = LUA_NOREF;
-  }
+  sid_trace_release(L, t);
 }
 
 void sid_request_clear(lua_State *L, sid_transfer *t) {
@@ -299,8 +288,7 @@ void sid_request_clear(lua_State *L, sid_transfer *t) {
   memset(&t->secrets, 0, sizeof t->secrets);
   t->single_send = 0;
   t->setup_rc = CURLE_OK;
-  t->deadline = 0;
-  t->expired = t->timed_out = 0;
+  sid_deadline_clear(t);
   t->req_set = 0;
   sid_request_end(L, t);
   sid_answer_clear(t);

@@ -140,6 +140,14 @@ void sid_transfer_release(lua_State *L, sid_transfer *t);  /* close */
    callbacks follow that rule */
 void sid_callbacks_on(sid_transfer *t, lua_State *L);
 void sid_callbacks_off(sid_transfer *t);
+/* transfer.c: an attempt's life (the only writers of busy, finished,
+   finished_rc, cancelled) */
+void     sid_transfer_start_attempt(sid_transfer *t);
+void     sid_transfer_finish(sid_transfer *t, CURLcode rc);
+CURLcode sid_transfer_collect_rc(sid_transfer *t);
+void     sid_transfer_hold(sid_transfer *t, lua_State *L, CURLcode rc);
+void     sid_transfer_release_hold(sid_transfer *t, int built);
+void     sid_transfer_forget_answer(sid_transfer *t);
 
 /* pollset.c: one descriptor that polls readable while a socket libcurl
    watches (CURLMOPT_SOCKETFUNCTION) is ready: epoll on Linux, kqueue on
@@ -161,6 +169,8 @@ int  sid_pollset_ready(int set, int *marker);  /* readable for good */
 /* deadline.c: request_timeout, checked after each look at the socket */
 double   sid_monotonic(void);
 void     sid_deadline_start(sid_transfer *t, double seconds);
+void     sid_deadline_clear(sid_transfer *t);
+void     sid_deadline_look_over(sid_transfer *t);
 int      sid_deadline_before_look(sid_transfer *t, double now, int last_look);
 CURLcode sid_deadline_after_look(sid_transfer *t, int finished, CURLcode rc);
 long     sid_deadline_wait_ms(const sid_transfer *t, double now, long ms);
@@ -191,6 +201,8 @@ int  sid_trace_on_debug(CURL *h, curl_infotype type, char *p, size_t n,
 void sid_trace_emit(sid_transfer *t, const char *prefix,
                     const char *p, size_t n, size_t max);
 void sid_trace_headers(sid_transfer *t);   /* the answer's, once known */
+void sid_trace_hold(lua_State *L, sid_transfer *t);     /* pops the debug value */
+void sid_trace_release(lua_State *L, sid_transfer *t);
 
 /* json.c: decode with lua-cjson, JSON null -> nil, integral -> integer.
    Pushes the value and returns 1, or pushes nothing and returns 0. */

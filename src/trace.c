@@ -65,6 +65,22 @@ static void emit(sid_transfer *t, const char *prefix, const char *p,
     t->debug_failed = 1;   /* the trace stops; the exchange goes on */
 }
 
+/* A call's debug function (on top of the stack, popped; anything else:
+   no trace) is held until sid_trace_release: only this file writes
+   debug_ref and debug_failed. */
+void sid_trace_hold(lua_State *L, sid_transfer *t) {
+  t->debug_failed = 0;
+  if (lua_isfunction(L, -1)) t->debug_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  else lua_pop(L, 1);
+}
+
+void sid_trace_release(lua_State *L, sid_transfer *t) {
+  if (t->debug_ref != LUA_NOREF) {
+    luaL_unref(L, LUA_REGISTRYINDEX, t->debug_ref);
+    t->debug_ref = LUA_NOREF;
+  }
+}
+
 void sid_trace_emit(sid_transfer *t, const char *prefix, const char *p,
                     size_t n, size_t max) {
   emit(t, prefix, p, n, max, 0);

@@ -22,6 +22,53 @@
 void sid_callbacks_on(sid_transfer *t, lua_State *L) { t->L = L; }
 void sid_callbacks_off(sid_transfer *t) { t->L = NULL; }
 
+/* ---- an attempt's life: only these functions (and on_prereq below)
+   write busy, finished, finished_rc and cancelled. */
+
+/* A new attempt begins: nothing finished, nothing cancelled. */
+void sid_transfer_start_attempt(sid_transfer *t) {
+  t->finished = 0;
+  t->cancelled = 0;
+  t->errbuf[0] = '\0';
+}
+
+/* The attempt is over with `rc` (a multi reported it, or it could not
+   even start); its answer waits for handle:collect. */
+void sid_transfer_finish(sid_transfer *t, CURLcode rc) {
+  t->finished = 1;
+  t->finished_rc = rc;
+}
+
+/* handle:collect's code: the finished attempt's, or, when it had not
+   finished (op:cancel took it), an abort, and the attempt is cancelled. */
+CURLcode sid_transfer_collect_rc(sid_transfer *t) {
+  if (t->finished) return t->finished_rc;
+  t->cancelled = 1;
+  return CURLE_ABORTED_BY_CALLBACK;
+}
+
+/* A call holds the handle until the answer it drives is built: a debug
+   function called meanwhile must not reuse, collect or close it. */
+void sid_transfer_hold(sid_transfer *t, lua_State *L, CURLcode rc) {
+  t->busy = 1;
+  t->finished_rc = rc;
+  sid_callbacks_on(t, L);
+}
+
+/* The answer was built (`built`), or building it raised: then its bytes
+   are kept and the handle still says finished, so that handle:collect
+   builds it again (a key the server issued is never dropped). */
+void sid_transfer_release_hold(sid_transfer *t, int built) {
+  t->busy = 0;
+  sid_callbacks_off(t);
+  t->finished = !built;
+}
+
+/* handle:discard: a kept answer that will not be collected after all. */
+void sid_transfer_forget_answer(sid_transfer *t) {
+  t->finished = 0;
+}
+
 sid_transfer *sid_transfer_check(lua_State *L, int idx) {
   return (sid_transfer *)luaL_checkudata(L, idx, SID_HANDLE_MT);
 }
@@ -169,6 +216,7 @@ CURLcode sid_transfer_run(sid_transfer *t) {
   }
   rc = sid_deadline_after_look(t, finished, rc);
   curl_multi_remove_handle(t->own_multi, t->easy);
+  t->finished_rc = rc;       /* the code its answer is built from */
   return rc;
 }
 

@@ -19,19 +19,18 @@ local PASSABLE = {
 }
 
 -- "rotated", "not_rotated" or "unknown" (see README's "Outcomes" table).
+-- This is the one place that decides: answer.c only reports what came
+-- (a `result` only from a complete answer, or from a 2xx whose transfer
+-- failed after a whole envelope holding a key arrived).
 function M.outcome(result, facts)
-  if facts.salvaged then
-    -- the transfer failed after a whole 2xx envelope with a key arrived
-    return "rotated"
+  local s = facts.status
+  if s >= 200 and s <= 299 and result and type(result.api_key) == "string" and
+     result.api_key ~= "" then
+    return "rotated"          -- even when the transfer failed after it
   end
   if facts.complete then
-    local s = facts.status
-    if s >= 200 and s <= 299 then
-      if result and type(result.api_key) == "string" and result.api_key ~= "" then
-        return "rotated"
-      end
-      return "unknown"
-    elseif (s >= 300 and s <= 399) or (s >= 400 and s <= 499 and s ~= 408) then
+    if s >= 200 and s <= 299 then return "unknown" end     -- no key in it
+    if (s >= 300 and s <= 399) or (s >= 400 and s <= 499 and s ~= 408) then
       return "not_rotated"
     end
     return "unknown"          -- 408, 5xx, 1xx
@@ -66,7 +65,6 @@ end
 -- Whether the server cannot have acted on this attempt and another one
 -- may succeed.
 function M.retryable(facts)
-  if facts.salvaged then return false end
   if facts.complete then return facts.status == 429 end
   -- a proxy that refused the tunnel for good (403, 401/407 credentials)
   -- will refuse it again; 408, 429 and 5xx may pass

@@ -76,7 +76,7 @@ local function check_facts(facts, status)
   if type(facts) ~= "table" then fail("facts is a %s", type(facts)) end
   if facts.status ~= status or not is_int(facts.status) then fail("facts.status") end
   if not is_int(facts.curl_code) then fail("facts.curl_code") end
-  for _, k in ipairs{ "sent", "complete", "too_large", "envelope", "salvaged" } do
+  for _, k in ipairs{ "sent", "complete", "too_large", "envelope" } do
     if type(facts[k]) ~= "boolean" then fail("facts.%s is not a boolean", k) end
   end
   if type(facts.elapsed) ~= "number" then fail("facts.elapsed") end
@@ -133,13 +133,13 @@ local function check_outcome(result, errors, pagination, facts, rc)
     else
       expected = "unknown"
     end
-  elseif facts.salvaged then
+  elseif result ~= nil then
     -- a whole 2xx envelope with a key arrived before the transfer failed
-    if not (s >= 200 and s <= 299) then fail("salvaged from status %d", s) end
-    if not (result and type(result.api_key) == "string" and result.api_key ~= "") then
-      fail("salvaged without a key")
+    if not (s >= 200 and s <= 299) then fail("a cut answer's result from status %d", s) end
+    if not (type(result.api_key) == "string" and result.api_key ~= "") then
+      fail("a cut answer's result without a key")
     end
-    if facts.too_large then fail("salvaged from a body over the cap") end
+    if facts.too_large then fail("a result from a body over the cap") end
     expected = "rotated"
   else
     if rc == 0 and #e > 0 and e[1].httpcode ~= 0 then fail("transport failure without httpcode 0") end
@@ -173,8 +173,8 @@ function M.check(result, errors, pagination, facts, lines, status, rc, flags, ol
     if #errors ~= 1 or first.httpcode ~= 0 or not is_int(first.curl_code) then
       fail("a transport failure must give one entry with httpcode 0 and curl_code")
     end
-    if result ~= nil and rc ~= 0 and not facts.salvaged then
-      fail("a result from an incomplete answer")
+    if result ~= nil and rc ~= 0 and (type(result.api_key) ~= "string" or result.api_key == "") then
+      fail("a result from an incomplete answer without a key")
     end
   end
   -- neither key anywhere but in result (the old one not even there: a
