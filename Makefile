@@ -43,7 +43,7 @@ WARN     = -Wall -Wextra -Wshadow -Wpointer-arith -Wcast-align \
 ALL_CFLAGS = $(CFLAGS) $(WARN) -std=gnu99 -fPIC -fvisibility=hidden \
              -I$(LUA_INCDIR) -I$(CURL_INCDIR)
 LDFLAGS ?=
-LIBS     = -lcurl -lpthread
+LIBS     = -lcurl -lz -lpthread
 
 BUILD   = build/$(notdir $(LUA))
 MODULE  = $(BUILD)/slashid/core.so
@@ -53,7 +53,7 @@ HEADERS = $(wildcard src/*.h)
 
 # Debian packages each target needs (installed only when missing, never
 # removing a package: scripts/deps.sh).
-BUILD_PKGS  = gcc libc6-dev $(LUA_PKGS) libcurl4-openssl-dev lua-cjson ca-certificates
+BUILD_PKGS  = gcc libc6-dev $(LUA_PKGS) libcurl4-openssl-dev zlib1g-dev lua-cjson ca-certificates
 RUN_PKGS    = python3 openssl
 TEST_PKGS   = lua-busted lua-socket python3-yaml tinyproxy-bin valgrind lua-argparse \
               redis-server redis-tools
@@ -234,7 +234,7 @@ test-prereqs: deps
 # the host's paths, shows the outcome (never a key) and stops all it started.
 # luajit2 before love: love then takes libluajit2 rather than Debian's
 # libluajit, which would keep luajit2 (and nginx's lua module) out.
-EXAMPLE_PKGS = gcc libc6-dev libcurl4-openssl-dev lua-cjson ca-certificates python3 openssl
+EXAMPLE_PKGS = gcc libc6-dev libcurl4-openssl-dev zlib1g-dev lua-cjson ca-certificates python3 openssl
 LUAJIT_PKGS  = luajit2 libluajit2-5.1-dev
 LUAJIT_MAKE  = $(MAKE) --no-print-directory LUA=luajit LUA_VERSION=5.1 \
                LUA_INCDIR=/usr/include/luajit-2.1 all
@@ -282,12 +282,12 @@ CLANG        ?= clang
 # libclang-rt-14-dev (libclang-rt-dev); gcc's ASan/UBSan in libasan8/libubsan1.
 ASAN_PKGS     = gcc libasan8 libubsan1
 VALGRIND_PKGS = valgrind
-CLANG_PKGS    = clang libclang-rt-dev lua5.4 liblua5.4-dev libcurl4-openssl-dev lua-cjson
+CLANG_PKGS    = clang libclang-rt-dev lua5.4 liblua5.4-dev libcurl4-openssl-dev zlib1g-dev lua-cjson
 FUZZ_CFLAGS   = -g -O1 -fno-omit-frame-pointer -std=gnu99 -Wall -Wextra \
                 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
                 -DSID_STATIC_LINK -DSID_FUZZ_ROOT='"$(CURDIR)"' \
                 -Isrc -Ispec/fuzz -I/usr/include/lua5.4 -I$(CURL_INCDIR)
-FUZZ_LIBS     = -llua5.4 -lcurl -lm -ldl -lpthread
+FUZZ_LIBS     = -llua5.4 -lcurl -lz -lm -ldl -lpthread
 
 .PHONY: check-asan check-valgrind fuzz check-threads check-noprereq
 

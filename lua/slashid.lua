@@ -532,17 +532,67 @@ end
 -- Whether a call with this resolved configuration presents the client's
 -- own key for the client's own organization (named explicitly or not):
 -- if it rotates, the key the client holds is dead.
--- A base URL as compared for adoption: scheme and host in lower case
--- (they are case-insensitive), the scheme's default port left out, no
--- trailing slash.
-local DEFAULT_PORT = { http = ":80", https = ":443" }
+-- A base URL as compared for adoption, spelled one way for one place
+-- (libcurl reaches the same server for each spelling): scheme and host in
+-- lower case, an IPv6 literal written out in full, the port without
+-- leading zeros and left out when it is the scheme's default, the path
+-- without dot segments (RFC 3986, 5.2.4) and trailing slashes. Spellings
+-- that are not one place for certain (localhost and 127.0.0.1) stay apart:
+-- then the client keeps its key, and the caller has the new one in
+-- `result`.
+local DEFAULT_PORT = { http = "80", https = "443" }
+
+local function ipv6_key(addr)
+  local head, tail = addr:match("^(.-)::(.*)$")
+  local groups = {}
+  local function add(part)
+    for g in part:gmatch("[^:]+") do
+      if not g:find("^%x%x?%x?%x?$") then return false end
+      groups[#groups + 1] = ("%x"):format(tonumber(g, 16))
+    end
+    return true
+  end
+  if head then
+    local left, right = {}, nil
+    if not add(head) then return nil end
+    left, groups = groups, {}
+    if not add(tail) then return nil end
+    right = groups
+    if #left + #right > 7 then return nil end
+    groups = left
+    for _ = 1, 8 - #left - #right do groups[#groups + 1] = "0" end
+    for _, g in ipairs(right) do groups[#groups + 1] = g end
+  elseif not add(addr) then
+    return nil
+  end
+  return #groups == 8 and table.concat(groups, ":") or nil
+end
+
+local function path_key(path)
+  local out = {}
+  for segment in (path .. "/"):gmatch("([^/]*)/") do
+    if segment == ".." then
+      if #out > 0 then out[#out] = nil end
+    elseif segment ~= "." and segment ~= "" then
+      out[#out + 1] = segment
+    end
+  end
+  return #out > 0 and ("/" .. table.concat(out, "/")) or ""
+end
+
 local function url_key(url)
-  local scheme, host, rest = url:match("^([%a][%w+.-]*)://([^/]*)(.*)$")
+  local scheme, authority, path = url:match("^([%a][%w+.-]*)://([^/]*)(.*)$")
   if not scheme then return url end
-  scheme, host = scheme:lower(), host:lower()
-  local port = DEFAULT_PORT[scheme]
-  if port and host:sub(-#port) == port then host = host:sub(1, -#port - 1) end
-  return scheme .. "://" .. host .. rest:gsub("/+$", "")
+  scheme, authority = scheme:lower(), authority:lower()
+  local host, port = authority:match("^(%b[])(.*)$")
+  if host then
+    host = "[" .. (ipv6_key(host:sub(2, -2)) or host:sub(2, -2)) .. "]"
+  else
+    host, port = authority:match("^([^:]*)(.*)$")
+  end
+  port = port:match("^:0*(%d+)$") or port:match("^:$") and "" or port
+  if port == "" or port == DEFAULT_PORT[scheme] then port = "" else port = ":" .. port end
+  return scheme .. "://" .. host .. port .. path_key(path)
 end
 
 local function holds(st, cfg)

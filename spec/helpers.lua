@@ -430,4 +430,32 @@ function H.recipe_skip()
   return nil
 end
 
+-- Text as a reader would decode an echo in it, in one pass: each \uXXXX
+-- (as the byte when below 128, "?" above), \/, \\, \" and %XX read as
+-- the character it stands for (forms mixed within one key decode too).
+function H.decode_echo(s)
+  local out, i, n = {}, 1, #s
+  while i <= n do
+    local c = s:sub(i, i)
+    local hex4 = c == "\\" and s:match("^\\u(%x%x%x%x)", i)
+    local hex2 = c == "%" and s:match("^%%(%x%x)", i)
+    local esc = c == "\\" and s:sub(i + 1, i + 1)
+    if hex4 then
+      local v = tonumber(hex4, 16)
+      out[#out + 1] = v < 128 and string.char(v) or "?"
+      i = i + 6
+    elseif esc == "/" or esc == "\\" or esc == '"' then
+      out[#out + 1] = esc
+      i = i + 2
+    elseif hex2 then
+      out[#out + 1] = string.char(tonumber(hex2, 16))
+      i = i + 3
+    else
+      out[#out + 1] = c
+      i = i + 1
+    end
+  end
+  return table.concat(out)
+end
+
 return H

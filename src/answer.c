@@ -57,6 +57,10 @@ size_t sid_answer_on_header(char *p, size_t size, size_t n, void *ud) {
       t->head.data[t->head.len - 1] == '\n') {
     t->head.len--;
     if (t->head.len && t->head.data[t->head.len - 1] == '\r') t->head.len--;
+    /* obs-fold is OWS CRLF RWS: the spaces before the break go too */
+    while (t->head.len && (t->head.data[t->head.len - 1] == ' ' ||
+                           t->head.data[t->head.len - 1] == '\t'))
+      t->head.len--;
     while (fold < len && (p[fold] == ' ' || p[fold] == '\t')) fold++;
   }
   if (!sid_buf_append(&t->head, p + fold, len - fold)) {
@@ -71,7 +75,7 @@ void sid_answer_clear(sid_transfer *t) {
   sid_buf_reset(&t->body);
   sid_buf_reset(&t->head);
   t->received = t->head_received = 0;
-  t->too_large = t->head_too_large = t->out_of_memory = 0;
+  t->too_large = t->head_too_large = t->out_of_memory = t->decoded = 0;
   t->requests_sent = 0;
   t->connect_status = 0;
   t->secrets.key[SID_SECRET_NEW_KEY] = NULL;
@@ -115,7 +119,8 @@ static void push_headers(lua_State *L, sid_transfer *t) {
       /* A name is server text like any other: it may quote a key, in
          any case (HTTP/2 lowers names). */
       sid_push_redacted_name(L, p, (size_t)(colon - p), &t->secrets);
-      sid_push_redacted(L, v, (size_t)(ve - v), &t->secrets, 0, 1);
+      /* a value too, matched in any case, as the trace does */
+      sid_push_redacted_folded(L, v, (size_t)(ve - v), &t->secrets);
       lua_rawset(L, -3);
     }
     p = next;
@@ -310,6 +315,10 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
   int complete = (rc == CURLE_OK), tolerant = 0;
 
   luaL_checkstack(L, 12, "answer");
+  if (sid_decode_body(t) != 0) {
+    lua_pushliteral(L, "not enough memory");   /* built again later */
+    return lua_error(L);
+  }
 
   /* The envelope, when the whole answer is a JSON object. */
   /* A 2xx whose transfer then failed (trailers over the header cap, a

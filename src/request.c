@@ -104,11 +104,12 @@ static void check_ca_file(sid_transfer *t, const char *ca) {
   snprintf(t->errbuf, sizeof t->errbuf, "ca_file cannot be used: %s", why);
 }
 
-/* request.proxy_secrets: proxy credentials (user, password, both) that
-   every text handed back must hide, like the key. Copied and wiped. */
+/* request.secrets: what every text handed back must hide besides the
+   key: the key a verify check's key replaced, proxy credentials (user,
+   password, both). Copied and wiped. */
 static void take_extra_secrets(lua_State *L, int req, sid_transfer *t) {
   int i, n;
-  lua_getfield(L, req, "proxy_secrets");
+  lua_getfield(L, req, "secrets");
   if (lua_type(L, -1) != LUA_TTABLE) {
     lua_pop(L, 1);
     return;
@@ -228,9 +229,12 @@ void sid_request_set(lua_State *L, int req, int ud, sid_transfer *t) {
 #endif
   SETOPT(t, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)t->max_bytes);
   /* A request without Accept-Encoding admits any coding (RFC 9110): a
-     gateway may gzip the answer. libcurl decodes what it offers, so an
-     encoded 2xx still yields its key; the body cap counts decoded bytes. */
-  SETOPT(t, CURLOPT_ACCEPT_ENCODING, "");
+     gateway may gzip the answer. So the codings decode.c undoes are
+     offered, and libcurl does not decode: on a mislabelled body it would
+     drop the bytes, and the key in them (decode.c). The body cap counts
+     the bytes as they came, and the decoded ones. */
+  SETOPT(t, CURLOPT_ACCEPT_ENCODING, "gzip, deflate");
+  SETOPT(t, CURLOPT_HTTP_CONTENT_DECODING, 0L);
   lua_getfield(L, req, "pipewait");
   if (lua_toboolean(L, -1)) SETOPT(t, CURLOPT_PIPEWAIT, 1L);
   lua_pop(L, 1);

@@ -161,77 +161,134 @@ static size_t hide_api_key_value(out_t *o, const char *s, size_t n, size_t i,
   return j;
 }
 
-static int same(const char *a, const char *b, size_t n, int fold) {
-  size_t i;
-  if (!fold) return memcmp(a, b, n) == 0;
-  for (i = 0; i < n; i++)
-    if (tolower((unsigned char)a[i]) != tolower((unsigned char)b[i])) return 0;
+/* The four hex digits at s[j..j+4) as a number, or -1. */
+static long hex4_at(const char *s, size_t n, size_t j) {
+  long v = 0;
+  size_t k;
+  if (j > n || n - j < 4) return -1;
+  for (k = 0; k < 4; k++) {
+    int d = hex_digit(s[j + k]);
+    if (d < 0) return -1;
+    v = (v << 4) | d;
+  }
+  return v;
+}
+
+/* Code point cp as UTF-8 into u; its length (1-4). */
+static size_t utf8_of(unsigned long cp, unsigned char u[4]) {
+  if (cp < 0x80) { u[0] = (unsigned char)cp; return 1; }
+  if (cp < 0x800) {
+    u[0] = (unsigned char)(0xC0 | (cp >> 6));
+    u[1] = (unsigned char)(0x80 | (cp & 0x3F));
+    return 2;
+  }
+  if (cp < 0x10000) {
+    u[0] = (unsigned char)(0xE0 | (cp >> 12));
+    u[1] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+    u[2] = (unsigned char)(0x80 | (cp & 0x3F));
+    return 3;
+  }
+  u[0] = (unsigned char)(0xF0 | (cp >> 18));
+  u[1] = (unsigned char)(0x80 | ((cp >> 12) & 0x3F));
+  u[2] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+  u[3] = (unsigned char)(0x80 | (cp & 0x3F));
+  return 4;
+}
+
+/* One unit of text at s[j..n) read as the bytes it stands for: a JSON
+   escape (\uXXXX, a surrogate pair of them, or \/ \\ \" \b \f \n \r \t),
+   a percent-encoded byte (%XX), or the byte itself. Puts the bytes in u
+   and their count in *m; returns the text's length (0 at the end). */
+static size_t unit_at(const char *s, size_t n, size_t j, unsigned char u[4],
+                      size_t *m) {
+  static const char SHORT[] = "/\\\"bfnrt", SHORT_BYTE[] = "/\\\"\b\f\n\r\t";
+  if (j >= n) return 0;
+  if (s[j] == '\\' && j + 1 < n) {
+    const char *e = strchr(SHORT, s[j + 1]);
+    long cp = s[j + 1] == 'u' ? hex4_at(s, n, j + 2) : -1;
+    if (cp >= 0xD800 && cp <= 0xDBFF && n - j >= 12 && s[j + 6] == '\\' &&
+        s[j + 7] == 'u') {
+      long lo = hex4_at(s, n, j + 8);
+      if (lo >= 0xDC00 && lo <= 0xDFFF) {
+        *m = utf8_of(0x10000 + (((unsigned long)cp - 0xD800) << 10) +
+                     ((unsigned long)lo - 0xDC00), u);
+        return 12;
+      }
+    }
+    if (cp >= 0) {
+      *m = utf8_of((unsigned long)cp, u);
+      return 6;
+    }
+    if (e != NULL && s[j + 1] != '\0') {
+      u[0] = (unsigned char)SHORT_BYTE[e - SHORT];
+      *m = 1;
+      return 2;
+    }
+  } else if (s[j] == '%' && n - j >= 3) {
+    int a = hex_digit(s[j + 1]), b = hex_digit(s[j + 2]);
+    if (a >= 0 && b >= 0) {
+      u[0] = (unsigned char)((a << 4) | b);
+      *m = 1;
+      return 3;
+    }
+  }
+  u[0] = (unsigned char)s[j];
+  *m = 1;
   return 1;
 }
 
-/* Length of the longest secret starting at s[i..n), or 0 (one secret may
-   hold another: a proxy's "user:password" and its password alone). */
-static size_t secret_at(const sid_secrets *k, const char *s, size_t n,
-                        size_t i, int fold) {
-  size_t best = 0;
-  int j;
-  if (k == NULL) return 0;
-  for (j = 0; j < SID_SECRETS; j++)
-    if (k->key[j] && k->len[j] > best && n - i >= k->len[j] &&
-        same(s + i, k->key[j], k->len[j], fold))
-      best = k->len[j];
-  return best;
-}
-
-/* Length of the text at s[i..n) that spells a secret in one of the forms
-   a server, proxy or firewall page may echo it in, each character on its
-   own: as itself, JSON-escaped (\uXXXX in any case, \/ \\ \"), or
-   percent-encoded (%XX in any case); 0 when none does. */
-static size_t encoded_at(const char *key, size_t klen, const char *s, size_t n,
-                         size_t i, int fold) {
-  size_t j = i, k;
-  for (k = 0; k < klen; k++) {
-    int c, a, b, d, e;
-    if (j >= n) return 0;
-    if (s[j] == '\\' && j + 1 < n) {
-      char esc = s[j + 1];
-      if (esc == 'u' && n - j >= 6 && (a = hex_digit(s[j + 2])) >= 0 &&
-          (b = hex_digit(s[j + 3])) >= 0 && (d = hex_digit(s[j + 4])) >= 0 &&
-          (e = hex_digit(s[j + 5])) >= 0) {
-        c = (a << 12) | (b << 8) | (d << 4) | e;
-        j += 6;
-      } else if (esc == '/' || esc == '\\' || esc == '"') {
-        c = (unsigned char)esc;
-        j += 2;
-      } else {
-        c = '\\';
-        j++;
-      }
-    } else if (s[j] == '%' && n - j >= 3 && (a = hex_digit(s[j + 1])) >= 0 &&
-               (b = hex_digit(s[j + 2])) >= 0) {
-      c = (a << 4) | b;
-      j += 3;
-    } else {
-      c = (unsigned char)s[j++];
+/* How far the text at s[i..n) spells key[0..klen), unit by unit (as
+   itself, JSON-escaped or percent-encoded, forms mixed): the key bytes
+   matched go to *matched, the text's length is returned. */
+static size_t match_units(const char *key, size_t klen, const char *s,
+                          size_t n, size_t i, int fold, size_t *matched) {
+  size_t j = i, k = 0;
+  while (k < klen) {
+    unsigned char u[4];
+    size_t m, x, len = unit_at(s, n, j, u, &m);
+    if (len == 0 || m > klen - k) break;
+    for (x = 0; x < m; x++) {
+      int c = u[x], want = (unsigned char)key[k + x];
+      if (fold ? tolower(c) != tolower(want) : c != want) break;
     }
-    if (fold ? tolower(c) != tolower((unsigned char)key[k])
-             : c != (unsigned char)key[k])
-      return 0;
+    if (x < m) break;
+    j += len;
+    k += m;
   }
+  *matched = k;
   return j - i;
 }
 
-/* The longest encoded secret at s[i..n), or 0. */
-static size_t encoded_secret_at(const sid_secrets *k, const char *s, size_t n,
-                                size_t i, int fold) {
+/* A piece of a secret this long or longer is hidden as the whole would
+   be: a server that quotes a key cut short (a 403 page quoting its first
+   24 characters, an answer dropped mid-echo) gives away most of it. */
+#define SID_PIECE_MIN 12
+
+/* Length of the text at s[i..n) to hide: the longest run that spells a
+   whole secret, or SID_PIECE_MIN or more bytes of one from any point in
+   it, in any form unit_at reads; 0 when there is none. */
+static size_t hidden_at(const sid_secrets *k, const char *s, size_t n,
+                        size_t i, int fold) {
   size_t best = 0;
+  unsigned char u[4];
+  size_t m;
   int j;
-  if (k == NULL) return 0;
-  for (j = 0; j < SID_SECRETS; j++)
-    if (k->key[j] && k->len[j]) {
-      size_t len = encoded_at(k->key[j], k->len[j], s, n, i, fold);
-      if (len > best) best = len;
+  if (k == NULL || unit_at(s, n, i, u, &m) == 0) return 0;
+  for (j = 0; j < SID_SECRETS; j++) {
+    const char *key = k->key[j];
+    size_t klen = k->len[j], p;
+    if (key == NULL || klen == 0) continue;
+    for (p = 0; p < klen; p++) {
+      size_t matched, len;
+      int c = u[0], want = (unsigned char)key[p];
+      if (fold ? tolower(c) != tolower(want) : c != want) continue;
+      if (p > 0 && klen < SID_PIECE_MIN) break;   /* short: whole only */
+      len = match_units(key + p, klen - p, s, n, i, fold, &matched);
+      if ((matched == klen - p && p == 0) || matched >= SID_PIECE_MIN) {
+        if (len > best) best = len;
+      }
     }
+  }
   return best;
 }
 
@@ -242,9 +299,16 @@ static int is_clean(const char *s, size_t n, const sid_secrets *k,
   size_t i;
   int j;
   if (max && n > max) return 0;
-  for (j = 0; k && j < SID_SECRETS; j++)
-    if (k->key[j] && k->len[j] && memmem(s, n, k->key[j], k->len[j]) != NULL)
-      return 0;
+  for (j = 0; k && j < SID_SECRETS; j++) {
+    size_t p, len = k->len[j];
+    if (k->key[j] == NULL || len == 0) continue;
+    if (len < SID_PIECE_MIN) {
+      if (memmem(s, n, k->key[j], len) != NULL) return 0;
+      continue;
+    }
+    for (p = 0; p + SID_PIECE_MIN <= len; p++)   /* every piece, whole too */
+      if (memmem(s, n, k->key[j] + p, SID_PIECE_MIN) != NULL) return 0;
+  }
   if (memmem(s, n, API_KEY_MEMBER, sizeof(API_KEY_MEMBER) - 1) != NULL)
     return 0;
   if (memchr(s, '\\', n) != NULL || memchr(s, '%', n) != NULL)
@@ -273,9 +337,7 @@ static void push_redacted(lua_State *L, const char *s, size_t n,
   o.fold = fold;
   luaL_buffinit(L, &o.b);
   while (i < n && !out_full(&o)) {
-    size_t len = secret_at(secrets, s, n, i, fold & SID_FOLD_MATCH), mlen;
-    if (!len && secrets)
-      len = encoded_secret_at(secrets, s, n, i, fold & SID_FOLD_MATCH);
+    size_t len = hidden_at(secrets, s, n, i, fold & SID_FOLD_MATCH), mlen;
     if (len) {
       out_text(&o, REDACTED);
       i += len;
@@ -299,15 +361,12 @@ void sid_push_redacted(lua_State *L, const char *s, size_t n,
    quote (no "api_key" member), no secret in any case. */
 static int name_is_clean(const char *s, size_t n, const sid_secrets *k) {
   size_t i;
-  int j;
   for (i = 0; i < n; i++) {
     unsigned char c = (unsigned char)s[i];
     if (c < 0x20 || c == 0x7f || c == '"' || c == '\\' || c == '%') return 0;
   }
-  for (j = 0; k && j < SID_SECRETS; j++)
-    if (k->key[j] && k->len[j] && k->len[j] <= n)
-      for (i = 0; i + k->len[j] <= n; i++)
-        if (secret_at(k, s, n, i, SID_FOLD_MATCH)) return 0;
+  for (i = 0; i < n; i++)
+    if (hidden_at(k, s, n, i, SID_FOLD_MATCH)) return 0;
   return 1;
 }
 

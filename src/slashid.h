@@ -36,7 +36,7 @@ void sid_free_secret(char **p, size_t n);
 #define SID_SECRETS 8
 #define SID_SECRET_KEY 0
 #define SID_SECRET_NEW_KEY 1
-#define SID_SECRET_EXTRA 2       /* first slot for proxy credentials */
+#define SID_SECRET_EXTRA 2       /* first slot for request.secrets */
 typedef struct sid_secrets {
   const char *key[SID_SECRETS];
   size_t len[SID_SECRETS];
@@ -106,6 +106,7 @@ typedef struct sid_transfer {
   int too_large;              /* the body went over max_bytes */
   int head_too_large;         /* the headers went over SID_HEAD_MAX */
   int out_of_memory;
+  int decoded;                /* Content-Encoding looked at (decode.c) */
   int requests_sent;          /* how many times libcurl was about to send */
   long connect_status;        /* a proxy's answer to CONNECT, 0 if none */
   int no_new_send;            /* op:cancel's last look: send nothing new */
@@ -208,6 +209,10 @@ void sid_trace_release(lua_State *L, sid_transfer *t);
    Pushes the value and returns 1, or pushes nothing and returns 0. */
 int  sid_json_init(lua_State *L);
 int  sid_json_decode(lua_State *L, const char *s, size_t n);
+
+/* decode.c: the body's Content-Encoding undone when it can be (gzip,
+   deflate), else the bytes kept as they came; -1: out of memory */
+int sid_decode_body(sid_transfer *t);
 
 /* curlcode.c */
 const char *sid_curlcode_name(CURLcode rc);

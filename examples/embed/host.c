@@ -16,7 +16,7 @@
  *                                   # sources compiled with -DSID_STATIC_LINK
  *   cc -std=gnu99 -O2 -I/usr/include/lua5.4 -o embed-host \
  *      examples/embed/host.c build/lua5.4/libslashid.a \
- *      -llua5.4 -lcurl -lpthread -lm
+ *      -llua5.4 -lcurl -lz -lpthread -lm
  *
  * Needs at run time: libcurl, liblua5.4, lua-cjson for Lua 5.4 (found on
  * Lua's default package.cpath) and the Lua layer (lua/slashid.lua and

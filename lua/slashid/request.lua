@@ -1,7 +1,7 @@
 -- slashid.request: where a request is built. A resolved configuration
 -- becomes the request table the C core sets up on a handle
 -- (src/request.c): URL, headers' values, timeouts, proxy, and the secrets
--- every text handed back must hide.
+-- besides the key that every text handed back must hide (`secrets`).
 
 local M = {}
 
@@ -52,17 +52,20 @@ end
 -- (job.lua, for a batch's items), is set before the first attempt.
 function M.build(cfg, method, path, default_user_agent)
   local proxy = proxy_of(cfg)
-  local secrets
+  -- verify's check presents the new key: the old one it replaced is
+  -- hidden too (a server may quote it in the check's answer); first, as
+  -- the C core keeps only so many
+  local secrets = cfg.replaced_key and { cfg.replaced_key } or nil
   if proxy == nil then
     for _, name in ipairs(PROXY_ENV) do
       secrets = proxy_secrets(os.getenv(name), secrets)
     end
   else
-    secrets = proxy_secrets(proxy)
+    secrets = proxy_secrets(proxy, secrets)
   end
   return {
     proxy = proxy,
-    proxy_secrets = secrets,
+    secrets = secrets,
     method = method,
     url = cfg.base_url .. path,
     org_id = cfg.org_id,
