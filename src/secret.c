@@ -292,23 +292,50 @@ static size_t hidden_at(const sid_secrets *k, const char *s, size_t n,
   return best;
 }
 
+/* Whether the n bytes at g occur in key[0..klen) (in any case: fold). */
+static int occurs_in(const char *key, size_t klen, const char *g, size_t n,
+                     int fold) {
+  size_t p, x;
+  if (!fold) return memmem(key, klen, g, n) != NULL;
+  for (p = 0; p + n <= klen; p++) {
+    for (x = 0; x < n; x++)
+      if (tolower((unsigned char)key[p + x]) != tolower((unsigned char)g[x]))
+        break;
+    if (x == n) return 1;
+  }
+  return 0;
+}
+
+/* Whether s may hold a secret, or a piece of one, as it is (not escaped):
+   a cheap test that rules out almost every text. A piece of
+   SID_PIECE_MIN (12) bytes covers a whole 6-byte block of s starting at
+   a multiple of 6, so s holds none when none of those blocks occurs in a
+   secret: n / 6 short searches per secret instead of one per position. */
+#define SID_BLOCK 6
+static int may_hold_secret(const sid_secrets *k, const char *s, size_t n,
+                           int fold) {
+  int j;
+  for (j = 0; k && j < SID_SECRETS; j++) {
+    const char *key = k->key[j];
+    size_t p, len = k->len[j];
+    if (key == NULL || len == 0) continue;
+    if (len < SID_PIECE_MIN) {               /* short: only whole */
+      if (len <= n && occurs_in(s, n, key, len, fold)) return 1;
+      continue;
+    }
+    for (p = 0; p + SID_BLOCK <= n; p += SID_BLOCK)
+      if (occurs_in(key, len, s + p, SID_BLOCK, fold)) return 1;
+  }
+  return 0;
+}
+
 /* True when s needs no change at all: the common case for headers and
    short messages, pushed without copying byte by byte. */
 static int is_clean(const char *s, size_t n, const sid_secrets *k,
-                    size_t max, int printable) {
+                    size_t max, int printable, int fold) {
   size_t i;
-  int j;
   if (max && n > max) return 0;
-  for (j = 0; k && j < SID_SECRETS; j++) {
-    size_t p, len = k->len[j];
-    if (k->key[j] == NULL || len == 0) continue;
-    if (len < SID_PIECE_MIN) {
-      if (memmem(s, n, k->key[j], len) != NULL) return 0;
-      continue;
-    }
-    for (p = 0; p + SID_PIECE_MIN <= len; p++)   /* every piece, whole too */
-      if (memmem(s, n, k->key[j] + p, SID_PIECE_MIN) != NULL) return 0;
-  }
+  if (may_hold_secret(k, s, n, fold)) return 0;
   if (memmem(s, n, API_KEY_MEMBER, sizeof(API_KEY_MEMBER) - 1) != NULL)
     return 0;
   if (memchr(s, '\\', n) != NULL || memchr(s, '%', n) != NULL)
@@ -327,7 +354,8 @@ static void push_redacted(lua_State *L, const char *s, size_t n,
   out_t o;
   size_t i = 0;
   if (s == NULL) n = 0;
-  if (n == 0 || (!fold && is_clean(s, n, secrets, max, printable))) {
+  if (n == 0 || (!(fold & SID_FOLD_LOWER) &&
+                 is_clean(s, n, secrets, max, printable, fold & SID_FOLD_MATCH))) {
     lua_pushlstring(L, n ? s : "", n);
     return;
   }
@@ -365,9 +393,7 @@ static int name_is_clean(const char *s, size_t n, const sid_secrets *k) {
     unsigned char c = (unsigned char)s[i];
     if (c < 0x20 || c == 0x7f || c == '"' || c == '\\' || c == '%') return 0;
   }
-  for (i = 0; i < n; i++)
-    if (hidden_at(k, s, n, i, SID_FOLD_MATCH)) return 0;
-  return 1;
+  return !may_hold_secret(k, s, n, SID_FOLD_MATCH);
 }
 
 void sid_push_redacted_name(lua_State *L, const char *s, size_t n,
