@@ -35,7 +35,8 @@
 -- usable envelope gives one entry with the status and an excerpt of the
 -- body (at most 200 bytes). A `save_to` or `verify` problem after a
 -- rotation adds an entry while `result` is still returned. No entry ever
--- holds a key (old or new; also JSON-escaped or percent-encoded).
+-- holds a key (old or new; also JSON-escaped or percent-encoded, nor a
+-- piece of 12 bytes or more of one).
 --
 -- `tostring(errors)` (its `__tostring`) gives the messages joined by
 -- `"; "`, each prefixed `HTTP <code>: ` when it has a status and does not
