@@ -61,11 +61,12 @@ files=$(for s in $SPECS; do
   if [ -d "$s" ]; then ls "$s"/*_spec.lua; else echo "$s"; fi
 done)
 plan=$(for f in $files; do
-  case $(basename "$f") in
-    30-*) w=80 ;; 24-*) w=40 ;; 18-*) w=18 ;; 25-*) w=16 ;; 26-*) w=15 ;;
-    13-*) w=14 ;; 08-*) w=14 ;; 23-*) w=12 ;; 21-*) w=11 ;; 19-*) w=8 ;;
-    14-*) w=8 ;; 04-*) w=7 ;; 31-*) w=7 ;; 09-*) w=6 ;; 12-*) w=5 ;;
-    16-*) w=5 ;; 03-*) w=4 ;; 15-*) w=4 ;; 29-*) w=4 ;; 02-*) w=3 ;;
+  case $(basename "$f" _spec.lua) in
+    20-cli_journal) w=80 ;; 19-cli) w=54 ;; 21-openapi) w=18 ;; 17-batch) w=17 ;;
+    14-deadline) w=16 ;; 15-pollable) w=15 ;; 08-leak) w=14 ;; 09-op) w=13 ;;
+    07-secrets) w=7 ;; 10-faults) w=9 ;; 13-proxy) w=8 ;; 04-retries) w=8 ;;
+    11-odd_answers) w=7 ;; 03-outcomes) w=5 ;; 12-bad_input) w=4 ;;
+    18-journal) w=4 ;; 02-options) w=3 ;;
     *) w=2 ;;
   esac
   echo "$w $f"

@@ -87,7 +87,7 @@ end
 -- ---- child processes: the environment is read in a fresh process ---------
 
 local CHILD_SCRIPT = [=[
--- spec/19-proxy_spec.lua's child: one rotation configured by SPEC_* and
+-- spec/13-proxy_spec.lua's child: one rotation configured by SPEC_* and
 -- by whatever proxy variables its command line set. Prints a summary, the
 -- errors and (SPEC_DEBUG) the debug trace; never the keys.
 local slashid = require "slashid"
