@@ -14,14 +14,7 @@ local function rotate(org, key, extra)
   return slashid.rotate_key(H.opts(org, key, extra))
 end
 
--- Requests the emulator received on its API endpoints for this org.
-local function puts(org)
-  local n = 0
-  for _, r in ipairs(H.org(org).requests) do
-    if r.method == "PUT" then n = n + 1 end
-  end
-  return n
-end
+local puts = H.puts
 
 -- Every entry has the documented shape.
 local function assert_error_shapes(errors)

@@ -12,19 +12,11 @@ local function rotate(org, key, extra)
   return slashid.rotate_key(H.opts(org, key, extra))
 end
 
-local function closed_url()
-  return "http://127.0.0.1:" .. H.closed_port()
-end
+local closed_url = H.closed_url
+local envelope = H.envelope
+local http_date = H.http_date
 
 local blackhole = H.blackhole
-
-local function envelope(code, message)
-  return { errors = { { httpcode = code, message = message } } }
-end
-
-local function http_date(seconds_from_now)
-  return os.date("!%a, %d %b %Y %H:%M:%S GMT", os.time() + seconds_from_now)
-end
 
 describe("retries after connection refused", function()
   for _, n in ipairs({ 0, 1, 3 }) do

@@ -4,24 +4,8 @@
 local H = require "helpers"
 local slashid = require "slashid"
 
-local serial = 0
-
--- An organization whose current key is recognizable (and known before
--- the call, so that a fault can quote it literally, e.g. in a header).
-local function org_with_known_key()
-  serial = serial + 1
-  return H.new_org_with_key(("sk_OLDSECRET_%d_%d_%06d_zq")
-    :format(os.time(), serial, math.random(0, 999999)))
-end
-
--- A debug function and the lines it received.
-local function tracer()
-  local lines = {}
-  return function(line)
-    assert(type(line) == "string", "the trace gives strings")
-    lines[#lines + 1] = line
-  end, lines
-end
+local org_with_known_key = H.org_with_known_key
+local tracer = H.tracer
 
 local function text(lines) return table.concat(lines, "\n") end
 

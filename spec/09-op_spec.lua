@@ -16,9 +16,7 @@ local is_integer = math.type and function(x) return math.type(x) == "integer" en
 
 local messages = H.messages
 
-local function closed_url()
-  return "http://127.0.0.1:" .. H.closed_port()
-end
+local closed_url = H.closed_url
 
 -- Seconds taken by fn(...), then fn's first result.
 local function timed(fn, ...)

@@ -32,15 +32,12 @@ local MATRIX_TIMEOUT = 3     -- request_timeout of matrix calls (s)
 
 local messages = H.messages
 
-local function envelope(code, message)
-  return { errors = { { httpcode = code, message = message } }, result = nil }
-end
+local envelope = H.envelope
+local http_date = H.http_date
+local nested_objects = H.nested_objects
 
 -- Nested JSON text: `depth` arrays, or objects {"a":...} around "x".
 local function nested_arrays(depth) return ("["):rep(depth) .. ("]"):rep(depth) end
-local function nested_objects(depth)
-  return ('{"a":'):rep(depth) .. '"x"' .. ("}"):rep(depth)
-end
 
 -- A loopback listener that must never be contacted (a redirect target).
 local function trap()
@@ -59,11 +56,6 @@ local function trap_hits(s)
     c:close()
   end
   return n
-end
-
--- An HTTP-date `seconds` from now.
-local function http_date(seconds)
-  return os.date("!%a, %d %b %Y %H:%M:%S GMT", os.time() + seconds)
 end
 
 local TRIPWIRE = { status = 418, json = envelope(418, "TRIPWIRE: a request was retried") }

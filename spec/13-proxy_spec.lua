@@ -36,20 +36,10 @@ for _, name in ipairs(PROXY_VARS) do
   assert(os.getenv(name) == nil, "run the specs with a clean environment (spec/run.sh): " .. name)
 end
 
-
-local function messages(errors)
-  local t = {}
-  for _, e in ipairs(errors or {}) do
-    t[#t + 1] = ("[%s/%s] %s"):format(tostring(e.httpcode), tostring(e.curl_code),
-                                      tostring(e.message))
-  end
-  return table.concat(t, " | ")
-end
-
 local function why(errors, info, px)
   return ("outcome %s, attempts %s, status %s, errors: %s%s"):format(
     tostring(info and info.outcome), tostring(info and info.attempts),
-    tostring(info and info.status), messages(errors),
+    tostring(info and info.status), H.messages(errors, true),
     px and ("\n--- proxy log ---\n" .. px:log()) or "")
 end
 

@@ -30,10 +30,9 @@ local function org_with_key()
     :format(PREFIX, os.time(), serial, math.random(0, 999999)))
 end
 
-local function tracer()
-  local lines = {}
-  return function(line) lines[#lines + 1] = line end, lines
-end
+local tracer = H.tracer
+local shquote = H.q
+local read = H.read_if_any
 
 -- Every text reachable from the values, result.api_key aside.
 local function values_text(result, ...)
@@ -43,16 +42,6 @@ local function values_text(result, ...)
     for k, v in pairs(result) do if k ~= "api_key" then r[k] = v end end
   end
   return H.flatten(r, ...)
-end
-
-local function shquote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
 end
 
 -- Asserts that none of `secrets` (and no fragment starting with PREFIX)

@@ -10,22 +10,8 @@ local socket = require "socket"
 
 local now = socket.gettime
 
--- n fresh organizations: list of { org_id, api_key }.
-local function orgs(n)
-  local t = {}
-  for i = 1, n do
-    local org, key = H.new_org()
-    t[i] = { org_id = org, api_key = key }
-  end
-  return t
-end
-
--- Items for rotate_keys from orgs(), each with H.opts' fast retries.
-local function items(list, extra)
-  local t = {}
-  for i, o in ipairs(list) do t[i] = H.opts(o.org_id, o.api_key, extra) end
-  return t
-end
+local orgs = H.orgs
+local items = H.items
 
 local messages = H.messages
 

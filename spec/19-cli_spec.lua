@@ -18,22 +18,10 @@ local CLI = "bin/slashid-rotate"
 
 
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
-end
-
-local function lines_of(text)
-  local t = {}
-  for line in text:gmatch("([^\n]*)\n") do t[#t + 1] = line end
-  return t
-end
-
-local function sh(cmd)
-  local a, _, c = os.execute(cmd)
-  return a == true or a == 0 or (a == nil and false) or c == 0
-end
+local exists = H.exists
+local lines_of = H.lines_of
+local sh = H.sh
+local key_lines = H.key_lines
 
 local function command(args, env, program)
   local parts = {}
@@ -138,18 +126,6 @@ local function decode_lines(text)
   local t = {}
   for _, line in ipairs(lines_of(text)) do t[#t + 1] = cjson.decode(line) end
   return t
-end
-
--- ORG<TAB>KEY lines -> { [org] = key }, count
-local function key_lines(text)
-  local t, n = {}, 0
-  for _, line in ipairs(lines_of(text)) do
-    local org, key = line:match("^([^\t]+)\t([^\t]+)$")
-    assert(org, "not an ORG<TAB>KEY line")
-    assert(t[org] == nil, "org twice")
-    t[org], n = key, n + 1
-  end
-  return t, n
 end
 
 describe("slashid-rotate, one organization", function()

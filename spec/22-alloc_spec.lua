@@ -21,11 +21,7 @@ local CFLAGS = "-std=gnu99 -O1 -g -Wall -Wextra -Wshadow -Wpointer-arith -Wcast-
                "-Wstrict-prototypes -Wmissing-prototypes -Wformat=2 -Werror -I/usr/include/lua5.4"
 local LIBS = "-llua5.4 -ldl -lm"
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
+local exists = H.exists
 
 local left_out = H.left_out
 

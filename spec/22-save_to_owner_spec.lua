@@ -41,20 +41,8 @@ local function is_link(path) return sh("test -L " .. q(path)) end
 local function is_regular(path) return sh("test -f " .. q(path) .. " && ! test -L " .. q(path)) end
 local function link_text(path) return capture("readlink " .. q(path)) end
 
--- Names in a directory, dot files included, sorted: a temp file left
--- behind (".<name>.XXXXXX") shows here.
-local function listing(dir)
-  local names = {}
-  for n in capture("ls -A " .. q(dir)):gmatch("[^\n]+") do names[#names + 1] = n end
-  table.sort(names)
-  return names
-end
-
-local function messages(errors)
-  local t = {}
-  for _, e in ipairs(errors) do t[#t + 1] = tostring(e.message) end
-  return table.concat(t, " | ")
-end
+local listing = H.ls
+local messages = H.messages
 
 local function fresh_dir(name)
   return H.mkdir(H.tmpname(name or "owner"))

@@ -8,15 +8,7 @@ local H = require "helpers"
 local write = H.write
 local slashid = require "slashid"
 
--- n fresh organizations: list of { org_id, api_key }.
-local function orgs(n)
-  local t = {}
-  for i = 1, n do
-    local org, key = H.new_org()
-    t[i] = { org_id = org, api_key = key }
-  end
-  return t
-end
+local orgs = H.orgs
 
 -- An iterator over orgs() (H.opts' fast retries, `extra` merged in),
 -- counting its calls in it.calls; `stop_at`: the call that returns nil.

@@ -17,32 +17,10 @@ local CLI = "bin/slashid-rotate"
 
 
 
-local function exists(path)
-  return read(path) ~= nil
-end
-
-local function sh(cmd)
-  local a, _, c = os.execute(cmd)
-  return a == true or a == 0 or c == 0
-end
-
-local function lines_of(text)
-  local t = {}
-  for line in (text or ""):gmatch("([^\n]*)\n") do t[#t + 1] = line end
-  return t
-end
-
--- ORG<TAB>KEY lines -> { [org] = key }, count (an org twice is an error)
-local function key_lines(text)
-  local t, n = {}, 0
-  for _, line in ipairs(lines_of(text)) do
-    local org, key = line:match("^([^\t]+)\t([^\t]+)$")
-    assert(org, "not an ORG<TAB>KEY line")
-    assert(t[org] == nil, "org twice")
-    t[org], n = key, n + 1
-  end
-  return t, n
-end
+local exists = H.exists
+local sh = H.sh
+local lines_of = H.lines_of
+local key_lines = H.key_lines
 
 local wait_for = H.wait_for
 

@@ -19,10 +19,7 @@ local HOLD = 2             -- seconds the emulator holds each answer
 -- quarter of it tells the two apart even on a loaded machine.
 local CPU_BOUND = HOLD / 4
 
-local function sh(cmd)
-  local a, _, c = os.execute(cmd)
-  return a == true or a == 0 or c == 0
-end
+local sh = H.sh
 
 -- Runs `script` (Lua source) under the interpreter under test; returns
 -- status, stdout, stderr.
