@@ -411,34 +411,6 @@ print(info.outcome, tostring(nested))
   end)
 end)
 
-describe("F10: two items of a batch never share a save_to file", function()
-  it("an array whose items would write one file is refused before anything is sent", function()
-    local o1, k1 = H.new_org()
-    local o2, k2 = H.new_org()
-    local path = H.mkdir(H.tmpname("shared")) .. "/key"
-    local ok, err = pcall(slashid.rotate_keys, { H.opts(o1, k1), H.opts(o2, k2) },
-                          { save_to = path })
-    assert.is_false(ok)
-    assert.matches("^slashid: item 2: save_to is item 1's save_to too", err)
-    assert.are.equal(0, H.requests(o1) + H.requests(o2))
-  end)
-
-  it("an iterator's item that would reuse a file is not sent; the first key stays saved", function()
-    local o1, k1 = H.new_org()
-    local o2, k2 = H.new_org()
-    local path = H.mkdir(H.tmpname("shared")) .. "/key"
-    local items = { H.opts(o1, k1, { save_to = path }), H.opts(o2, k2, { save_to = path }) }
-    local n = 0
-    local out = slashid.rotate_keys(function() n = n + 1; return items[n] end)
-    assert.are.equal("rotated", out[1].info.outcome)
-    assert.is_true(out[1].info.saved)
-    assert.are.equal("not_rotated", out[2].info.outcome)
-    assert.matches("save_to is item 1's save_to too", out[2].errors[1].message)
-    assert.are.equal(0, H.requests(o2))
-    assert.are.equal(out[1].result.api_key .. "\n", H.read_file(path))
-  end)
-end)
-
 -- Second review round (closing note, round 2).
 describe("adversarial review, round 2", function()
   it("A: a client holding a key but no organization adopts after rotating it", function()
@@ -448,28 +420,5 @@ describe("adversarial review, round 2", function()
     local _, errors, _, info = c:rotate_key{ org_id = org }
     assert.are.equal("rotated", info.outcome, errors[1] and errors[1].message)
     c:close()
-  end)
-
-  it("B: two spellings of one save_to file in a batch are refused", function()
-    local o1, k1 = H.new_org()
-    local o2, k2 = H.new_org()
-    local dir = H.mkdir(H.tmpname("spell"))
-    write(dir .. "/key", "old\n")
-    assert(os.execute("ln -s " .. q(dir) .. " " .. q(dir .. "-link")))
-    for _, other in ipairs({ dir .. "/./key", dir .. "-link//key" }) do
-      local ok, err = pcall(slashid.rotate_keys, { H.opts(o1, k1, { save_to = dir .. "/key" }),
-                                                   H.opts(o2, k2, { save_to = other }) })
-      assert.is_false(ok)
-      assert.matches("save_to is item 1's save_to too", err)
-    end
-    assert.are.equal(0, H.requests(o1) + H.requests(o2))
-  end)
-
-  it("J: with keep_results = false, items on_result failed on come back as undelivered", function()
-    local o1, k1 = H.new_org()
-    local sum = slashid.rotate_keys({ H.opts(o1, k1) }, {
-      keep_results = false, on_result = function() error("store down", 0) end })
-    assert.are.equal("store down", sum.on_result_error)
-    H.assert_key_equal(H.org(o1).api_key, sum.undelivered[1].result.api_key)
   end)
 end)
