@@ -328,6 +328,33 @@ describe("never a retry once the server may have acted", function()
   end)
 end)
 
+describe("libcurl may re-send a GET, never the PUT", function()
+  -- The emulator drops the next request on a kept-alive connection
+  -- without answering: libcurl's own retry on a fresh connection.
+  it("check_key: a dead reused connection is retried by libcurl and answered", function()
+    local org, key = H.new_org()
+    local c = slashid.new(H.opts(org, key, { retries = 0 }))
+    assert.is_true((c:check_key()))          -- leaves a kept connection
+    H.faults(org, { { action = "close" } })
+    local ok, errors = c:check_key()
+    assert.is_true(ok, errors[1] and errors[1].message)
+    assert.are.equal(3, H.requests(org))
+    c:close()
+  end)
+
+  it("rotate_key: the same drop is unknown, and the PUT went out once", function()
+    local org, key = H.new_org()
+    local c = slashid.new(H.opts(org, key, { retries = 2 }))
+    assert.is_true((c:check_key()))
+    H.faults(org, { { action = "close", rotate = true } })
+    local result, _, _, info = c:rotate_key()
+    assert.is_nil(result)
+    assert.are.equal("unknown", info.outcome)
+    assert.are.equal(2, H.requests(org))    -- the check, then one PUT
+    c:close()
+  end)
+end)
+
 describe("backoff", function()
   it("stays within the sum of the caps (retry_delay 0.2, retries 3)", function()
     local org, key = H.new_org()

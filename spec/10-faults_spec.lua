@@ -389,6 +389,38 @@ describe("fault matrix: answers too large", function()
   end)
 end)
 
+describe("max_response_bytes caps the body only", function()
+  it("a small body with ~1 KB of proxy/CDN headers and the cap at 256 is rotated", function()
+    local org, key = H.new_org()
+    local headers = {}
+    for i = 1, 16 do headers["X-Cdn-Trace-" .. i] = ("v"):rep(60) end
+    H.faults(org, { { rotate = true, headers = headers } })
+    local result, errors, _, info = slashid.rotate_key(H.opts(org, key, {
+      max_response_bytes = 256 }))
+    assert.are.equal("rotated", info.outcome, errors[1] and errors[1].message)
+    assert.is_string(result.api_key)
+    assert.are.equal(("v"):rep(60), info.headers["x-cdn-trace-16"])
+  end)
+
+  it("a body over the cap is still unknown (the cap still holds for the body)", function()
+    local org, key = H.new_org()
+    local _, errors, _, info = slashid.rotate_key(H.opts(org, key, {
+      max_response_bytes = 16 }))
+    assert.are.equal("unknown", info.outcome)
+    assert.matches("max_response_bytes", errors[1].message)
+  end)
+
+  it("headers over the fixed 64 KiB cap end unknown, with a message that says so", function()
+    local org, key = H.new_org()
+    H.faults(org, { { rotate = true, action = "huge_header", size = 70000 } })
+    local result, errors, _, info = slashid.rotate_key(H.opts(org, key))
+    assert.is_nil(result)
+    assert.are.equal("unknown", info.outcome)
+    assert.matches("headers are larger than 65536 bytes", errors[1].message)
+    assert.are.equal(1, H.requests(org))
+  end)
+end)
+
 -- ---- redirects ----------------------------------------------------------
 
 describe("fault matrix: 3xx to another host or port is never followed", function()

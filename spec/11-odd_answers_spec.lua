@@ -438,6 +438,14 @@ describe("a 2xx the strict parser refuses (read tolerantly)", function()
     unknown_answer('[{"result":{"api_key":"{{new_key}}"}},"\\ud83d"]', "an array")
     unknown_answer('"\\ud83d"', "a string")
   end)
+
+  it("a UTF-8 byte order mark before the JSON is read: rotated, the key", function()
+    local org, key = H.new_org()
+    H.faults(org, { { rotate = true, body = '\239\187\191{"result":{"api_key":"{{new_key}}"}}' } })
+    local result, _, _, info = slashid.rotate_key(H.opts(org, key))
+    assert.are.equal("rotated", info.outcome)
+    H.assert_key_equal(H.org(org).api_key, result.api_key)
+  end)
 end)
 
 -- ---- (b) ---------------------------------------------------------------------
