@@ -484,8 +484,8 @@ describe("op:wait and signals (while the command catches them)", function()
   end)
 end)
 
-describe("pollable ops: review findings (issue 10)", function()
-  it("X1: a loop asleep on an op wakes at once when another coroutine cancels it", function()
+describe("pollable ops: what a host, another coroutine or a child process may do to an op", function()
+  it("a loop asleep on an op wakes at once when another coroutine cancels it", function()
     if not has_cqueues then pending("cqueues not installed (Debian: lua-cqueues)") return end
     local org, key = H.new_org()
     H.faults(org, { { delay = 20 } })
@@ -511,7 +511,7 @@ describe("pollable ops: review findings (issue 10)", function()
     assert.are.equal("unknown", info.outcome)
   end)
 
-  it("X5-X7: the host closes op:pollfd() and /dev/null takes the number: no spin, no close of the host's file", function()
+  it("the host closes op:pollfd() and /dev/null takes the number: no spin, no close of the host's file", function()
     local org, key = H.new_org()
     H.faults(org, { { delay = 1.5 } })
     local op = slashid.start_rotate_key(H.opts(org, key))
@@ -542,7 +542,7 @@ describe("pollable ops: review findings (issue 10)", function()
     f:close()
   end)
 
-  it("X8: the host closes op:pollfd() and another epoll set (a cqueues controller) takes the number", function()
+  it("the host closes op:pollfd() and another epoll set (a cqueues controller) takes the number", function()
     -- every epoll descriptor is the same inode: only the set's marker
     -- (pollset.c) tells ours from the controller's
     if not has_cqueues then pending("cqueues not installed (Debian: lua-cqueues)") return end
@@ -577,7 +577,7 @@ describe("pollable ops: review findings (issue 10)", function()
     assert.is_true(woke)
   end)
 
-  it("X4: a program started while a rotation is in flight inherits none of its TCP sockets", function()
+  it("a program started while a rotation is in flight inherits none of its TCP sockets", function()
     local org, key = H.new_org()
     H.faults(org, { { delay = 1.5 } })
     local op = slashid.start_rotate_key(H.opts(org, key))
@@ -600,7 +600,7 @@ describe("pollable ops: review findings (issue 10)", function()
     assert.are.equal("rotated", info.outcome, H.messages(errors))
   end)
 
-  it("X2-X3: fork: the child cannot drive the parent's op, and its exit does not stall the parent", function()
+  it("fork: the child cannot drive the parent's op, and its exit does not stall the parent", function()
     if not capture("command -v luajit"):find("luajit") or
        not H.read_if_any("build/luajit/slashid/core.so") then
       pending("needs LuaJIT (its FFI calls fork) and the module built for it")
