@@ -294,11 +294,12 @@ FUZZ_LIBS     = -llua5.4 -lcurl -lm -ldl -lpthread
 # libcurl < 7.80 has no CURLOPT_PREREQFUNCTION: the PUT then takes a fresh
 # connection and "sent" comes from the request bytes libcurl reports.
 # This builds that path on today's libcurl (-DSID_NO_PREREQ) and runs the
-# outcome, retry and fault-matrix specs against it.
+# outcome, retry, op (op:cancel's last look), fault-matrix and proxy specs
+# against it.
 NOPREREQ_BUILD = build/noprereq-$(notdir $(LUA))
 NOPREREQ_SPECS = spec/03-outcomes_spec.lua spec/04-retries_spec.lua \
-                 spec/10-faults_spec.lua spec/13-proxy_spec.lua \
-                 spec/21-library_holes_spec.lua
+                 spec/09-op_spec.lua spec/10-faults_spec.lua \
+                 spec/13-proxy_spec.lua
 check-noprereq: deps
 	@$(CC) $(ALL_CFLAGS) -DSID_POLLSET_NONE -fsyntax-only src/pollset.c
 	@$(MAKE) --no-print-directory BUILD=$(NOPREREQ_BUILD) \

@@ -1,5 +1,6 @@
 -- The main path: a rotation against the emulator over HTTP and HTTPS, the
--- shapes of the four returned values, and the module fields.
+-- shapes of the four returned values, the module fields, and loading:
+-- without a working C core, require fails at once, every time.
 local H = require "helpers"
 local slashid = require "slashid"
 

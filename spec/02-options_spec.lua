@@ -64,9 +64,7 @@ local CTRL = "control characters such as CR, LF or NUL are not allowed"
 
 -- ---- small utilities ---------------------------------------------------
 
-local exists = H.exists
-local shquote = H.q
-local write_file = H.write
+local exists, shquote, write_file = H.exists, H.q, H.write
 
 -- A printable description of a value, for test names.
 local function show(v)

@@ -3,7 +3,10 @@
 -- sent, one excerpt entry when there is no envelope, httpcode 0 and
 -- curl_code for transport failures), info.status, and how many requests
 -- the server really received: exactly one for every `unknown` case and
--- every failure that may not be retried. Also check_key's true/false/nil.
+-- every failure that may not be retried. A key the server issued is
+-- handed back whatever failed after it arrived (the rest of the transfer,
+-- a debug hook raising while the answer is decoded). Also check_key's
+-- true/false/nil.
 local H = require "helpers"
 local slashid = require "slashid"
 

@@ -1,6 +1,8 @@
 -- Automatic retries: only where the server cannot have acted (connection
 -- phase failures other than TLS verification, and 429 with Retry-After in
--- seconds or HTTP-date form), never after a request may have been acted on.
+-- seconds or HTTP-date form), never after a request may have been acted on;
+-- libcurl's own re-send on a dead reused connection is allowed for a GET,
+-- never for the PUT.
 -- Timing bounds are deliberately loose: this checks correctness, not speed.
 local H = require "helpers"
 local slashid = require "slashid"
@@ -12,9 +14,7 @@ local function rotate(org, key, extra)
   return slashid.rotate_key(H.opts(org, key, extra))
 end
 
-local closed_url = H.closed_url
-local envelope = H.envelope
-local http_date = H.http_date
+local closed_url, envelope, http_date = H.closed_url, H.envelope, H.http_date
 
 local blackhole = H.blackhole
 

@@ -11,11 +11,7 @@
 local H = require "helpers"
 local slashid = require "slashid"
 
-local q = H.q
-local exists = H.exists
-local write = H.write
-local listing = H.ls
-local messages = H.messages
+local q, exists, write, listing, messages = H.q, H.exists, H.write, H.ls, H.messages
 
 -- os.execute's success across 5.1 (0) and 5.2+ (true). The tools run
 -- without LD_PRELOAD: under `make check-asan` the sanitizer runtime would

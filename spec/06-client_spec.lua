@@ -1,7 +1,8 @@
 -- slashid.new clients: defaults and per-call overrides, adoption of the
--- new key after rotating the client's own key, connection reuse
--- (keep-alive over HTTP and HTTPS), close / <close>, and what a client
--- shows of itself (no key).
+-- new key after rotating the key the client holds (however the call names
+-- its organization and key, through ops and batches too), connection reuse
+-- (keep-alive over HTTP and HTTPS), close / <close>, a client called from
+-- its own debug function, and what a client shows of itself (no key).
 local H = require "helpers"
 local slashid = require "slashid"
 

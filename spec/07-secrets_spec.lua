@@ -23,8 +23,7 @@ local H = require "helpers"
 local slashid = require "slashid"
 local socket = require "socket"
 
-local org_with_known_key = H.org_with_known_key
-local tracer = H.tracer
+local org_with_known_key, tracer = H.org_with_known_key, H.tracer
 
 local function text(lines) return table.concat(lines, "\n") end
 
@@ -551,8 +550,7 @@ local function org_with_key()
     :format(PREFIX, os.time(), serial, math.random(0, 999999)))
 end
 
-local shquote = H.q
-local read = H.read_if_any
+local shquote, read = H.q, H.read_if_any
 
 -- Every text reachable from the values, result.api_key aside.
 local function values_text(result, ...)

@@ -3,8 +3,11 @@
 -- results() gives rotate_key's four values, cancel() aborts with the usual
 -- outcome rules; retries are deadlines inside the op; dropped ops are
 -- collected without leaving a connection behind; ops from several clients
--- overlap. Time bounds are behavioural (a poll that slept would take the
--- whole delay), deliberately loose, never a speed benchmark.
+-- overlap; op:cancel takes one last look (an answer already there is kept,
+-- a request not yet sent is never sent); an op re-entered from its own
+-- debug function raises, and no callback runs on a dead coroutine's state.
+-- Time bounds are behavioural (a poll that slept would take the whole
+-- delay), deliberately loose, never a speed benchmark.
 local H = require "helpers"
 local slashid = require "slashid"
 local socket = require "socket"
@@ -622,11 +625,7 @@ describe("client:start_rotate_key", function()
 end)
 
 describe("op lifetime", function()
-  local function count(weak)
-    local n = 0
-    for _ in pairs(weak) do n = n + 1 end
-    return n
-  end
+  local count = H.count_keys
 
   it("a dropped pending op is collected and leaves no connection open", function()
     local org, key = H.new_org()

@@ -16,7 +16,8 @@
 -- spec/03 (outcome table) and spec/04 (retry rules) hold the basic rows;
 -- this file adds the hostile ones and the cross-cutting assertions above,
 -- the same key cases over HTTPS, and the same faults through ops and
--- rotate_keys.
+-- rotate_keys; and that max_response_bytes caps the body only (headers
+-- have a fixed cap of their own).
 local H = require "helpers"
 local slashid = require "slashid"
 local socket = require "socket"
@@ -32,9 +33,7 @@ local MATRIX_TIMEOUT = 3     -- request_timeout of matrix calls (s)
 
 local messages = H.messages
 
-local envelope = H.envelope
-local http_date = H.http_date
-local nested_objects = H.nested_objects
+local envelope, http_date, nested_objects = H.envelope, H.http_date, H.nested_objects
 
 -- Nested JSON text: `depth` arrays, or objects {"a":...} around "x".
 local function nested_arrays(depth) return ("["):rep(depth) .. ("]"):rep(depth) end

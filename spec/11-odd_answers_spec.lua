@@ -1,4 +1,4 @@
--- Odd answers (spec 31): what a server, a proxy or a firewall page may
+-- Odd answers: what a server, a proxy or a firewall page may
 -- send that is not the plain envelope, and what must still hold.
 --   (a) a 2xx the strict JSON parser refuses (a lone surrogate escape,
 --       nesting deeper than 64) still gives its result.api_key, read by a
@@ -7,7 +7,8 @@
 --       cut short, a non-string key stay unknown; text that only looks
 --       like a key never becomes one; duplicates resolve as a strict
 --       parser resolves them (checked against the strict path itself);
---       the same through an op, a batch and a client;
+--       the same through an op, a batch and a client; a byte order mark
+--       before the JSON is read;
 --   (b) a key (old or new) echoed JSON-escaped (\uXXXX in either case,
 --       \/) or percent-encoded (%XX in either case) is redacted wherever
 --       server text goes: the debug trace, errors entries (body excerpts
@@ -139,9 +140,7 @@ local function assert_no_key_in_lines(lines, key)
   assert_no_key(table.concat(lines, "\n"), key, "the trace")
 end
 
-local tracer = H.tracer
-local puts = H.puts
-local nested_objects = H.nested_objects
+local tracer, puts, nested_objects = H.tracer, H.puts, H.nested_objects
 
 local function has_line(lines, plain)
   for _, l in ipairs(lines) do

@@ -23,8 +23,7 @@ local is_integer = math.type and function(x) return math.type(x) == "integer" en
 
 local capture = H.capture
 
-local PID = H.pid
-local open_fds, baseline_fds, fds_after = H.open_fds, H.baseline_fds, H.fds_after
+local PID, open_fds, baseline_fds, fds_after = H.pid, H.open_fds, H.baseline_fds, H.fds_after
 
 -- What descriptor fd of this process is ("anon_inode:[eventpoll]"), or
 -- nil when it is closed.

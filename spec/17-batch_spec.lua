@@ -17,8 +17,7 @@ local socket = require "socket"
 local now = socket.gettime
 local q, write = H.q, H.write
 
-local orgs = H.orgs
-local items = H.items
+local orgs, items = H.orgs, H.items
 
 local messages = H.messages
 
@@ -43,11 +42,7 @@ local function assert_untouched(o)
   assert.are.equal(0, H.org(o.org_id).rotations)
 end
 
-local function count_keys(t)
-  local n = 0
-  for _ in pairs(t) do n = n + 1 end
-  return n
-end
+local count_keys = H.count_keys
 
 describe("rotate_keys", function()
   for _, scheme in ipairs({ "http", "https" }) do

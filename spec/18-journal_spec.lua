@@ -18,13 +18,9 @@ local H = require "helpers"
 local slashid = require "slashid"
 local socket = require "socket"
 
-local messages = H.messages
-local assert_rotated = H.assert_rotated
+local messages, assert_rotated = H.messages, H.assert_rotated
 
-local orgs = H.orgs
-local items = H.items
-local private_dir = H.private_dir
-local exists = H.exists
+local orgs, items, private_dir, exists = H.orgs, H.items, H.private_dir, H.exists
 
 local function journal_path()
   return private_dir("journal") .. "/batch.journal"

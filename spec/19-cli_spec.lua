@@ -25,10 +25,7 @@ local socket = require "socket"
 
 local CLI = "bin/slashid-rotate"
 
-local exists = H.exists
-local lines_of = H.lines_of
-local sh = H.sh
-local key_lines = H.key_lines
+local exists, lines_of, sh, key_lines = H.exists, H.lines_of, H.sh, H.key_lines
 local wait_for = H.wait_for
 
 local function command(args, env, program)
@@ -77,18 +74,7 @@ local function shell(line)
   return status, dir
 end
 
--- n fresh orgs (delays[i] seconds before org i is answered, when given),
--- written as an --orgs file; returns path, list of { org_id, api_key }.
-local function orgs_file(n, delays)
-  local list, text = {}, {}
-  for i = 1, n do
-    local org, key = H.new_org()
-    if delays and delays[i] and delays[i] > 0 then H.faults(org, { { delay = delays[i] } }) end
-    list[i] = { org_id = org, api_key = key }
-    text[#text + 1] = org .. "\t" .. key .. "\n"
-  end
-  return write(H.tmpname("orgs") .. ".tsv", table.concat(text)), list
-end
+local orgs_file = H.orgs_file
 
 -- No key of the organizations of `list` ({ org_id, api_key }) is in any
 -- of the texts.

@@ -41,10 +41,7 @@ math.randomseed(os.time())
 
 local wait_for = H.wait_for
 
-local exists = H.exists
-local sh = H.sh
-local lines_of = H.lines_of
-local key_lines = H.key_lines
+local exists, sh, lines_of, key_lines = H.exists, H.sh, H.lines_of, H.key_lines
 local private_dir = H.private_dir
 
 -- The shell line listing the processes whose command line is exactly
@@ -156,19 +153,7 @@ local function spawn(args, opts)
   return H.spawn(cmdline(args, opts), opts.stdin)
 end
 
--- n fresh organizations (delays[i]: seconds before org i is answered),
--- written as an --orgs file; returns path, list of { org_id, api_key }.
-local function orgs_file(n, delays)
-  local list, text = {}, {}
-  for i = 1, n do
-    local org, key = H.new_org()
-    local d = type(delays) == "number" and delays or (delays and delays[i])
-    if d and d > 0 then H.faults(org, { { delay = d } }) end
-    list[i] = { org_id = org, api_key = key }
-    text[#text + 1] = org .. "\t" .. key .. "\n"
-  end
-  return write(H.tmpname("orgs") .. ".tsv", table.concat(text)), list
-end
+local orgs_file = H.orgs_file
 
 local function list_file(list)
   local text = {}

@@ -9,7 +9,7 @@
 -- (spec/alloc/host.c, built here into build/alloc-host) running scripts
 -- against the real module (build/lua5.4/slashid/core.so, whatever LUA
 -- the suite runs under) and the emulator. See spec/alloc/trace.lua for
--- what is swept and asserted.
+-- what is swept and asserted. Run by `make check-sweeps`, not `make test`.
 local H = require "helpers"
 local q = H.q
 

@@ -16,10 +16,7 @@ local socket = require "socket"
 local now = socket.gettime
 local MODULES = "/usr/lib/nginx/modules"
 
-local exists = H.exists
-local sh = H.sh
-local capture = H.capture
-local shell_quote = H.q
+local exists, sh, capture, shell_quote = H.exists, H.sh, H.capture, H.q
 
 local left_out = H.left_out
 

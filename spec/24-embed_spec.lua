@@ -14,8 +14,7 @@ local H = require "helpers"
 local HOST = "build/lua5.4/embed-host"
 local STALL_BOUND_MS = 20
 
-local exists = H.exists
-local shell_quote = H.q
+local exists, shell_quote = H.exists, H.q
 
 local left_out = H.left_out
 

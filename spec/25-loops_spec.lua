@@ -10,6 +10,7 @@
 -- require included) and the outcome; the key goes to a file, never to
 -- output. Beside them, the same wait done the old way (op:poll() and a
 -- 10 ms sleep) is measured and printed: the figure the loops beat.
+-- Run by `make check-hosts`, not `make test`.
 local H = require "helpers"
 
 local HOLD = 2             -- seconds the emulator holds each answer

@@ -123,6 +123,22 @@ function H.orgs(n)
   return t
 end
 
+-- n fresh organizations written as an --orgs file of slashid-rotate
+-- (ORG<TAB>KEY lines); `delays`: seconds before each is answered (a list,
+-- or one number for all). Returns the path and the list of
+-- { org_id, api_key }.
+function H.orgs_file(n, delays)
+  local list, text = {}, {}
+  for i = 1, n do
+    local org, key = H.new_org()
+    local d = type(delays) == "number" and delays or (delays and delays[i])
+    if d and d > 0 then H.faults(org, { { delay = d } }) end
+    list[i] = { org_id = org, api_key = key }
+    text[#text + 1] = org .. "\t" .. key .. "\n"
+  end
+  return H.write(H.tmpname("orgs") .. ".tsv", table.concat(text)), list
+end
+
 -- The PUT requests (rotations asked for) the emulator received for an
 -- organization (its ID, or its state from H.org).
 function H.puts(org)
@@ -176,6 +192,13 @@ end
 -- JSON text of `depth` objects {"a":...} around "x".
 function H.nested_objects(depth)
   return ('{"a":'):rep(depth) .. '"x"' .. ("}"):rep(depth)
+end
+
+-- How many keys a table has (a weak table's, after a collection).
+function H.count_keys(t)
+  local n = 0
+  for _ in pairs(t) do n = n + 1 end
+  return n
 end
 
 -- A debug function that keeps the trace, and the list it keeps it in.
