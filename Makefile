@@ -79,10 +79,10 @@ deps:
 # of the library and the command against the emulator, under $(LUA).
 # What is long or needs a foreign host runs in its own target, once in
 # .ci/run: check-hosts (OpenResty, the C embedding host, event loops and
-# LÖVE: spec 10, 11, 27) and check-sweeps (allocation-failure sweeps in
-# a Lua 5.4 host: spec 20).
-HOST_SPECS  = spec/10-openresty_spec.lua spec/11-embed_spec.lua spec/27-loops_spec.lua
-SWEEP_SPECS = spec/20-alloc_spec.lua
+# LÖVE: spec 23, 24, 25) and check-sweeps (allocation-failure sweeps in
+# a Lua 5.4 host: spec 22).
+HOST_SPECS  = spec/23-openresty_spec.lua spec/24-embed_spec.lua spec/25-loops_spec.lua
+SWEEP_SPECS = spec/22-alloc_spec.lua
 JOBS       ?= 3
 TEST_SPECS  = $(filter-out $(HOST_SPECS) $(SWEEP_SPECS),$(sort $(wildcard spec/*_spec.lua)))
 
@@ -90,11 +90,11 @@ test: deps
 	@$(MAKE) --no-print-directory all
 	@LUA=$(LUA) BUILD=$(BUILD) SPECS="$(TEST_SPECS)" JOBS=$(JOBS) sh spec/run.sh
 
-# (spec 26 again, with cqueues and luv installed: make test skips those
+# (spec 15 again, with cqueues and luv installed: make test skips those
 # parts of it, saying why)
 check-hosts: deps test-prereqs
 	@$(MAKE) --no-print-directory all
-	@LUA=$(LUA) BUILD=$(BUILD) SPECS="$(HOST_SPECS) spec/26-pollable_spec.lua" sh spec/run.sh
+	@LUA=$(LUA) BUILD=$(BUILD) SPECS="$(HOST_SPECS) spec/15-pollable_spec.lua" sh spec/run.sh
 
 check-sweeps: deps test-prereqs
 	@$(MAKE) --no-print-directory all
@@ -167,7 +167,7 @@ bench-instr: deps
 #   make test-prereqs what the host specs need whatever LUA is tested:
 #                     nginx + its lua module, the module built for LuaJIT
 #                     (nginx's lua module embeds luajit2), the embed host,
-#                     and the module for Lua 5.4 (spec/20-alloc_spec.lua's
+#                     and the module for Lua 5.4 (spec/22-alloc_spec.lua's
 #                     allocator-failure host loads it); lua-cqueues, lua-luv
 #                     and LÖVE for the event-loop specs
 # Each group below is installed on its own, and only when that removes no
@@ -294,11 +294,12 @@ FUZZ_LIBS     = -llua5.4 -lcurl -lz -lm -ldl -lpthread
 # libcurl < 7.80 has no CURLOPT_PREREQFUNCTION: the PUT then takes a fresh
 # connection and "sent" comes from the request bytes libcurl reports.
 # This builds that path on today's libcurl (-DSID_NO_PREREQ) and runs the
-# outcome, retry and fault-matrix specs against it.
+# outcome, retry, op (op:cancel's last look), fault-matrix and proxy specs
+# against it.
 NOPREREQ_BUILD = build/noprereq-$(notdir $(LUA))
 NOPREREQ_SPECS = spec/03-outcomes_spec.lua spec/04-retries_spec.lua \
-                 spec/14-faults_spec.lua spec/19-proxy_spec.lua \
-                 spec/21-library_holes_spec.lua
+                 spec/09-op_spec.lua spec/10-faults_spec.lua \
+                 spec/13-proxy_spec.lua
 check-noprereq: deps
 	@$(CC) $(ALL_CFLAGS) -DSID_POLLSET_NONE -fsyntax-only src/pollset.c
 	@$(MAKE) --no-print-directory BUILD=$(NOPREREQ_BUILD) \

@@ -64,7 +64,7 @@ class Org:
         self.faults = deque()      # entries are [fault, remaining uses]
 
 
-# Answers follow SlashID's OpenAPI document (spec/openapi/, checked by spec/18-openapi_spec.lua):
+# Answers follow SlashID's OpenAPI document (spec/openapi/, checked by spec/21-openapi_spec.lua):
 # an error is the bare APIResponseBase envelope (no `result` member), the organization config
 # has every member OrganizationConfig requires.
 def error_envelope(code, message):

@@ -1,7 +1,10 @@
 -- The main path: a rotation against the emulator over HTTP and HTTPS, the
--- shapes of the four returned values, and the module fields.
+-- shapes of the four returned values, the module fields, and loading:
+-- without a working C core, require fails at once, every time.
 local H = require "helpers"
 local slashid = require "slashid"
+
+local LUA, q, write, run = H.lua, H.q, H.write, H.run
 
 local is_integer = math.type and function(x) return math.type(x) == "integer" end
                  or function(x) return type(x) == "number" and x % 1 == 0 end
@@ -128,5 +131,34 @@ describe("slashid.rotate_key", function()
     local again = require "slashid"
     assert.is_table(again)
     for k in pairs(_G) do assert.is_true(before[k], "new global: " .. tostring(k)) end
+  end)
+end)
+
+describe("require fails fast without the C core", function()
+  it("a missing core raises at require, every time, with no lazy.lua in it", function()
+    local file = write(H.tmpname("nocore") .. ".lua", [[
+local ok1, e1 = pcall(require, "slashid")
+local ok2, e2 = pcall(require, "slashid")
+print(ok1, ok2)
+print(tostring(e1):find("slashid.core", 1, true) ~= nil, tostring(e1):find("lazy", 1, true) ~= nil)
+]])
+    local status, out = run(("LUA_CPATH='/nonexistent/?.so' LUA_CPATH_5_2='/nonexistent/?.so' " ..
+      "LUA_CPATH_5_3='/nonexistent/?.so' LUA_CPATH_5_4='/nonexistent/?.so' %s %s"):format(LUA, file))
+    assert.are.equal(0, status, out)
+    assert.matches("^false\tfalse\ntrue\tfalse", out)
+  end)
+
+  it("a broken core raises at require", function()
+    local dir = H.mkdir(H.tmpname("brokencore") .. "/slashid")
+    write(dir .. "/core.so", "not an ELF object")
+    local file = write(H.tmpname("brokencore") .. ".lua", [[
+print(pcall(require, "slashid"))
+]])
+    local cpath = dir:gsub("/slashid$", "") .. "/?.so"
+    local status, out = run(("LUA_CPATH=%s LUA_CPATH_5_2=%s LUA_CPATH_5_3=%s LUA_CPATH_5_4=%s %s %s")
+      :format(q(cpath), q(cpath), q(cpath), q(cpath), LUA, file))
+    assert.are.equal(0, status, out)
+    assert.matches("^false\t", out)
+    assert.matches("core", out)
   end)
 end)

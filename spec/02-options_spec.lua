@@ -64,17 +64,7 @@ local CTRL = "control characters such as CR, LF or NUL are not allowed"
 
 -- ---- small utilities ---------------------------------------------------
 
-local function write_file(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
-
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
+local exists, shquote, write_file = H.exists, H.q, H.write
 
 -- A printable description of a value, for test names.
 local function show(v)
@@ -91,10 +81,6 @@ local function show(v)
     return tostring(v)
   end
   return "a " .. t
-end
-
-local function shquote(s)
-  return "'" .. s:gsub("'", "'\\''") .. "'"
 end
 
 -- A value every metamethod of which raises: whatever the library does

@@ -3,7 +3,10 @@
 -- sent, one excerpt entry when there is no envelope, httpcode 0 and
 -- curl_code for transport failures), info.status, and how many requests
 -- the server really received: exactly one for every `unknown` case and
--- every failure that may not be retried. Also check_key's true/false/nil.
+-- every failure that may not be retried. A key the server issued is
+-- handed back whatever failed after it arrived (the rest of the transfer,
+-- a debug hook raising while the answer is decoded). Also check_key's
+-- true/false/nil.
 local H = require "helpers"
 local slashid = require "slashid"
 
@@ -14,14 +17,7 @@ local function rotate(org, key, extra)
   return slashid.rotate_key(H.opts(org, key, extra))
 end
 
--- Requests the emulator received on its API endpoints for this org.
-local function puts(org)
-  local n = 0
-  for _, r in ipairs(H.org(org).requests) do
-    if r.method == "PUT" then n = n + 1 end
-  end
-  return n
-end
+local puts = H.puts
 
 -- Every entry has the documented shape.
 local function assert_error_shapes(errors)
@@ -89,6 +85,45 @@ describe("outcome rotated", function()
     assert.are.equal(201, info.status)
     assert.are.equal(1, H.requests(org))
   end)
+
+  it("a whole envelope with a key, arrived before the transfer failed, is handed back (curl_code kept)", function()
+    local org, key = H.new_org()
+    H.faults(org, { { rotate = true, headers = { ["Content-Length"] = "9999" } } })
+    local result, errors, _, info = slashid.rotate_key(H.opts(org, key, { request_timeout = 1.5 }))
+    assert.are.equal("rotated", info.outcome, errors[1] and errors[1].message)
+    H.assert_key_equal(H.org(org).api_key, result.api_key)
+    assert.are.equal(28, errors[1].curl_code)     -- what happened is still said
+  end)
+
+  it("an error raised by a debug hook while the answer is decoded never turns a rotation into 'not JSON'", function()
+    local lost, fine, raised = 0, 0, 0
+    for k = 1, 30 do
+      local org, key = H.new_org()
+      local armed, live = false, true
+      local ok, r = pcall(slashid.rotate_key, H.opts(org, key, { retries = 0,
+        debug = function(line)
+          if not armed and line:find("^> Content%-Length") then
+            armed = true
+            local n = 0
+            debug.sethook(function()
+              n = n + 1
+              if live and n == k then live = false; debug.sethook(); error("interrupted!") end
+            end, "c")
+          end
+        end }))
+      live = false
+      debug.sethook()
+      if not ok then
+        raised = raised + 1
+      elseif r then
+        fine = fine + 1
+      elseif H.org(org).rotations > 0 then
+        lost = lost + 1          -- the server rotated, the call said otherwise
+      end
+    end
+    assert.are.equal(0, lost, ("%d rotations returned without their key"):format(lost))
+    assert.is_true(fine > 0)
+  end)
 end)
 
 describe("outcome not_rotated", function()
@@ -101,6 +136,18 @@ describe("outcome not_rotated", function()
     assert.is_nil(pagination)
     assert.are.equal(0, H.requests(org))
     assert.are.equal(0, H.org(org).rotations)
+  end)
+
+  -- Found by `make fuzz` (spec/fuzz/corpus/answer/refused): with no header ever received, answer.c did
+  -- pointer arithmetic on NULL (undefined behaviour, reported by UBSan).
+  it("connection refused on a first call (no header ever received): info.headers is empty", function()
+    local org, key = H.org_with_known_key()
+    local result, errors, _, info = slashid.rotate_key(H.opts(org, key, {
+      base_url = "http://127.0.0.1:" .. H.closed_port(), retries = 0 }))
+    assert.is_nil(result)
+    assert.are.equal("not_rotated", info.outcome)
+    assert.are.same({}, info.headers)
+    assert.are.equal(0, errors[1].httpcode)
   end)
 
   it("connect timeout: httpcode 0, curl_code 28, status 0", function()

@@ -1,6 +1,8 @@
 -- Automatic retries: only where the server cannot have acted (connection
 -- phase failures other than TLS verification, and 429 with Retry-After in
--- seconds or HTTP-date form), never after a request may have been acted on.
+-- seconds or HTTP-date form), never after a request may have been acted on;
+-- libcurl's own re-send on a dead reused connection is allowed for a GET,
+-- never for the PUT.
 -- Timing bounds are deliberately loose: this checks correctness, not speed.
 local H = require "helpers"
 local slashid = require "slashid"
@@ -12,19 +14,9 @@ local function rotate(org, key, extra)
   return slashid.rotate_key(H.opts(org, key, extra))
 end
 
-local function closed_url()
-  return "http://127.0.0.1:" .. H.closed_port()
-end
+local closed_url, envelope, http_date = H.closed_url, H.envelope, H.http_date
 
 local blackhole = H.blackhole
-
-local function envelope(code, message)
-  return { errors = { { httpcode = code, message = message } } }
-end
-
-local function http_date(seconds_from_now)
-  return os.date("!%a, %d %b %Y %H:%M:%S GMT", os.time() + seconds_from_now)
-end
 
 describe("retries after connection refused", function()
   for _, n in ipairs({ 0, 1, 3 }) do
@@ -333,6 +325,33 @@ describe("never a retry once the server may have acted", function()
     assert.is_nil(ok)
     assert.are.equal(1, info.attempts)
     assert.are.equal(1, H.requests(org))
+  end)
+end)
+
+describe("libcurl may re-send a GET, never the PUT", function()
+  -- The emulator drops the next request on a kept-alive connection
+  -- without answering: libcurl's own retry on a fresh connection.
+  it("check_key: a dead reused connection is retried by libcurl and answered", function()
+    local org, key = H.new_org()
+    local c = slashid.new(H.opts(org, key, { retries = 0 }))
+    assert.is_true((c:check_key()))          -- leaves a kept connection
+    H.faults(org, { { action = "close" } })
+    local ok, errors = c:check_key()
+    assert.is_true(ok, errors[1] and errors[1].message)
+    assert.are.equal(3, H.requests(org))
+    c:close()
+  end)
+
+  it("rotate_key: the same drop is unknown, and the PUT went out once", function()
+    local org, key = H.new_org()
+    local c = slashid.new(H.opts(org, key, { retries = 2 }))
+    assert.is_true((c:check_key()))
+    H.faults(org, { { action = "close", rotate = true } })
+    local result, _, _, info = c:rotate_key()
+    assert.is_nil(result)
+    assert.are.equal("unknown", info.outcome)
+    assert.are.equal(2, H.requests(org))    -- the check, then one PUT
+    c:close()
   end)
 end)
 

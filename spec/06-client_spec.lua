@@ -1,7 +1,8 @@
 -- slashid.new clients: defaults and per-call overrides, adoption of the
--- new key after rotating the client's own key, connection reuse
--- (keep-alive over HTTP and HTTPS), close / <close>, and what a client
--- shows of itself (no key).
+-- new key after rotating the key the client holds (however the call names
+-- its organization and key, through ops and batches too), connection reuse
+-- (keep-alive over HTTP and HTTPS), close / <close>, a client called from
+-- its own debug function, and what a client shows of itself (no key).
 local H = require "helpers"
 local slashid = require "slashid"
 
@@ -213,6 +214,78 @@ describe("a client adopting its new key", function()
   end)
 end)
 
+describe("a client adopts the key it holds whenever it rotates it", function()
+  local function client(org, key)
+    return slashid.new(H.opts(org, key))
+  end
+
+  it("org_id named explicitly: the next call uses the new key", function()
+    local org, key = H.new_org()
+    local c = client(org, key)
+    local r1, e1 = c:rotate_key{ org_id = org }
+    assert.is_table(r1, e1[1] and e1[1].message)
+    local r2, e2, _, info = c:rotate_key()
+    assert.are.equal("rotated", info.outcome, e2[1] and e2[1].message)
+    assert.are_not.equal(r1.api_key, r2.api_key)
+    assert.is_true((c:check_key()))
+    c:close()
+  end)
+
+  it("org_id and api_key both named (the client's own): adopted", function()
+    local org, key = H.new_org()
+    local c = client(org, key)
+    assert.is_table((c:rotate_key{ org_id = org, api_key = key }))
+    local _, _, _, info = c:rotate_key()
+    assert.are.equal("rotated", info.outcome)
+    c:close()
+  end)
+
+  it("another organization's rotation leaves the client's key alone", function()
+    local org, key = H.new_org()
+    local org2, key2 = H.new_org()
+    local c = client(org, key)
+    assert.is_table((c:rotate_key{ org_id = org2, api_key = key2 }))
+    local _, _, _, info = c:rotate_key()
+    assert.are.equal("rotated", info.outcome)
+    -- and the first call's key for org2 was not adopted: org2's is dead
+    c:close()
+  end)
+
+  it("the client's org with a different key (not the one it holds): not adopted", function()
+    local org, key = H.new_org()
+    local c = client(org, "sk_not_the_client_key_000000")
+    local r = c:rotate_key{ api_key = key }
+    assert.is_table(r)
+    -- the client still holds its own (wrong) key, not the rotated one
+    local _, _, _, info = c:rotate_key()
+    assert.are.equal("not_rotated", info.outcome)
+    assert.are.equal(401, info.status)
+    c:close()
+  end)
+
+  it("start_rotate_key and rotate_keys adopt the same way", function()
+    local org, key = H.new_org()
+    local c = client(org, key)
+    local op = c:start_rotate_key{ org_id = org }
+    assert.is_true(op:wait(10))
+    assert.are.equal("rotated", select(4, op:results()).outcome)
+    local outcomes = c:rotate_keys({ { org_id = org } })
+    assert.are.equal("rotated", outcomes[1].info.outcome)
+    local _, _, _, info = c:rotate_key()
+    assert.are.equal("rotated", info.outcome)
+    c:close()
+  end)
+
+  it("a client holding a key but no organization adopts after rotating it", function()
+    local org, key = H.new_org()
+    local c = slashid.new{ api_key = key, base_url = H.http_url }
+    assert.is_table((c:rotate_key{ org_id = org }))
+    local _, errors, _, info = c:rotate_key{ org_id = org }
+    assert.are.equal("rotated", info.outcome, errors[1] and errors[1].message)
+    c:close()
+  end)
+end)
+
 describe("a client's connection", function()
   local function twenty_calls(opts, kind)
     local org, key = H.new_org()
@@ -329,6 +402,30 @@ describe("client:close", function()
     assert.is_false(ok)
     assert.matches("slashid: client is closed",
                    raises(box.client.check_key, box.client), 1, true)
+  end)
+end)
+
+describe("a client called from its own debug function", function()
+  it("cannot reuse or close its handle while the answer is traced", function()
+    local org, key = H.new_org()
+    local c
+    local nested = {}
+    c = slashid.new(H.opts(org, key, { debug = function(line)
+      if line:find("^< HTTP/") then
+        nested[#nested + 1] = select(2, pcall(c.check_key, c))
+        nested[#nested + 1] = select(2, pcall(c.close, c))
+      end
+    end }))
+    local result, errors, _, info = c:rotate_key()
+    assert.are.equal("rotated", info.outcome, errors[1] and errors[1].message)
+    H.assert_key_equal(H.org(org).api_key, result.api_key)
+    assert.are.equal(2, #nested)
+    for _, e in ipairs(nested) do
+      assert.matches("^slashid: handle is busy", tostring(e))
+    end
+    -- and the client is whole afterwards, holding the new key
+    assert.is_true((c:check_key()))
+    c:close()
   end)
 end)
 

@@ -102,6 +102,54 @@ function H.stats()
   return stats
 end
 
+-- A fresh organization whose key is recognizable, lower case only (so that
+-- it can also appear in a header name, which libcurl hands over as sent
+-- and answer.c lowers), and known before the call, so that a fault can
+-- quote it literally. `tag` (lower case) goes into the key.
+local serial = 0
+function H.org_with_known_key(tag)
+  serial = serial + 1
+  return H.new_org_with_key(("sk_%s_%d_%d_%06d_key")
+    :format(tag or "known", os.time(), serial, math.random(0, 999999)))
+end
+
+-- n fresh organizations: a list of { org_id, api_key }.
+function H.orgs(n)
+  local t = {}
+  for i = 1, n do
+    local org, key = H.new_org()
+    t[i] = { org_id = org, api_key = key }
+  end
+  return t
+end
+
+-- n fresh organizations written as an --orgs file of slashid-rotate
+-- (ORG<TAB>KEY lines); `delays`: seconds before each is answered (a list,
+-- or one number for all). Returns the path and the list of
+-- { org_id, api_key }.
+function H.orgs_file(n, delays)
+  local list, text = {}, {}
+  for i = 1, n do
+    local org, key = H.new_org()
+    local d = type(delays) == "number" and delays or (delays and delays[i])
+    if d and d > 0 then H.faults(org, { { delay = d } }) end
+    list[i] = { org_id = org, api_key = key }
+    text[#text + 1] = org .. "\t" .. key .. "\n"
+  end
+  return H.write(H.tmpname("orgs") .. ".tsv", table.concat(text)), list
+end
+
+-- The PUT requests (rotations asked for) the emulator received for an
+-- organization (its ID, or its state from H.org).
+function H.puts(org)
+  local state = type(org) == "table" and org or H.org(org)
+  local n = 0
+  for _, r in ipairs(state.requests) do
+    if r.method == "PUT" then n = n + 1 end
+  end
+  return n
+end
+
 -- Options for a call against the emulator over plain HTTP, with fast
 -- retries so that retry specs stay quick.
 function H.opts(org_id, api_key, extra)
@@ -117,6 +165,49 @@ function H.closed_port()
   local _, port = s:getsockname()
   s:close()
   return tonumber(port)
+end
+
+-- A base URL on such a port: connecting to it is refused.
+function H.closed_url()
+  return "http://127.0.0.1:" .. H.closed_port()
+end
+
+-- rotate_key's options for each organization of a list (H.orgs).
+function H.items(list, extra)
+  local t = {}
+  for i, o in ipairs(list) do t[i] = H.opts(o.org_id, o.api_key, extra) end
+  return t
+end
+
+-- SlashID's error envelope with one entry, as a fault's `json`.
+function H.envelope(code, message)
+  return { errors = { { httpcode = code, message = message } } }
+end
+
+-- An HTTP-date `seconds` from now (a Retry-After value).
+function H.http_date(seconds)
+  return os.date("!%a, %d %b %Y %H:%M:%S GMT", os.time() + seconds)
+end
+
+-- JSON text of `depth` objects {"a":...} around "x".
+function H.nested_objects(depth)
+  return ('{"a":'):rep(depth) .. '"x"' .. ("}"):rep(depth)
+end
+
+-- How many keys a table has (a weak table's, after a collection).
+function H.count_keys(t)
+  local n = 0
+  for _ in pairs(t) do n = n + 1 end
+  return n
+end
+
+-- A debug function that keeps the trace, and the list it keeps it in.
+function H.tracer()
+  local lines = {}
+  return function(line)
+    assert(type(line) == "string", "the trace gives strings")
+    lines[#lines + 1] = line
+  end, lines
 end
 
 local counter = 0
@@ -146,6 +237,67 @@ function H.read_if_any(path)
   local s = f:read("*a")
   f:close()
   return s
+end
+
+-- Whether a file (or anything io.open can open) is there.
+function H.exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+-- Runs a shell command line; true when it exited 0 (os.execute's success
+-- across 5.1, which gives 0, and 5.2+, which give true).
+function H.sh(cmd)
+  local a, _, c = os.execute(cmd)
+  return a == true or a == 0 or c == 0
+end
+
+-- What a shell command line prints on stdout.
+function H.capture(cmd)
+  local p = assert(io.popen(cmd))
+  local out = p:read("*a")
+  p:close()
+  return out
+end
+
+-- Runs a shell command line; returns its exit status and its output
+-- (stdout and stderr together).
+function H.run(cmd)
+  local p = assert(io.popen(cmd .. " 2>&1; echo \"exit=$?\""))
+  local out = p:read("*a")
+  p:close()
+  local status = tonumber(out:match("exit=(%d+)%s*$"))
+  return status, (out:gsub("exit=%d+%s*$", ""))
+end
+
+-- Whether a program is on PATH.
+function H.have(program)
+  return H.run("command -v " .. program .. " >/dev/null") == 0
+end
+
+-- The whole lines of a text (a last line without its newline is left out).
+function H.lines_of(text)
+  local t = {}
+  for line in (text or ""):gmatch("([^\n]*)\n") do t[#t + 1] = line end
+  return t
+end
+
+-- The ORG<TAB>KEY lines of slashid-rotate's output or --save-to file, as
+-- { [org] = key } and their count; fails on any other line, on an
+-- organization twice, and on a last line cut short. `what` names the text
+-- in those failures (never a key).
+function H.key_lines(text, what)
+  text = text or ""
+  assert(text == "" or text:sub(-1) == "\n", (what or "file") .. ": the last line is cut short")
+  local t, n = {}, 0
+  for i, line in ipairs(H.lines_of(text)) do
+    local org, key = line:match("^([^\t]+)\t([^\t]+)$")
+    assert(org, ("%s line %d is not a whole ORG<TAB>KEY line"):format(what or "file", i))
+    assert(t[org] == nil, (what or "file") .. ": an organization twice")
+    t[org], n = key, n + 1
+  end
+  return t, n
 end
 
 function H.mkdir(path)
@@ -180,10 +332,15 @@ function H.flatten(...)
   return table.concat(parts, "\n")
 end
 
--- The messages of an errors list, for an assertion's explanation.
-function H.messages(errors)
+-- The messages of an errors list, for an assertion's explanation; with
+-- `codes`, each one led by "[httpcode/curl_code]".
+function H.messages(errors, codes)
   local t = {}
-  for _, e in ipairs(errors or {}) do t[#t + 1] = tostring(e.message) end
+  for _, e in ipairs(errors or {}) do
+    t[#t + 1] = codes and ("[%s/%s] %s"):format(tostring(e.httpcode), tostring(e.curl_code),
+                                               tostring(e.message))
+                       or tostring(e.message)
+  end
   return table.concat(t, " | ")
 end
 
@@ -328,6 +485,14 @@ function H.assert_journal_holds(path, orgs, delivered)
       :format(org, tostring(e.delivered), tostring(delivered)))
   end
   return by
+end
+
+-- A fresh folder of mode 0700 (a journal's folder must not be open to
+-- other users).
+function H.private_dir(name)
+  local dir = H.mkdir(H.tmpname(name or "private"))
+  assert(H.sh("chmod 700 " .. H.q(dir)))
+  return dir
 end
 
 -- The rescue files (slashid-rotate-rescue-*) in a folder, as paths.

@@ -55,17 +55,19 @@ if [ "$JOBS" -le 1 ]; then
   exit $?
 fi
 
-# Shards: the files (a folder is expanded), longest first (seconds seen on
-# a quiet machine; others count 2), each to the shard with the least so far.
+# Shards: the files (a folder is expanded), longest first (seconds each took
+# in one busted run of them all; others count 2), each to the shard with the
+# least so far.
 files=$(for s in $SPECS; do
   if [ -d "$s" ]; then ls "$s"/*_spec.lua; else echo "$s"; fi
 done)
 plan=$(for f in $files; do
-  case $(basename "$f") in
-    30-*) w=80 ;; 24-*) w=40 ;; 18-*) w=18 ;; 25-*) w=16 ;; 26-*) w=15 ;;
-    13-*) w=14 ;; 08-*) w=14 ;; 23-*) w=12 ;; 21-*) w=11 ;; 19-*) w=8 ;;
-    14-*) w=8 ;; 04-*) w=7 ;; 31-*) w=7 ;; 09-*) w=6 ;; 12-*) w=5 ;;
-    16-*) w=5 ;; 03-*) w=4 ;; 15-*) w=4 ;; 29-*) w=4 ;; 02-*) w=3 ;;
+  case $(basename "$f" _spec.lua) in
+    20-cli_journal) w=80 ;; 19-cli) w=55 ;; 21-openapi) w=25 ;; 15-pollable) w=20 ;;
+    17-batch) w=17 ;; 14-deadline) w=15 ;; 11-odd_answers) w=15 ;; 09-op) w=13 ;;
+    13-proxy) w=8 ;; 10-faults) w=8 ;; 04-retries) w=7 ;; 07-secrets) w=7 ;;
+    08-leak) w=7 ;; 03-outcomes) w=5 ;; 18-journal) w=4 ;; 12-bad_input) w=4 ;;
+    02-options) w=3 ;;
     *) w=2 ;;
   esac
   echo "$w $f"

@@ -1,4 +1,4 @@
--- Run by build/alloc-host (spec 20). A memory error at every allocation k
+-- Run by build/alloc-host (spec 22). A memory error at every allocation k
 -- of a client:rotate_key that sets its request up afresh (a check_key in
 -- between made the handle set up another table), with verify on every
 -- other k: once the server has rotated, the call must hand the new key

@@ -1,4 +1,4 @@
--- Run by build/alloc-host (spec 20). Memory runs short the moment a
+-- Run by build/alloc-host (spec 22). Memory runs short the moment a
 -- batch's last item has been handed to on_result, while the batch still
 -- has its end to do: a note to add (on_progress raised once: "progress";
 -- on_result raised once: "result") or the items never started to report

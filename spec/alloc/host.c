@@ -3,7 +3,7 @@
  * prove that a memory error inside the module's libcurl callbacks (the
  * `debug` trace) never unwinds through libcurl and never loses a new key.
  *
- * Build (spec/20-alloc_spec.lua does it, into build/alloc-host):
+ * Build (spec/22-alloc_spec.lua does it, into build/alloc-host):
  *   cc -std=gnu99 -O1 -g -Wall -Wextra -Werror (and the Makefile's other
  *      -W flags) -I/usr/include/lua5.4 -o build/alloc-host \
  *      spec/alloc/host.c -llua5.4 -ldl -lm

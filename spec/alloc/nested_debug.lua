@@ -1,4 +1,4 @@
--- Run by build/alloc-host (spec 20). A client's debug function that, while
+-- Run by build/alloc-host (spec 22). A client's debug function that, while
 -- the client's own call is under way, makes another call on the same
 -- client for another organization (with another save_to file). A memory
 -- error at allocation k of the outer call may leave the outer answer kept

@@ -3,7 +3,8 @@
 # then fuzzes each harness for FUZZ_SECONDS (0: replay only). Inputs found
 # are kept in $BUILD/corpus/NAME (ignored by git) and reused next time;
 # a crash is saved under spec/fuzz/crashes/ (ignored by git) and fails the
-# run: turn it into a corpus file or spec/17-regressions_spec.lua case.
+# run: turn it into a corpus file and a case in the spec of its topic
+# (spec/07-secrets_spec.lua and spec/03-outcomes_spec.lua hold such cases).
 #   BUILD (build/fuzz: holds fuzz_answer, fuzz_options)  FUZZ_SECONDS (60)
 set -u
 BUILD=${BUILD:-build/fuzz}

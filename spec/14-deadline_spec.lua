@@ -18,7 +18,7 @@ local function until_after(t0, seconds)
   if left > 0 then core.sleep(left) end
 end
 
-describe("an answer that arrived while nothing drove the transfer is kept (finding K)", function()
+describe("an answer that arrived while nothing drove the transfer is kept", function()
   -- An op (request_timeout 1 s) whose request reached the server, then
   -- left alone until the server answered and 2.5 s had passed.
   local function op_left_alone(org, key)

@@ -19,11 +19,7 @@ local CHECK = "spec/openapi/check.py"
 local ROTATE, CONFIG = "/organizations/api-keys", "/organizations/config"
 local JSON = "application/json"
 
-local function write(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
+local write = H.write
 
 local function quote(s)
   return "'" .. s:gsub("'", "'\\''") .. "'"

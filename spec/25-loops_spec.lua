@@ -5,11 +5,12 @@
 --   luv      uv.new_poll(op:pollfd()) plus a timer from op:timeout()
 --   LÖVE     examples/love: a 60 Hz game loop polling once per frame
 -- The cqueues and luv programs are the examples of docs/hosts.md, taken
--- from it as they are (the block after `<!-- spec/27: NAME -->`), so the
+-- from it as they are (the block after `<!-- spec/25: NAME -->`), so the
 -- documentation runs. Each child reports the CPU time it used (os.clock,
 -- require included) and the outcome; the key goes to a file, never to
 -- output. Beside them, the same wait done the old way (op:poll() and a
 -- 10 ms sleep) is measured and printed: the figure the loops beat.
+-- Run by `make check-hosts`, not `make test`.
 local H = require "helpers"
 
 local HOLD = 2             -- seconds the emulator holds each answer
@@ -19,10 +20,7 @@ local HOLD = 2             -- seconds the emulator holds each answer
 -- quarter of it tells the two apart even on a loaded machine.
 local CPU_BOUND = HOLD / 4
 
-local function sh(cmd)
-  local a, _, c = os.execute(cmd)
-  return a == true or a == 0 or c == 0
-end
+local sh = H.sh
 
 -- Runs `script` (Lua source) under the interpreter under test; returns
 -- status, stdout, stderr.
@@ -50,11 +48,11 @@ local function held_rotation()
                            SLASHID_BASE_URL = H.http_url, SLASHID_KEY_FILE = save }
 end
 
--- The Lua block of docs/hosts.md marked `<!-- spec/27: name -->`.
+-- The Lua block of docs/hosts.md marked `<!-- spec/25: name -->`.
 local function doc_example(name)
   local doc = H.read_file("docs/hosts.md")
-  local block = doc:match("<!%-%- spec/27: " .. name .. " %-%->%s*```lua\n(.-)\n```")
-  assert(block, "docs/hosts.md has no example marked spec/27: " .. name)
+  local block = doc:match("<!%-%- spec/25: " .. name .. " %-%->%s*```lua\n(.-)\n```")
+  assert(block, "docs/hosts.md has no example marked spec/25: " .. name)
   return block
 end
 

@@ -16,7 +16,8 @@
 -- spec/03 (outcome table) and spec/04 (retry rules) hold the basic rows;
 -- this file adds the hostile ones and the cross-cutting assertions above,
 -- the same key cases over HTTPS, and the same faults through ops and
--- rotate_keys.
+-- rotate_keys; and that max_response_bytes caps the body only (headers
+-- have a fixed cap of their own).
 local H = require "helpers"
 local slashid = require "slashid"
 local socket = require "socket"
@@ -32,15 +33,10 @@ local MATRIX_TIMEOUT = 3     -- request_timeout of matrix calls (s)
 
 local messages = H.messages
 
-local function envelope(code, message)
-  return { errors = { { httpcode = code, message = message } }, result = nil }
-end
+local envelope, http_date, nested_objects = H.envelope, H.http_date, H.nested_objects
 
 -- Nested JSON text: `depth` arrays, or objects {"a":...} around "x".
 local function nested_arrays(depth) return ("["):rep(depth) .. ("]"):rep(depth) end
-local function nested_objects(depth)
-  return ('{"a":'):rep(depth) .. '"x"' .. ("}"):rep(depth)
-end
 
 -- A loopback listener that must never be contacted (a redirect target).
 local function trap()
@@ -59,11 +55,6 @@ local function trap_hits(s)
     c:close()
   end
   return n
-end
-
--- An HTTP-date `seconds` from now.
-local function http_date(seconds)
-  return os.date("!%a, %d %b %Y %H:%M:%S GMT", os.time() + seconds)
 end
 
 local TRIPWIRE = { status = 418, json = envelope(418, "TRIPWIRE: a request was retried") }
@@ -218,6 +209,14 @@ local function run(case)
   return result, errors, pagination, info
 end
 
+-- A test for each case of `cases` (written as run() takes them), named by
+-- the case's `title`.
+local function each_case(cases)
+  for _, case in ipairs(cases) do
+    it(case.title, function() run(case) end)
+  end
+end
+
 -- ---- transport ---------------------------------------------------------
 
 describe("fault matrix: the connection", function()
@@ -237,30 +236,47 @@ describe("fault matrix: the connection", function()
          message = "COULDNT_CONNECT", requests = 0, attempts = 1, deadline = 0.5 }
   end)
 
-  -- The emulator reads the request head (to find the org), then resets
-  -- without reading further. libcurl had written the whole request (a PUT
-  -- with no body is all head), so it reports a receive failure:
-  -- CURLE_RECV_ERROR (56) "Connection reset by peer" (55, a send failure,
-  -- would be possible only if the reset overtook the write). The request
-  -- reached the server, so "unknown" is the right outcome: a server may act
-  -- on a request whose answer it then fails to send.
-  it("reset before the request is read (reset_before_read): unknown, CURLE_RECV_ERROR", function()
-    run{ name = "reset_before_read", via = "fresh", faults = { { action = "reset_before_read" } },
-         outcome = "unknown", status = 0, httpcode = 0, curl_code = { 56, 55 },
-         message = { "reset", "RECV_ERROR", "SEND_ERROR" }, rotations = 0 }
-  end)
-
-  it("reset after the request was read (reset, the server rotated)", function()
-    run{ name = "reset", via = "fresh", faults = { { action = "reset", rotate = true } },
-         outcome = "unknown", status = 0, httpcode = 0, curl_code = 56,
-         message = "reset", rotations = 1 }
-  end)
-
-  it("closed (FIN) after the request was read, nothing answered", function()
-    run{ name = "close", via = "fresh", faults = { { action = "close", rotate = true } },
-         outcome = "unknown", status = 0, httpcode = 0, curl_code = 52,
-         message = { "GOT_NOTHING", "empty reply" }, rotations = 1 }
-  end)
+  each_case{
+    -- The emulator reads the request head (to find the org), then resets
+    -- without reading further. libcurl had written the whole request (a PUT
+    -- with no body is all head), so it reports a receive failure:
+    -- CURLE_RECV_ERROR (56) "Connection reset by peer" (55, a send failure,
+    -- would be possible only if the reset overtook the write). The request
+    -- reached the server, so "unknown" is the right outcome: a server may act
+    -- on a request whose answer it then fails to send.
+    { title = "reset before the request is read (reset_before_read): unknown, CURLE_RECV_ERROR",
+      name = "reset_before_read", via = "fresh", faults = { { action = "reset_before_read" } },
+      outcome = "unknown", status = 0, httpcode = 0, curl_code = { 56, 55 },
+      message = { "reset", "RECV_ERROR", "SEND_ERROR" }, rotations = 0 },
+    { title = "reset after the request was read (reset, the server rotated)",
+      name = "reset", via = "fresh", faults = { { action = "reset", rotate = true } },
+      outcome = "unknown", status = 0, httpcode = 0, curl_code = 56,
+      message = "reset", rotations = 1 },
+    { title = "closed (FIN) after the request was read, nothing answered",
+      name = "close", via = "fresh", faults = { { action = "close", rotate = true } },
+      outcome = "unknown", status = 0, httpcode = 0, curl_code = 52,
+      message = { "GOT_NOTHING", "empty reply" }, rotations = 1 },
+    { title = "closed mid-answer: Content-Length promised, half the body sent (truncate)",
+      name = "truncate", faults = { { action = "truncate", rotate = true } },
+      outcome = "unknown", status = 200, httpcode = 0, curl_code = 18,
+      message = { "PARTIAL_FILE", "partial" }, rotations = 1 },
+    { title = "closed mid-answer in chunked encoding: no terminating chunk (truncate_chunked)",
+      name = "truncate_chunked", faults = { { action = "truncate_chunked", rotate = true } },
+      outcome = "unknown", status = 200, httpcode = 0, curl_code = 18,
+      message = "partial", rotations = 1 },
+    { title = "slow drip, 1 byte/s, request_timeout = 2: unknown, curl_code 28, returns in ~2 s",
+      name = "drip", faults = { { action = "drip", interval = 1, rotate = true } },
+      opts = { request_timeout = 2 },
+      outcome = "unknown", status = 0, httpcode = 0, curl_code = 28,
+      message = { "OPERATION_TIMEDOUT", "timed out" }, rotations = 1,
+      min_wall = 1.8 },
+    { title = "stall after the headers, request_timeout = 1.5: unknown, curl_code 28",
+      name = "stall_after_headers",
+      faults = { { action = "stall_after_headers", stall = 5, rotate = true } },
+      opts = { request_timeout = 1.5 },
+      outcome = "unknown", status = 200, httpcode = 0, curl_code = 28,
+      message = "timed out", rotations = 1, min_wall = 1.4 },
+  }
 
   -- The same drops on a reused keep-alive connection: libcurl would resend
   -- the request on its own (it cannot tell that the server acted); the
@@ -278,12 +294,6 @@ describe("fault matrix: the connection", function()
     end)
   end
 
-  it("closed mid-answer: Content-Length promised, half the body sent (truncate)", function()
-    run{ name = "truncate", faults = { { action = "truncate", rotate = true } },
-         outcome = "unknown", status = 200, httpcode = 0, curl_code = 18,
-         message = { "PARTIAL_FILE", "partial" }, rotations = 1 }
-  end)
-
   it("closed mid-answer with the new key inside the half that arrived", function()
     local pad = ("p"):rep(600)
     run{ name = "truncate, key first",
@@ -291,28 +301,6 @@ describe("fault matrix: the connection", function()
                       body = '{"result":{"api_key":"{{new_key}}"},"pad":"' .. pad .. '"}' } },
          outcome = "unknown", status = 200, httpcode = 0, curl_code = 18,
          message = "partial", rotations = 1 }
-  end)
-
-  it("closed mid-answer in chunked encoding: no terminating chunk (truncate_chunked)", function()
-    run{ name = "truncate_chunked", faults = { { action = "truncate_chunked", rotate = true } },
-         outcome = "unknown", status = 200, httpcode = 0, curl_code = 18,
-         message = "partial", rotations = 1 }
-  end)
-
-  it("slow drip, 1 byte/s, request_timeout = 2: unknown, curl_code 28, returns in ~2 s", function()
-    run{ name = "drip", faults = { { action = "drip", interval = 1, rotate = true } },
-         opts = { request_timeout = 2 },
-         outcome = "unknown", status = 0, httpcode = 0, curl_code = 28,
-         message = { "OPERATION_TIMEDOUT", "timed out" }, rotations = 1,
-         min_wall = 1.8 }
-  end)
-
-  it("stall after the headers, request_timeout = 1.5: unknown, curl_code 28", function()
-    run{ name = "stall_after_headers",
-         faults = { { action = "stall_after_headers", stall = 5, rotate = true } },
-         opts = { request_timeout = 1.5 },
-         outcome = "unknown", status = 200, httpcode = 0, curl_code = 28,
-         message = "timed out", rotations = 1, min_wall = 1.4 }
   end)
 end)
 
@@ -325,32 +313,33 @@ describe("fault matrix: answers too large", function()
   -- (CURLE_WRITE_ERROR, "larger than max_response_bytes").
   local TOO_LARGE = { "max_response_bytes", "maximum file size" }
 
-  it("a 5 MB body against the default 1 MiB cap", function()
-    run{ name = "huge 5 MB", faults = { { action = "huge", size = 5 * 1024 * 1024, rotate = true } },
-         outcome = "unknown", status = 200, httpcode = 0, curl_code = { 63, 23 },
-         message = TOO_LARGE, rotations = 1 }
-  end)
-
-  it("a 5 MB chunked body against the default cap (no length announced)", function()
-    run{ name = "huge 5 MB chunked",
-         faults = { { action = "huge", size = 5 * 1024 * 1024, chunked = true, rotate = true } },
-         outcome = "unknown", status = 200, httpcode = 0, curl_code = 23,
-         message = "max_response_bytes", rotations = 1 }
-  end)
-
-  it("a 5000-byte body against max_response_bytes = 1000", function()
-    run{ name = "huge, small cap", faults = { { action = "huge", size = 5000, rotate = true } },
-         opts = { max_response_bytes = 1000 },
-         outcome = "unknown", status = 200, httpcode = 0, curl_code = { 63, 23 },
-         message = TOO_LARGE, rotations = 1 }
-  end)
-
-  it("an error answer (500) over the cap is unknown too", function()
-    run{ name = "huge 500", faults = { { action = "huge", status = 500, size = 50000 } },
-         opts = { max_response_bytes = 2000 },
-         outcome = "unknown", status = 500, httpcode = 0, curl_code = { 63, 23 },
-         message = TOO_LARGE, rotations = 0 }
-  end)
+  each_case{
+    { title = "a 5 MB body against the default 1 MiB cap",
+      name = "huge 5 MB", faults = { { action = "huge", size = 5 * 1024 * 1024, rotate = true } },
+      outcome = "unknown", status = 200, httpcode = 0, curl_code = { 63, 23 },
+      message = TOO_LARGE, rotations = 1 },
+    { title = "a 5 MB chunked body against the default cap (no length announced)",
+      name = "huge 5 MB chunked",
+      faults = { { action = "huge", size = 5 * 1024 * 1024, chunked = true, rotate = true } },
+      outcome = "unknown", status = 200, httpcode = 0, curl_code = 23,
+      message = "max_response_bytes", rotations = 1 },
+    { title = "a 5000-byte body against max_response_bytes = 1000",
+      name = "huge, small cap", faults = { { action = "huge", size = 5000, rotate = true } },
+      opts = { max_response_bytes = 1000 },
+      outcome = "unknown", status = 200, httpcode = 0, curl_code = { 63, 23 },
+      message = TOO_LARGE, rotations = 1 },
+    { title = "an error answer (500) over the cap is unknown too",
+      name = "huge 500", faults = { { action = "huge", status = 500, size = 50000 } },
+      opts = { max_response_bytes = 2000 },
+      outcome = "unknown", status = 500, httpcode = 0, curl_code = { 63, 23 },
+      message = TOO_LARGE, rotations = 0 },
+    { title = "a 200000-byte header line with a 10 MB cap: libcurl's own limit still ends it",
+      name = "huge_header, big cap",
+      faults = { { action = "huge_header", size = 200000, rotate = true } },
+      opts = { max_response_bytes = 10 * 1024 * 1024 },
+      outcome = "unknown", status = 200, httpcode = 0, curl_code = { 27, 23, 56, 100 },
+      rotations = 1 },
+  }
 
   -- libcurl refuses a header line above its own limit (CURL_MAX_HTTP_HEADER,
   -- 100 KiB) before our header callback sees it; libcurl 7.88 reports that
@@ -369,14 +358,6 @@ describe("fault matrix: answers too large", function()
     end)
   end
 
-  it("a 200000-byte header line with a 10 MB cap: libcurl's own limit still ends it", function()
-    run{ name = "huge_header, big cap",
-         faults = { { action = "huge_header", size = 200000, rotate = true } },
-         opts = { max_response_bytes = 10 * 1024 * 1024 },
-         outcome = "unknown", status = 200, httpcode = 0, curl_code = { 27, 23, 56, 100 },
-         rotations = 1 }
-  end)
-
   -- max_response_bytes caps the body only; headers have their own fixed
   -- 64 KiB cap (README), so a proxy's or CDN's lines cannot turn a
   -- rotation that succeeded into "unknown".
@@ -394,6 +375,38 @@ describe("fault matrix: answers too large", function()
     run{ name = "headers over the header cap", faults = { { headers = headers, rotate = true } },
          outcome = "unknown", status = 200, httpcode = 0, curl_code = { 23, 63 },
          message = "headers are larger than 65536 bytes", rotations = 1 }
+  end)
+end)
+
+describe("max_response_bytes caps the body only", function()
+  it("a small body with ~1 KB of proxy/CDN headers and the cap at 256 is rotated", function()
+    local org, key = H.new_org()
+    local headers = {}
+    for i = 1, 16 do headers["X-Cdn-Trace-" .. i] = ("v"):rep(60) end
+    H.faults(org, { { rotate = true, headers = headers } })
+    local result, errors, _, info = slashid.rotate_key(H.opts(org, key, {
+      max_response_bytes = 256 }))
+    assert.are.equal("rotated", info.outcome, errors[1] and errors[1].message)
+    assert.is_string(result.api_key)
+    assert.are.equal(("v"):rep(60), info.headers["x-cdn-trace-16"])
+  end)
+
+  it("a body over the cap is still unknown (the cap still holds for the body)", function()
+    local org, key = H.new_org()
+    local _, errors, _, info = slashid.rotate_key(H.opts(org, key, {
+      max_response_bytes = 16 }))
+    assert.are.equal("unknown", info.outcome)
+    assert.matches("max_response_bytes", errors[1].message)
+  end)
+
+  it("headers over the fixed 64 KiB cap end unknown, with a message that says so", function()
+    local org, key = H.new_org()
+    H.faults(org, { { rotate = true, action = "huge_header", size = 70000 } })
+    local result, errors, _, info = slashid.rotate_key(H.opts(org, key))
+    assert.is_nil(result)
+    assert.are.equal("unknown", info.outcome)
+    assert.matches("headers are larger than 65536 bytes", errors[1].message)
+    assert.are.equal(1, H.requests(org))
   end)
 end)
 
@@ -451,52 +464,45 @@ end)
 -- ---- 408, 429 -----------------------------------------------------------
 
 describe("fault matrix: 408 and 429", function()
-  it("408 after the server rotated: unknown, one request", function()
-    run{ name = "408 rotated", faults = { { status = 408, rotate = true } },
-         outcome = "unknown", status = 408, httpcode = 408, message = "HTTP 408",
-         rotations = 1 }
-  end)
-
-  it("408 with an envelope: the server's entry kept as sent", function()
-    run{ name = "408 envelope",
-         faults = { { status = 408, rotate = true, json = envelope(408, "all_regions not reached in 30 s") } },
-         opts = { consistency = "all_regions" },
-         outcome = "unknown", status = 408, httpcode = 408,
-         message = "all_regions not reached", rotations = 1 }
-  end)
-
-  it("429, Retry-After: 0 twice, then the real answer: three requests, all with the live key", function()
-    run{ name = "429 seconds",
-         faults = { { status = 429, ["repeat"] = 2, headers = { ["Retry-After"] = "0" } } },
-         tripwire = false,
-         outcome = "rotated", status = 200, requests = 3, rotations = 1,
-         check = function(_, errors, _, info)
-           assert.are.same({}, errors)
-           assert.are.equal(0, info.retry_after)
-         end }
-  end)
-
-  it("429, Retry-After as an HTTP-date in the past, every time: retries run out", function()
-    run{ name = "429 date, exhausted",
-         faults = { { status = 429, ["repeat"] = 6, headers = { ["Retry-After"] = http_date(-3600) },
-                      json = envelope(429, "rate limited") } },
-         tripwire = false,
-         outcome = "not_rotated", status = 429, httpcode = 429, message = "rate limited",
-         requests = 6, rotations = 0,
-         check = function(_, errors, _, info)
-           assert.are.equal(1, #errors)
-           assert.are.equal(0, info.retry_after)
-         end }
-  end)
-
-  it("429, Retry-After as an HTTP-date years ahead: retries end, one request", function()
-    run{ name = "429 date 2099",
-         faults = { { status = 429, headers = { ["Retry-After"] = "Thu, 01 Jan 2099 00:00:00 GMT" } } },
-         outcome = "not_rotated", status = 429, httpcode = 429, rotations = 0,
-         check = function(_, _, _, info)
-           assert.is_true(info.retry_after > 1e9, tostring(info.retry_after))
-         end }
-  end)
+  each_case{
+    { title = "408 after the server rotated: unknown, one request",
+      name = "408 rotated", faults = { { status = 408, rotate = true } },
+      outcome = "unknown", status = 408, httpcode = 408, message = "HTTP 408",
+      rotations = 1 },
+    { title = "408 with an envelope: the server's entry kept as sent",
+      name = "408 envelope",
+      faults = { { status = 408, rotate = true, json = envelope(408, "all_regions not reached in 30 s") } },
+      opts = { consistency = "all_regions" },
+      outcome = "unknown", status = 408, httpcode = 408,
+      message = "all_regions not reached", rotations = 1 },
+    { title = "429, Retry-After: 0 twice, then the real answer: three requests, all with the live key",
+      name = "429 seconds",
+      faults = { { status = 429, ["repeat"] = 2, headers = { ["Retry-After"] = "0" } } },
+      tripwire = false,
+      outcome = "rotated", status = 200, requests = 3, rotations = 1,
+      check = function(_, errors, _, info)
+        assert.are.same({}, errors)
+        assert.are.equal(0, info.retry_after)
+      end },
+    { title = "429, Retry-After as an HTTP-date in the past, every time: retries run out",
+      name = "429 date, exhausted",
+      faults = { { status = 429, ["repeat"] = 6, headers = { ["Retry-After"] = http_date(-3600) },
+                   json = envelope(429, "rate limited") } },
+      tripwire = false,
+      outcome = "not_rotated", status = 429, httpcode = 429, message = "rate limited",
+      requests = 6, rotations = 0,
+      check = function(_, errors, _, info)
+        assert.are.equal(1, #errors)
+        assert.are.equal(0, info.retry_after)
+      end },
+    { title = "429, Retry-After as an HTTP-date years ahead: retries end, one request",
+      name = "429 date 2099",
+      faults = { { status = 429, headers = { ["Retry-After"] = "Thu, 01 Jan 2099 00:00:00 GMT" } } },
+      outcome = "not_rotated", status = 429, httpcode = 429, rotations = 0,
+      check = function(_, _, _, info)
+        assert.is_true(info.retry_after > 1e9, tostring(info.retry_after))
+      end },
+  }
 
   for _, garbage in ipairs({ "0x10", "1.5", "NaN", "inf", "+5", "1e3", "tomorrow", "1 2", "" }) do
     it(("429, garbage Retry-After %q: the backoff is used, then rotated"):format(garbage), function()
@@ -544,60 +550,84 @@ describe("fault matrix: 5xx", function()
     end)
   end
 
-  it("503 with Retry-After: still never retried", function()
-    run{ name = "503 retry-after",
-         faults = { { status = 503, headers = { ["Retry-After"] = "0" } } },
-         outcome = "unknown", status = 503, httpcode = 503, message = "HTTP 503" }
-  end)
-
-  it("500 after the server really rotated (rotate = true)", function()
-    run{ name = "500 rotated", faults = { { status = 500, rotate = true } },
-         outcome = "unknown", status = 500, httpcode = 500, rotations = 1 }
-  end)
+  each_case{
+    { title = "503 with Retry-After: still never retried",
+      name = "503 retry-after",
+      faults = { { status = 503, headers = { ["Retry-After"] = "0" } } },
+      outcome = "unknown", status = 503, httpcode = 503, message = "HTTP 503" },
+    { title = "500 after the server really rotated (rotate = true)",
+      name = "500 rotated", faults = { { status = 500, rotate = true } },
+      outcome = "unknown", status = 500, httpcode = 500, rotations = 1 },
+  }
 end)
 
 -- ---- 2xx that cannot be read ---------------------------------------------
 
 describe("fault matrix: unreadable 2xx answers", function()
-  it("a non-JSON 2xx after a real rotation", function()
-    run{ name = "non-JSON 200",
-         faults = { { status = 200, rotate = true, content_type = "text/plain", body = "done!" } },
-         outcome = "unknown", status = 200, httpcode = 200, message = "not a JSON object",
-         rotations = 1 }
-  end)
-
-  it("a 2xx JSON without result.api_key", function()
-    run{ name = "no api_key",
-         faults = { { status = 200, rotate = true, json = { result = { id = "k-1", name = "no key here" } } } },
-         outcome = "unknown", status = 200, httpcode = 200, message = "no result.api_key",
-         rotations = 1 }
-  end)
-
-  it("JSON with nulls everywhere: meta, errors, result", function()
-    run{ name = "nulls",
-         faults = { { status = 200, rotate = true, body = '{"meta":null,"errors":null,"result":null}' } },
-         outcome = "unknown", status = 200, httpcode = 200, message = "no result.api_key",
-         rotations = 1,
-         check = function(_, errors, pagination)
-           assert.are.equal(1, #errors)
-           assert.is_nil(pagination)
-         end }
-  end)
-
-  it("JSON with result.api_key null", function()
-    run{ name = "api_key null",
-         faults = { { status = 200, rotate = true, body = '{"result":{"api_key":null}}' } },
-         outcome = "unknown", status = 200, httpcode = 200, message = "no result.api_key",
-         rotations = 1 }
-  end)
-
-  it("JSON nulls inside lists and pagination", function()
-    run{ name = "null members",
-         faults = { { status = 200, rotate = true,
-                      body = '{"meta":{"pagination":null},"errors":[null,null],"result":{"api_key":null}}' } },
-         outcome = "unknown", status = 200, httpcode = 200, rotations = 1,
-         check = function(_, _, pagination) assert.is_nil(pagination) end }
-  end)
+  each_case{
+    { title = "a non-JSON 2xx after a real rotation",
+      name = "non-JSON 200",
+      faults = { { status = 200, rotate = true, content_type = "text/plain", body = "done!" } },
+      outcome = "unknown", status = 200, httpcode = 200, message = "not a JSON object",
+      rotations = 1 },
+    { title = "a 2xx JSON without result.api_key",
+      name = "no api_key",
+      faults = { { status = 200, rotate = true, json = { result = { id = "k-1", name = "no key here" } } } },
+      outcome = "unknown", status = 200, httpcode = 200, message = "no result.api_key",
+      rotations = 1 },
+    { title = "JSON with nulls everywhere: meta, errors, result",
+      name = "nulls",
+      faults = { { status = 200, rotate = true, body = '{"meta":null,"errors":null,"result":null}' } },
+      outcome = "unknown", status = 200, httpcode = 200, message = "no result.api_key",
+      rotations = 1,
+      check = function(_, errors, pagination)
+        assert.are.equal(1, #errors)
+        assert.is_nil(pagination)
+      end },
+    { title = "JSON with result.api_key null",
+      name = "api_key null",
+      faults = { { status = 200, rotate = true, body = '{"result":{"api_key":null}}' } },
+      outcome = "unknown", status = 200, httpcode = 200, message = "no result.api_key",
+      rotations = 1 },
+    { title = "JSON nulls inside lists and pagination",
+      name = "null members",
+      faults = { { status = 200, rotate = true,
+                   body = '{"meta":{"pagination":null},"errors":[null,null],"result":{"api_key":null}}' } },
+      outcome = "unknown", status = 200, httpcode = 200, rotations = 1,
+      check = function(_, _, pagination) assert.is_nil(pagination) end },
+    { title = "10000-deep array nesting in a 200: unknown, no crash",
+      name = "deep arrays",
+      faults = { { status = 200, rotate = true, body = nested_arrays(10000) } },
+      outcome = "unknown", status = 200, httpcode = 200, message = "HTTP 200",
+      rotations = 1 },
+    { title = "10000-deep object nesting beside a real key in a 200: rotated (read tolerantly), no crash, key hidden",
+      name = "deep objects",
+      faults = { { status = 200, rotate = true,
+                   body = '{"result":{"api_key":"{{new_key}}"},"x":' .. nested_objects(10000) .. '}' } },
+      outcome = "rotated", status = 200, rotations = 1,
+      check = function(_, errors)
+        assert.are.equal(1, #errors)
+        assert.matches("result.api_key was read", errors[1].message, 1, true)
+      end },
+    { title = "50-deep object nesting in an error envelope is fine",
+      name = "deep 50 in 400",
+      faults = { { status = 400, body = '{"errors":[{"httpcode":400,"message":"nested detail","detail":' ..
+                   nested_objects(50) .. '}],"result":null}' } },
+      outcome = "not_rotated", status = 400, httpcode = 400, message = "nested detail",
+      check = function(_, errors)
+        assert.are.same({ { httpcode = 400, message = "nested detail" } }, errors)
+      end },
+    { title = "50-deep nesting beside the key in a 200 is fine: rotated",
+      name = "deep 50 in 200",
+      faults = { { status = 200, rotate = true,
+                   body = '{"result":{"api_key":"{{new_key}}","extra":' .. nested_objects(50) ..
+                          '},"errors":[],"meta":' .. nested_arrays(50) .. '}' } },
+      outcome = "rotated", status = 200, rotations = 1 },
+    { title = "10000-deep nesting in a 500: unknown, one excerpt entry",
+      name = "deep 500",
+      faults = { { status = 500, body = nested_arrays(10000) } },
+      outcome = "unknown", status = 500, httpcode = 500, message = "HTTP 500" },
+  }
 
   it("JSON nulls in an error answer (400 / 500): one entry with the status", function()
     run{ name = "400 nulls",
@@ -605,48 +635,6 @@ describe("fault matrix: unreadable 2xx answers", function()
          outcome = "not_rotated", status = 400, httpcode = 400, message = "HTTP 400" }
     run{ name = "500 nulls",
          faults = { { status = 500, body = '{"meta":null,"errors":[null],"result":null}' } },
-         outcome = "unknown", status = 500, httpcode = 500, message = "HTTP 500" }
-  end)
-
-  it("10000-deep array nesting in a 200: unknown, no crash", function()
-    run{ name = "deep arrays",
-         faults = { { status = 200, rotate = true, body = nested_arrays(10000) } },
-         outcome = "unknown", status = 200, httpcode = 200, message = "HTTP 200",
-         rotations = 1 }
-  end)
-
-  it("10000-deep object nesting beside a real key in a 200: rotated (read tolerantly), no crash, key hidden", function()
-    run{ name = "deep objects",
-         faults = { { status = 200, rotate = true,
-                      body = '{"result":{"api_key":"{{new_key}}"},"x":' .. nested_objects(10000) .. '}' } },
-         outcome = "rotated", status = 200, rotations = 1,
-         check = function(_, errors)
-           assert.are.equal(1, #errors)
-           assert.matches("result.api_key was read", errors[1].message, 1, true)
-         end }
-  end)
-
-  it("50-deep object nesting in an error envelope is fine", function()
-    run{ name = "deep 50 in 400",
-         faults = { { status = 400, body = '{"errors":[{"httpcode":400,"message":"nested detail","detail":' ..
-                      nested_objects(50) .. '}],"result":null}' } },
-         outcome = "not_rotated", status = 400, httpcode = 400, message = "nested detail",
-         check = function(_, errors)
-           assert.are.same({ { httpcode = 400, message = "nested detail" } }, errors)
-         end }
-  end)
-
-  it("50-deep nesting beside the key in a 200 is fine: rotated", function()
-    run{ name = "deep 50 in 200",
-         faults = { { status = 200, rotate = true,
-                      body = '{"result":{"api_key":"{{new_key}}","extra":' .. nested_objects(50) ..
-                             '},"errors":[],"meta":' .. nested_arrays(50) .. '}' } },
-         outcome = "rotated", status = 200, rotations = 1 }
-  end)
-
-  it("10000-deep nesting in a 500: unknown, one excerpt entry", function()
-    run{ name = "deep 500",
-         faults = { { status = 500, body = nested_arrays(10000) } },
          outcome = "unknown", status = 500, httpcode = 500, message = "HTTP 500" }
   end)
 end)

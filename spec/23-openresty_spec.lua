@@ -16,27 +16,7 @@ local socket = require "socket"
 local now = socket.gettime
 local MODULES = "/usr/lib/nginx/modules"
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
-
-local function sh(cmd)
-  local a, _, c = os.execute(cmd)
-  return a == true or a == 0 or c == 0
-end
-
-local function capture(cmd)
-  local p = io.popen(cmd)
-  local out = p:read("*a")
-  p:close()
-  return out
-end
-
-local function shell_quote(s)
-  return "'" .. s:gsub("'", "'\\''") .. "'"
-end
+local exists, sh, capture, shell_quote = H.exists, H.sh, H.capture, H.q
 
 local left_out = H.left_out
 

@@ -16,7 +16,7 @@
 --   * bad values raise `slashid: bad option 'proxy' ...` without the value.
 -- Only 127.0.0.1 is ever contacted.
 local H = require "helpers"
-local q = H.q
+local q, run, LUA = H.q, H.run, H.lua
 local proxy = require "proxy"
 local slashid = require "slashid"
 local socket = require "socket"
@@ -36,20 +36,10 @@ for _, name in ipairs(PROXY_VARS) do
   assert(os.getenv(name) == nil, "run the specs with a clean environment (spec/run.sh): " .. name)
 end
 
-
-local function messages(errors)
-  local t = {}
-  for _, e in ipairs(errors or {}) do
-    t[#t + 1] = ("[%s/%s] %s"):format(tostring(e.httpcode), tostring(e.curl_code),
-                                      tostring(e.message))
-  end
-  return table.concat(t, " | ")
-end
-
 local function why(errors, info, px)
   return ("outcome %s, attempts %s, status %s, errors: %s%s"):format(
     tostring(info and info.outcome), tostring(info and info.attempts),
-    tostring(info and info.status), messages(errors),
+    tostring(info and info.status), H.messages(errors, true),
     px and ("\n--- proxy log ---\n" .. px:log()) or "")
 end
 
@@ -87,7 +77,7 @@ end
 -- ---- child processes: the environment is read in a fresh process ---------
 
 local CHILD_SCRIPT = [=[
--- spec/19-proxy_spec.lua's child: one rotation configured by SPEC_* and
+-- spec/13-proxy_spec.lua's child: one rotation configured by SPEC_* and
 -- by whatever proxy variables its command line set. Prints a summary, the
 -- errors and (SPEC_DEBUG) the debug trace; never the keys.
 local slashid = require "slashid"
@@ -640,6 +630,29 @@ describe("proxy option", function()
       no_proxy_secret(out)
       no_proxy_secret(err)
     end)
+
+    for _, case in ipairs({
+      { "without a scheme", "alice:pr0xy-pa55w0rd-xyz@127.0.0.1:%d" },
+      { "with a slash in the password", "http://alice:pr0xy/pa55w0rd-xyz@127.0.0.1:%d" },
+      { "with a # in the password", "http://alice:pr0xy#pa55w0rd-xyz@127.0.0.1:%d" },
+    }) do
+      it("credentials in https_proxy " .. case[1] .. " (the proxy down, debug trace on): shown nowhere", function()
+        local org, key = H.new_org()
+        local url = case[2]:format(H.closed_port())
+        local status, out = run(("https_proxy=%s %s -e %s"):format(q(url), LUA, q(([[
+local slashid = require "slashid"
+local lines = {}
+local r, e, p, i = slashid.rotate_key{ org_id = %q, api_key = %q, base_url = %q,
+  ca_file = %q, retries = 0, debug = function(l) lines[#lines + 1] = l end }
+print(i.outcome, e[1] and e[1].message)
+print(table.concat(lines, "\n"))
+]]):format(org, key, H.https_url, H.ca_file))))
+        assert.are.equal(0, status, out)
+        assert.matches("not_rotated", out)
+        assert.is_nil(out:find("pa55w0rd", 1, true), "the proxy password leaked")
+        H.assert_no_secret(out, key)
+      end)
+    end
   end)
 
   describe("bad values", function()

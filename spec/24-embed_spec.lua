@@ -14,11 +14,7 @@ local H = require "helpers"
 local HOST = "build/lua5.4/embed-host"
 local STALL_BOUND_MS = 20
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
+local exists, shell_quote = H.exists, H.q
 
 local left_out = H.left_out
 
@@ -26,10 +22,6 @@ local left_out = H.left_out
 local function missing()
   return left_out("lua5.4") or
          not exists(HOST) and HOST .. " is missing: `make embed` builds it (make check-hosts does)" or nil
-end
-
-local function shell_quote(s)
-  return "'" .. s:gsub("'", "'\\''") .. "'"
 end
 
 -- Runs the host; returns its key=value lines as a table, its exit status

@@ -164,7 +164,7 @@ describe("a handle's kept request", function()
   end)
 end)
 
-describe("what a kept request must not keep (review of issue 11)", function()
+describe("what a kept request must not keep", function()
   it("a setup that failed is not kept: a ca_file missing at the first call, there at the second", function()
     local org, key = H.new_org()
     local ca = H.tmpname("late-ca") .. ".pem"

@@ -1,4 +1,4 @@
--- Odd answers (spec 31): what a server, a proxy or a firewall page may
+-- Odd answers: what a server, a proxy or a firewall page may
 -- send that is not the plain envelope, and what must still hold.
 --   (a) a 2xx the strict JSON parser refuses (a lone surrogate escape,
 --       nesting deeper than 64) still gives its result.api_key, read by a
@@ -7,7 +7,8 @@
 --       cut short, a non-string key stay unknown; text that only looks
 --       like a key never becomes one; duplicates resolve as a strict
 --       parser resolves them (checked against the strict path itself);
---       the same through an op, a batch and a client;
+--       the same through an op, a batch and a client; a byte order mark
+--       before the JSON is read;
 --   (b) a key (old or new) echoed JSON-escaped (\uXXXX in either case,
 --       \/) or percent-encoded (%XX in either case) is redacted wherever
 --       server text goes: the debug trace, errors entries (body excerpts
@@ -38,7 +39,7 @@ local function known_key(tag)
                                              math.random(0, 999999))
 end
 
-local function org_with_known_key()
+local function org_with_escapable_key()
   return H.new_org_with_key(known_key("OLD"))
 end
 
@@ -139,10 +140,7 @@ local function assert_no_key_in_lines(lines, key)
   assert_no_key(table.concat(lines, "\n"), key, "the trace")
 end
 
-local function tracer()
-  local lines = {}
-  return function(line) lines[#lines + 1] = line end, lines
-end
+local tracer, puts, nested_objects = H.tracer, H.puts, H.nested_objects
 
 local function has_line(lines, plain)
   for _, l in ipairs(lines) do
@@ -155,9 +153,6 @@ end
 
 local SURROGATE = '"meta":{"m":"note \\ud83d"}'     -- a lone high surrogate escape
 
-local function nested_objects(depth)
-  return ('{"a":'):rep(depth) .. '"x"' .. ("}"):rep(depth)
-end
 local function nested_mixed(depth)
   local open, close = {}, {}
   for i = 1, depth do
@@ -208,20 +203,11 @@ local function call(via, opts)
   error("unknown via " .. tostring(via))
 end
 
--- How many rotation requests (PUT) the emulator received for an org.
-local function puts(state)
-  local n = 0
-  for _, r in ipairs(state.requests) do
-    if r.method == "PUT" then n = n + 1 end
-  end
-  return n
-end
-
 -- A rotation whose 200 carries `body` (with {{new_key}}), over `via`:
 -- checks it was rotated with the emulator's key, one request, one
 -- rotation, one errors entry; returns the four values.
 local function rotated_tolerantly(body, why, via, extra)
-  local org, key = org_with_known_key()
+  local org, key = org_with_escapable_key()
   H.faults(org, { { status = 200, rotate = true, body = body } })
   local debug, lines = tracer()
   local opts = H.opts(org, key, { debug = debug, retries = 3 })
@@ -252,7 +238,7 @@ end
 -- shown nowhere (the bodies put it only in "api_key" string members,
 -- which the excerpt and the trace hide whatever their place).
 local function unknown_answer(body, why)
-  local org, key = org_with_known_key()
+  local org, key = org_with_escapable_key()
   H.faults(org, { { status = 200, rotate = true, body = body } })
   local debug, lines = tracer()
   local result, errors, pagination, info =
@@ -405,7 +391,7 @@ describe("a 2xx the strict parser refuses (read tolerantly)", function()
     local wrong = {}
     for _, c in ipairs(cases) do
       for _, prefix in ipairs({ "", '"zz":"\\ud83d",' }) do
-        local org, key = org_with_known_key()
+        local org, key = org_with_escapable_key()
         H.faults(org, { { status = 200, body = "{" .. prefix .. c[2] .. "}" } })
         local r, e, _, i = slashid.rotate_key(H.opts(org, key, { retries = 0 }))
         local why = c[1] .. (prefix == "" and "" or ", beside a lone surrogate")
@@ -451,13 +437,21 @@ describe("a 2xx the strict parser refuses (read tolerantly)", function()
     unknown_answer('[{"result":{"api_key":"{{new_key}}"}},"\\ud83d"]', "an array")
     unknown_answer('"\\ud83d"', "a string")
   end)
+
+  it("a UTF-8 byte order mark before the JSON is read: rotated, the key", function()
+    local org, key = H.new_org()
+    H.faults(org, { { rotate = true, body = '\239\187\191{"result":{"api_key":"{{new_key}}"}}' } })
+    local result, _, _, info = slashid.rotate_key(H.opts(org, key))
+    assert.are.equal("rotated", info.outcome)
+    H.assert_key_equal(H.org(org).api_key, result.api_key)
+  end)
 end)
 
 -- ---- (b) ---------------------------------------------------------------------
 
 describe("keys echoed escaped or percent-encoded are redacted", function()
   it("the new key echoed in every form in a 200: not in the trace, raw or decoded", function()
-    local org, key = org_with_known_key()
+    local org, key = org_with_escapable_key()
     local new = known_key("NEW")
     local members = {}
     for i, f in ipairs(FORMS) do
@@ -483,7 +477,7 @@ describe("keys echoed escaped or percent-encoded are redacted", function()
 
   it("each form alone, beside a real rotation: the trace shows none of it", function()
     for _, f in ipairs(FORMS) do
-      local org, key = org_with_known_key()
+      local org, key = org_with_escapable_key()
       -- the server echoes the key it was given, and the key it issued in
       -- the same form (known only as it is issued: a literal answer)
       local new = known_key("NEW")
@@ -502,7 +496,7 @@ describe("keys echoed escaped or percent-encoded are redacted", function()
 
   it("the old key echoed in a non-JSON 401 HTML page: not in errors[1].message nor the trace", function()
     for _, f in ipairs(FORMS) do
-      local org, key = org_with_known_key()
+      local org, key = org_with_escapable_key()
       H.faults(org, { { status = 401, content_type = "text/html",
                         body = "<html><body>Denied: " .. f[2](key) .. " is refused</body></html>" } })
       local debug, lines = tracer()
@@ -526,7 +520,7 @@ describe("keys echoed escaped or percent-encoded are redacted", function()
   it("an encoded old key across the excerpt's 200-byte cut leaves no piece of it", function()
     for _, f in ipairs(FORMS) do
       for _, pad in ipairs({ 150, 170, 190, 199 }) do
-        local org, key = org_with_known_key()
+        local org, key = org_with_escapable_key()
         H.faults(org, { { status = 403, content_type = "text/html",
                           body = ("x"):rep(pad) .. f[2](key) .. "</html>" } })
         local result, errors = slashid.rotate_key(H.opts(org, key))
@@ -540,7 +534,7 @@ describe("keys echoed escaped or percent-encoded are redacted", function()
 
   it("the old key in the server's own error message, percent-encoded or \\u-escaped", function()
     for _, f in ipairs(FORMS) do
-      local org, key = org_with_known_key()
+      local org, key = org_with_escapable_key()
       H.faults(org, { { status = 401, content_type = "application/json",
                         body = '{"errors":[{"httpcode":401,"message":"key ' .. f[2](key) ..
                                ' refused"}]}' } })
@@ -557,7 +551,7 @@ describe("keys echoed escaped or percent-encoded are redacted", function()
 
   it("keys echoed percent-encoded or escaped in response headers: not in info.headers nor the trace", function()
     for _, upper in ipairs({ true, false }) do
-      local org, key = org_with_known_key()
+      local org, key = org_with_escapable_key()
       local new = known_key("NEW")
       H.faults(org, { { status = 200, body = '{"result":{"api_key":"' .. new .. '"}}',
                         headers = { ["X-Echo-Old"] = pct_all(key, upper),
@@ -612,7 +606,7 @@ describe("keys echoed escaped or percent-encoded are redacted", function()
   end)
 
   it("the old key percent-encoded in a 401's header (a firewall's Location or cookie)", function()
-    local org, key = org_with_known_key()
+    local org, key = org_with_escapable_key()
     H.faults(org, { { status = 401, content_type = "text/html", body = "<p>no</p>",
                       headers = { ["X-Denied-For"] = "key=" .. pct_all(key, false),
                                   ["Set-Cookie"] = "k=" .. pct_some(key, true) .. "; Path=/" } } })
@@ -626,7 +620,7 @@ describe("keys echoed escaped or percent-encoded are redacted", function()
   end)
 
   it("text that only resembles a key is kept as it was", function()
-    local org, key = org_with_known_key()
+    local org, key = org_with_escapable_key()
     H.faults(org, { { status = 401, content_type = "text/html",
                       body = "<p>100%25 sure: path a\\/b, 50%, \\u0041BC</p>" } })
     local _, errors = slashid.rotate_key(H.opts(org, key))
@@ -915,7 +909,7 @@ describe("errors lists show as their messages", function()
   -- takes only a string message and refuses the table with "bad argument
   -- #2": nothing a library can change there, so only "fails, no key" holds.
   it("assert(slashid.rotate_key{...}) fails with the message, caught or uncaught (the interpreter's assert)", function()
-    local org, key = org_with_known_key()
+    local org, key = org_with_escapable_key()
     local echo = { status = 401, json = { errors = { { httpcode = 401,
       message = "readable failure for {{old_key}} " .. pct_all(key, true) } } } }
     H.faults(org, { echo, echo })
@@ -954,7 +948,7 @@ describe("errors lists show as their messages", function()
   end)
 
   it("never shows a key (old or new) after an echoing answer", function()
-    local org, key = org_with_known_key()
+    local org, key = org_with_escapable_key()
     local echo = { status = 401, json = { errors = {
       { httpcode = 401, message = "key {{old_key}} refused, " .. pct_all(key, true) .. ", " ..
         json_some(key, false) } } } }
@@ -969,7 +963,7 @@ describe("errors lists show as their messages", function()
     assert_no_key(s, key, "tostring(errors) of a page")
 
     -- a rotated answer whose save failed: the new key is in result only
-    local org2, key2 = org_with_known_key()
+    local org2, key2 = org_with_escapable_key()
     local result, errors2 = slashid.rotate_key(H.opts(org2, key2, {
       save_to = H.tmpname("no-such-dir") .. "/sub/key" }))
     assert.is_table(result)
@@ -1250,7 +1244,7 @@ describe("a new key with a byte beyond printable ASCII (UTF-8 C1 controls, line 
   for _, case in ipairs({ { "U+0085 (NEL)", "\\u0085" }, { "U+009B (CSI)", "\\u009b" },
                           { "U+2028 (line separator)", "\\u2028" }, { "an accented letter", "\\u00e9" } }) do
     it(case[1] .. ": returned, never written to save_to", function()
-      local org, key = org_with_known_key()
+      local org, key = org_with_escapable_key()
       H.faults(org, { { status = 200, rotate = true,
                         body = '{"errors":[],"result":{"api_key":"sk_beyond' .. case[2] .. 'ascii"}}' } })
       local path = H.mkdir(H.tmpname("c1")) .. "/key"

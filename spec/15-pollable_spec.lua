@@ -21,25 +21,19 @@ local has_cqueues, cqueues = pcall(require, "cqueues")
 local is_integer = math.type and function(x) return math.type(x) == "integer" end
                  or function(x) return type(x) == "number" and x % 1 == 0 end
 
-local function sh(cmd)
-  local p = io.popen(cmd)
-  local out = p:read("*a")
-  p:close()
-  return out
-end
+local capture = H.capture
 
-local PID = H.pid
-local open_fds, baseline_fds, fds_after = H.open_fds, H.baseline_fds, H.fds_after
+local PID, open_fds, baseline_fds, fds_after = H.pid, H.open_fds, H.baseline_fds, H.fds_after
 
 -- What descriptor fd of this process is ("anon_inode:[eventpoll]"), or
 -- nil when it is closed.
 local function fd_target(fd)
-  local t = sh("readlink /proc/" .. PID .. "/fd/" .. fd .. " 2>/dev/null"):match("[^\n]+")
+  local t = capture("readlink /proc/" .. PID .. "/fd/" .. fd .. " 2>/dev/null"):match("[^\n]+")
   return t
 end
 
 local function cloexec(fd)
-  local flags = sh("cat /proc/" .. PID .. "/fdinfo/" .. fd):match("flags:%s*(%d+)")
+  local flags = capture("cat /proc/" .. PID .. "/fdinfo/" .. fd):match("flags:%s*(%d+)")
   return flags ~= nil and math.floor(tonumber(flags, 8) / 524288) % 2 == 1   -- O_CLOEXEC 02000000
 end
 
@@ -489,8 +483,8 @@ describe("op:wait and signals (while the command catches them)", function()
   end)
 end)
 
-describe("pollable ops: review findings (issue 10)", function()
-  it("X1: a loop asleep on an op wakes at once when another coroutine cancels it", function()
+describe("pollable ops: what a host, another coroutine or a child process may do to an op", function()
+  it("a loop asleep on an op wakes at once when another coroutine cancels it", function()
     if not has_cqueues then pending("cqueues not installed (Debian: lua-cqueues)") return end
     local org, key = H.new_org()
     H.faults(org, { { delay = 20 } })
@@ -516,7 +510,7 @@ describe("pollable ops: review findings (issue 10)", function()
     assert.are.equal("unknown", info.outcome)
   end)
 
-  it("X5-X7: the host closes op:pollfd() and /dev/null takes the number: no spin, no close of the host's file", function()
+  it("the host closes op:pollfd() and /dev/null takes the number: no spin, no close of the host's file", function()
     local org, key = H.new_org()
     H.faults(org, { { delay = 1.5 } })
     local op = slashid.start_rotate_key(H.opts(org, key))
@@ -547,7 +541,7 @@ describe("pollable ops: review findings (issue 10)", function()
     f:close()
   end)
 
-  it("X8: the host closes op:pollfd() and another epoll set (a cqueues controller) takes the number", function()
+  it("the host closes op:pollfd() and another epoll set (a cqueues controller) takes the number", function()
     -- every epoll descriptor is the same inode: only the set's marker
     -- (pollset.c) tells ours from the controller's
     if not has_cqueues then pending("cqueues not installed (Debian: lua-cqueues)") return end
@@ -582,7 +576,7 @@ describe("pollable ops: review findings (issue 10)", function()
     assert.is_true(woke)
   end)
 
-  it("X4: a program started while a rotation is in flight inherits none of its TCP sockets", function()
+  it("a program started while a rotation is in flight inherits none of its TCP sockets", function()
     local org, key = H.new_org()
     H.faults(org, { { delay = 1.5 } })
     local op = slashid.start_rotate_key(H.opts(org, key))
@@ -596,7 +590,7 @@ describe("pollable ops: review findings (issue 10)", function()
     end
     assert.is_truthy(next(tcp), "no connection to the emulator seen")
     -- a child lists its own descriptors
-    local listing = sh("ls -l /proc/self/fd/ 2>/dev/null")
+    local listing = capture("ls -l /proc/self/fd/ 2>/dev/null")
     for inode in listing:gmatch("socket:%[(%d+)%]") do
       assert.is_nil(tcp[inode], "a child inherited the op's connection")
     end
@@ -605,8 +599,8 @@ describe("pollable ops: review findings (issue 10)", function()
     assert.are.equal("rotated", info.outcome, H.messages(errors))
   end)
 
-  it("X2-X3: fork: the child cannot drive the parent's op, and its exit does not stall the parent", function()
-    if not sh("command -v luajit"):find("luajit") or
+  it("fork: the child cannot drive the parent's op, and its exit does not stall the parent", function()
+    if not capture("command -v luajit"):find("luajit") or
        not H.read_if_any("build/luajit/slashid/core.so") then
       pending("needs LuaJIT (its FFI calls fork) and the module built for it")
       return
@@ -640,7 +634,7 @@ print(("parent outcome=%%s waited=%%.2f %%s"):format(info.outcome, core.now() - 
 ]]):format(org, H.http_url))
     -- (the child leaves the parent's libcurl state alone by design, so a
     -- leak checker preloaded by `make check-asan` would report it)
-    local out = sh(("cd %s && KEY=%s ASAN_OPTIONS=\"${ASAN_OPTIONS:-}:detect_leaks=0\" " ..
+    local out = capture(("cd %s && KEY=%s ASAN_OPTIONS=\"${ASAN_OPTIONS:-}:detect_leaks=0\" " ..
                     "LUA_PATH='lua/?.lua;;' LUA_CPATH='build/luajit/?.so;;' luajit %s 2>&1")
       :format(H.q(os.getenv("PWD") or "."), H.q(key), H.q(script)))
     H.assert_no_secret(out, key)

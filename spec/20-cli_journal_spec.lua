@@ -41,12 +41,8 @@ math.randomseed(os.time())
 
 local wait_for = H.wait_for
 
-local function sh(cmd)
-  local a, _, c = os.execute(cmd)
-  return a == true or a == 0 or c == 0
-end
-
-local function exists(path) return read(path) ~= nil end
+local exists, sh, lines_of, key_lines = H.exists, H.sh, H.lines_of, H.key_lines
+local private_dir = H.private_dir
 
 -- The shell line listing the processes whose command line is exactly
 -- `cmd`. pgrep runs without LD_PRELOAD: under make check-asan, pgrep with
@@ -56,25 +52,12 @@ local function pgrep_exact(cmd)
   return "env -u LD_PRELOAD pgrep -f " .. q("^" .. cmd .. "$") .. " 2>/dev/null"
 end
 
-local function lines_of(text)
-  local t = {}
-  for line in (text or ""):gmatch("([^\n]*)\n") do t[#t + 1] = line end
-  return t
-end
-
 -- Text for an assertion message: anything shaped like an emulator key
 -- (sk_ + url-safe characters) masked, and cut to a readable length.
 local function shown(text)
   text = tostring(text or ""):gsub("sk_[%w_%-]+", "sk_(not shown)")
   if #text > 3000 then text = text:sub(1, 1500) .. "\n...\n" .. text:sub(-1500) end
   return text
-end
-
--- A directory only its owner may use (a journal's home).
-local function private_dir(name)
-  local dir = H.mkdir(H.tmpname(name or "journals"))
-  assert(sh("chmod 700 " .. q(dir)))
-  return dir
 end
 
 -- The files in a directory (full paths).
@@ -127,21 +110,6 @@ local function journal_summary(path)
   return table.concat(t, "\n")
 end
 
--- ORG<TAB>KEY lines, strictly: every line whole (the text ends with a
--- newline), no org twice. Returns org -> key, count.
-local function key_lines(text, what)
-  text = text or ""
-  assert(text == "" or text:sub(-1) == "\n", (what or "file") .. ": the last line is cut short")
-  local t, n = {}, 0
-  for i, line in ipairs(lines_of(text)) do
-    local org, key = line:match("^([^\t]+)\t([^\t]+)$")
-    assert(org, ("%s line %d is not a whole ORG<TAB>KEY line"):format(what or "file", i))
-    assert(t[org] == nil, (what or "file") .. ": an organization twice")
-    t[org], n = key, n + 1
-  end
-  return t, n
-end
-
 -- The command line: env (name -> value), unset (names), wrap (a program
 -- the interpreter runs under, e.g. stdbuf), args (quoted one by one).
 local function cmdline(args, opts)
@@ -185,19 +153,7 @@ local function spawn(args, opts)
   return H.spawn(cmdline(args, opts), opts.stdin)
 end
 
--- n fresh organizations (delays[i]: seconds before org i is answered),
--- written as an --orgs file; returns path, list of { org_id, api_key }.
-local function orgs_file(n, delays)
-  local list, text = {}, {}
-  for i = 1, n do
-    local org, key = H.new_org()
-    local d = type(delays) == "number" and delays or (delays and delays[i])
-    if d and d > 0 then H.faults(org, { { delay = d } }) end
-    list[i] = { org_id = org, api_key = key }
-    text[#text + 1] = org .. "\t" .. key .. "\n"
-  end
-  return write(H.tmpname("orgs") .. ".tsv", table.concat(text)), list
-end
+local orgs_file = H.orgs_file
 
 local function list_file(list)
   local text = {}

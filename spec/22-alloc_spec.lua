@@ -9,7 +9,7 @@
 -- (spec/alloc/host.c, built here into build/alloc-host) running scripts
 -- against the real module (build/lua5.4/slashid/core.so, whatever LUA
 -- the suite runs under) and the emulator. See spec/alloc/trace.lua for
--- what is swept and asserted.
+-- what is swept and asserted. Run by `make check-sweeps`, not `make test`.
 local H = require "helpers"
 local q = H.q
 
@@ -21,11 +21,7 @@ local CFLAGS = "-std=gnu99 -O1 -g -Wall -Wextra -Wshadow -Wpointer-arith -Wcast-
                "-Wstrict-prototypes -Wmissing-prototypes -Wformat=2 -Werror -I/usr/include/lua5.4"
 local LIBS = "-llua5.4 -ldl -lm"
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
+local exists = H.exists
 
 local left_out = H.left_out
 

@@ -18,33 +18,9 @@ local H = require "helpers"
 local slashid = require "slashid"
 local socket = require "socket"
 
-local messages = H.messages
-local assert_rotated = H.assert_rotated
+local messages, assert_rotated = H.messages, H.assert_rotated
 
--- n fresh organizations: list of { org_id, api_key }.
-local function orgs(n)
-  local t = {}
-  for i = 1, n do
-    local org, key = H.new_org()
-    t[i] = { org_id = org, api_key = key }
-  end
-  return t
-end
-
--- Items for rotate_keys from orgs(), each with H.opts' fast retries.
-local function items(list, extra)
-  local t = {}
-  for i, o in ipairs(list) do t[i] = H.opts(o.org_id, o.api_key, extra) end
-  return t
-end
-
--- A folder only its owner can write (the journal's rule 4), under the
--- spec run's scratch folder.
-local function private_dir(name)
-  local dir = H.mkdir(H.tmpname(name or "jdir"))
-  assert(os.execute("chmod 700 " .. H.q(dir)))
-  return dir
-end
+local orgs, items, private_dir, exists = H.orgs, H.items, H.private_dir, H.exists
 
 local function journal_path()
   return private_dir("journal") .. "/batch.journal"
@@ -52,7 +28,7 @@ end
 
 -- The lines of a file (without their "\n"); a last line with no newline
 -- is a line too.
-local function lines_of(path)
+local function journal_lines(path)
   local t = {}
   local s = H.read_file(path)
   for line in s:gmatch("([^\n]*)\n") do t[#t + 1] = line end
@@ -69,12 +45,6 @@ local function by_org(entries)
     t[e.org_id] = e
   end
   return t
-end
-
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
 end
 
 local function error_of(fn)
@@ -141,7 +111,7 @@ describe("rotate_keys' journal", function()
 
     -- 0600; the old keys (the wrong one too) never written
     assert.are.equal("600", H.mode(path))
-    local _, bytes = lines_of(path)
+    local _, bytes = journal_lines(path)
     for i = 1, #old_keys do H.assert_no_secret(bytes, old_keys[i]) end
   end)
 
@@ -159,7 +129,7 @@ describe("rotate_keys' journal", function()
       if where == "in the batch's options" then opts.base_url = H.http_url end
       local out = slashid.rotate_keys(batch, opts)
       for i, o in ipairs(list) do assert_rotated(o, out[i]) end
-      local first = lines_of(path)[1]
+      local first = journal_lines(path)[1]
       assert.is_truthy(first:find("\trun\t", 1, true), "the first record is not the run's: " .. first)
       assert.is_truthy(first:find("base_url=" .. H.http_url, 1, true),
                        "the run record does not name the base URL the run used: " .. first)
@@ -455,7 +425,7 @@ H.write(out_file, ("%d %d %d %d %d"):format(looks, unnamed, in_flight, most_sent
     local path = journal_path()
     local out = slashid.rotate_keys(items(list), { journal = path })
     for i, o in ipairs(list) do assert_rotated(o, out[i]) end
-    local lines = lines_of(path)
+    local lines = journal_lines(path)
     -- the `rotated` line nearest the middle: a byte of its key flipped
     local mid, target = math.floor(#lines / 2) + 1, nil
     for d = 0, #lines do
@@ -533,7 +503,7 @@ H.write(out_file, ("%d %d %d %d %d"):format(looks, unnamed, in_flight, most_sent
     assert.are.equal("rotated", entries[1].state)
     assert.is_true(entries[1].api_key == odd, "the journal did not give back the key as issued")
     -- one line per record: the tab did not split one
-    for _, line in ipairs(lines_of(path)) do
+    for _, line in ipairs(journal_lines(path)) do
       local n = select(2, line:gsub("\t", ""))
       assert.are.equal(4, n)
     end
@@ -548,7 +518,7 @@ H.write(out_file, ("%d %d %d %d %d"):format(looks, unnamed, in_flight, most_sent
     local fsyncs = j.file:stats().fsyncs
     j:close()
     for i, o in ipairs(list) do assert_rotated(o, out[i]) end
-    local records = #lines_of(path)
+    local records = #journal_lines(path)
     local entries, skipped = slashid.read_journal(path)
     assert.are.equal(0, skipped)
     assert.are.equal(40, #entries)
