@@ -64,7 +64,7 @@ done)
 plan=$(for f in $files; do
   case $(basename "$f" _spec.lua) in
     20-cli_journal) w=80 ;; 19-cli) w=55 ;; 21-openapi) w=25 ;; 15-pollable) w=20 ;;
-    17-batch) w=17 ;; 14-deadline) w=15 ;; 11-odd_answers) w=15 ;; 09-op) w=13 ;;
+    17-batch) w=17 ;; 14-deadline) w=15 ;; 11-odd_answers) w=25 ;; 09-op) w=13 ;;
     13-proxy) w=8 ;; 10-faults) w=8 ;; 04-retries) w=7 ;; 07-secrets) w=7 ;;
     08-leak) w=7 ;; 03-outcomes) w=5 ;; 18-journal) w=4 ;; 12-bad_input) w=4 ;;
     02-options) w=3 ;;
