@@ -199,7 +199,7 @@ function M.run(pull, total, s)
     local stage = job.handed
     if stage == 0 then
       local v = job.values
-      job.item = { result = v[1], errors = v[2], pagination = v[3], info = v[4] }
+      job.item = { result = v.result, errors = v.errors, pagination = v.pagination, info = v.info }
       if journal then journal_item(job, job.item) end
       job.handed, stage = 1, 1
     end
@@ -512,7 +512,7 @@ function M.run(pull, total, s)
     for _, job in pairs(by_handle) do
       local v = job.values
       -- (not one whose key on_result already has: finish got that far)
-      if v and v[1] and job.handed < RESULT_HANDED then issued[#issued + 1] = job end
+      if v and v.result and job.handed < RESULT_HANDED then issued[#issued + 1] = job end
     end
     table.sort(issued, function(a, b) return a.index < b.index end)
     if journal then
@@ -520,7 +520,7 @@ function M.run(pull, total, s)
       for k = 1, #issued do
         local job = issued[k]
         if job.key_journaled == false then
-          pcall(journal.add, journal, "rotated", job.cfg.org_id, job.values[1].api_key)
+          pcall(journal.add, journal, "rotated", job.cfg.org_id, job.values.result.api_key)
           job.key_journaled = "pending"
         end
       end
@@ -534,10 +534,10 @@ function M.run(pull, total, s)
       local v = job.values
       by_handle[job.handle] = nil
       if job.phase == "verify" then
-        v[4].verified = false   -- as rotation.verified says of a check that failed
-        v[2][#v[2] + 1] = { httpcode = 0, message = VERIFY_CUT }
+        v.info.verified = false   -- as rotation.verified says of a check that failed
+        v.errors[#v.errors + 1] = { httpcode = 0, message = VERIFY_CUT }
       end
-      local item = { result = v[1], errors = v[2], pagination = v[3], info = v[4] }
+      local item = { result = v.result, errors = v.errors, pagination = v.pagination, info = v.info }
       if journal then pcall(journal_item, job, item) end
       deliver(job.index, item, true)
     end
