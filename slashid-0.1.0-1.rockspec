@@ -53,6 +53,7 @@ build = {
     ["slashid.outcome"] = "lua/slashid/outcome.lua",
     ["slashid.request"] = "lua/slashid/request.lua",
     ["slashid.job"] = "lua/slashid/job.lua",
+    ["slashid.recover"] = "lua/slashid/recover.lua",
     ["slashid.op"] = "lua/slashid/op.lua",
     ["slashid.batch"] = "lua/slashid/batch.lua",
     ["slashid.journal"] = "lua/slashid/journal.lua",

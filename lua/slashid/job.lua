@@ -18,8 +18,9 @@ local core = require "slashid.core"
 local policy = require "slashid.policy"
 local outcome = require "slashid.outcome"
 local request = require "slashid.request"
+local recover = require "slashid.recover"
 
-local setmetatable, pcall, error, collectgarbage, type = setmetatable, pcall, error, collectgarbage, type
+local setmetatable, pcall, error, type = setmetatable, pcall, error, type
 local now, sleep, random = core.now, core.sleep, core.random
 
 local M = {}
@@ -41,6 +42,9 @@ function M.new(cfg, handle, kind, user_agent, on_rotated, req)
     multi = false, started = false, phase_cfg = false, attempt = 0,
     phase_started = false, wait_until = false, last = false, values = false,
     told = false,          -- on_rotated has run
+    -- values: what the job gives once done, by name (Job:results):
+    -- rotate { result, errors, pagination, info }, check { ok, errors, info };
+    -- last: the attempt a back-off waits on { result, errors, pagination, facts }
     -- the last attempt's tables, stored without allocating (the fields
     -- exist): M.run's rescue reads them after a memory error
     answer = false, answer_errors = false, answer_pagination = false,
@@ -74,18 +78,13 @@ function Job:attempted()
   local delay = not self.cancelled and
     policy.next_delay(self.phase_cfg, facts, self.attempt, retry_after, random)
   if delay then
-    self.last = { result, errors, pagination, facts }
+    self.last = { result = result, errors = errors, pagination = pagination, facts = facts }
     self.wait_until = now() + delay
     self.unconcluded = false
     return
   end
   self:conclude(result, errors, pagination, facts)
 end
-
--- How many times a memory error is met by collecting garbage and trying
--- again, once the server may have issued a key (an allocator that fails
--- several times in a row is still met).
-local TRIES = 16
 
 -- Blocking: one attempt to its end. An answer whose tables could not be
 -- built (out of memory) is kept by the handle, which then says done: it
@@ -99,11 +98,8 @@ local function perform(handle, req)
   local ok, r, e, p, f = pcall(handle.perform, handle, req)
   if ok then return r, e, p, f end
   if was_done or not handle:done() then error(r, 0) end
-  for _ = 1, TRIES do
-    collectgarbage("collect")
-    local ok2, r2, e2, p2, f2 = pcall(handle.collect, handle)
-    if ok2 then return r2, e2, p2, f2 end
-  end
+  local again, r2, e2, p2, f2 = recover.again(handle.collect, handle)
+  if again then return r2, e2, p2, f2 end
   pcall(handle.discard, handle)      -- given up: the kept answer is wiped
   error(r, 0)
 end
@@ -164,88 +160,56 @@ function Job:conclude(result, errors, pagination, facts)
   local info = outcome.info(facts, self.attempt, self.phase_started,
                             self.last_retry_after)
   if self.phase == "rotate" then
-    result, errors, pagination, info =
-      outcome.settle(result, errors, pagination, info, facts)
-    self.values = { result, errors, pagination, info }
-    self.unconcluded = false
-    outcome.describe(info, errors)
-    if result then
-      -- the old key is dead: hand over (a client adopts it) and save
-      -- before anything else
-      if self.on_rotated then
-        self.on_rotated(result)
-        self.told = true
-      end
-      outcome.save(self.cfg, result, errors, info)
-      if self.cfg.verify and not outcome.printable(result.api_key) then
-        -- sent as a header it would split into two (CR LF): never sent
-        info.verified = false
-        outcome.add_error(errors, 0, "not verified: the new key holds a control " ..
-                          "character or another byte outside printable ASCII and cannot " ..
-                          "be sent as a header")
-      elseif self.cfg.verify then
-        if not self.cancelled then
-          return self:begin("verify", outcome.verify_cfg(self.cfg, result.api_key))
-        end
-        -- cancelled (or a batch interrupted) as the key arrived: it is
-        -- kept, and said to be unverified rather than passed as verified
-        info.verified = false
-        outcome.add_error(errors, 0, "not verified: the operation was cancelled " ..
-                          "before the new key could be checked")
-      end
-    end
+    return self:conclude_rotation(result, errors, pagination, info, facts)
   elseif self.phase == "verify" then
     local v = self.values
     local ok = policy.accepted(facts)
-    outcome.verified(v[2], v[4], ok, errors, info)
+    outcome.verified(v.errors, v.info, ok, errors, info)
     self.unconcluded = false
   else
     local ok = policy.accepted(facts)
     if ok then errors = outcome.listed({}) end
-    self.values = { ok, errors, info }
+    self.values = { ok = ok, errors = errors, info = info }
     self.unconcluded = false
   end
   self:done()
 end
 
-local AFTER = "the key was rotated, but an error came after (out of memory?): " ..
-              "the new key is in result.api_key; info.saved and info.verified say " ..
-              "what was done"
+local NOT_PRINTABLE = "not verified: the new key holds a control character or another " ..
+                      "byte outside printable ASCII and cannot be sent as a header"
+local NOT_CHECKED = "not verified: the operation was cancelled before the new key " ..
+                    "could be checked"
 
--- After an error raised out of the engine (a memory error: the blocking
--- driver's rescue, the next poll of an op, a batch's next look): an
--- attempt whose outcome was not named is named from the tables kept on
--- the job; a rotation whose key is known but whose adopting, saving or
--- verifying raised ends here with the key (adopted and saved once more if
--- that was not done), saying so (the error itself is not quoted: it is
--- not ours to show); an attempt that never went out (its launch raised)
--- is due again. A key the server issued is never left behind.
-function Job:conclude_again()
-  if self.running or self.wait_until or self.phase == "done" or self.phase == "new" then
-    return
+-- The rotation's outcome is named and kept (values) before anything else
+-- can raise; a new key is handed over, saved, then verified.
+function Job:conclude_rotation(result, errors, pagination, info, facts)
+  result, errors, pagination, info =
+    outcome.settle(result, errors, pagination, info, facts)
+  self.values = { result = result, errors = errors, pagination = pagination, info = info }
+  self.unconcluded = false
+  outcome.describe(info, errors)
+  if not result then return self:done() end
+  -- the old key is dead: hand over (a client adopts it) and save before
+  -- anything else
+  if self.on_rotated then
+    self.on_rotated(result)
+    self.told = true
   end
-  if self.unconcluded then
-    return self:conclude(self.answer, self.answer_errors, self.answer_pagination,
-                         self.answer_facts)
+  outcome.save(self.cfg, result, errors, info)
+  if not self.cfg.verify then return self:done() end
+  if not outcome.printable(result.api_key) then
+    -- sent as a header it would split into two (CR LF): never sent
+    info.verified = false
+    outcome.add_error(errors, 0, NOT_PRINTABLE)
+  elseif not self.cancelled then
+    return self:begin("verify", outcome.verify_cfg(self.cfg, result.api_key))
+  else
+    -- cancelled (or a batch interrupted) as the key arrived: it is kept,
+    -- and said to be unverified rather than passed as verified
+    info.verified = false
+    outcome.add_error(errors, 0, NOT_CHECKED)
   end
-  local v = self.values
-  if not v then
-    self.wait_until = now()
-    return
-  end
-  if self.kind == "rotate" and v[1] then
-    local info = v[4]
-    if self.on_rotated and not self.told and pcall(self.on_rotated, v[1]) then
-      self.told = true
-    end
-    if self.cfg.save_to and info.saved == nil then
-      pcall(outcome.save, self.cfg, v[1], v[2], info)
-    end
-    if self.cfg.save_to and info.saved == nil then info.saved = false end
-    if self.cfg.verify and info.verified == nil then info.verified = false end
-    pcall(outcome.add_error, v[2], 0, AFTER)
-    self:done()
-  end
+  self:done()
 end
 
 -- Non-blocking: the multi reported this job's attempt finished (or it was
@@ -300,15 +264,22 @@ function Job:cancel()
   elseif self.wait_until then
     -- between attempts: nothing in flight, the last attempt stands
     local last = self.last
-    outcome.add_error(last[2], 0, "the operation was cancelled (op:cancel) " ..
+    outcome.add_error(last.errors, 0, "the operation was cancelled (op:cancel) " ..
                       "while waiting to retry")
-    self:conclude(last[1], last[2], last[3], last[4])
+    self:conclude(last.result, last.errors, last.pagination, last.facts)
   end
 end
 
+-- What the job gives once done: a rotation's four values (result,
+-- errors, pagination, info), a check's three (ok, errors, info).
+function Job:results()
+  local v = self.values
+  if self.kind == "check" then return v.ok, v.errors, v.info end
+  return v.result, v.errors, v.pagination, v.info
+end
+
 -- The blocking driver: runs the job to its end on its handle, sleeping
--- through back-offs. Returns the job's values (rotate: result, errors,
--- pagination, info; check: ok, errors, info).
+-- through back-offs.
 local function to_the_end(job)
   while job.phase ~= "done" do
     local left = job.wait_until - now()
@@ -322,9 +293,50 @@ local function drive(job)
   to_the_end(job)
 end
 
-local function conclude_again(job)
-  job:conclude_again()
-  to_the_end(job)
+-- ---- After an error raised out of the engine --------------------------
+-- Each point of the main path above that can raise (a memory error)
+-- leaves the job in a state conclude_again can go on from; the blocking
+-- driver goes on through rescue, an op through its next poll, a batch
+-- through its next look.
+
+local AFTER = "the key was rotated, but an error came after (out of memory?): " ..
+              "the new key is in result.api_key; info.saved and info.verified say " ..
+              "what was done"
+
+-- After an error raised out of the engine (a memory error: the blocking
+-- driver's rescue, the next poll of an op, a batch's next look): an
+-- attempt whose outcome was not named is named from the tables kept on
+-- the job; a rotation whose key is known but whose adopting, saving or
+-- verifying raised ends here with the key (adopted and saved once more if
+-- that was not done), saying so (the error itself is not quoted: it is
+-- not ours to show); an attempt that never went out (its launch raised)
+-- is due again. A key the server issued is never left behind.
+function Job:conclude_again()
+  if self.running or self.wait_until or self.phase == "done" or self.phase == "new" then
+    return
+  end
+  if self.unconcluded then
+    return self:conclude(self.answer, self.answer_errors, self.answer_pagination,
+                         self.answer_facts)
+  end
+  local v = self.values
+  if not v then
+    self.wait_until = now()
+    return
+  end
+  if self.kind == "rotate" and v.result then
+    local info = v.info
+    if self.on_rotated and not self.told and pcall(self.on_rotated, v.result) then
+      self.told = true
+    end
+    if self.cfg.save_to and info.saved == nil then
+      pcall(outcome.save, self.cfg, v.result, v.errors, info)
+    end
+    if self.cfg.save_to and info.saved == nil then info.saved = false end
+    if self.cfg.verify and info.verified == nil then info.verified = false end
+    pcall(outcome.add_error, v.errors, 0, AFTER)
+    self:done()
+  end
 end
 
 -- Whether an error raised out of the engine may have left a key behind:
@@ -335,44 +347,46 @@ local function holds_key(job)
     return policy.outcome(job.answer, job.answer_facts) == "rotated"
   end
   local v = job.values
-  return v and v[1] and true or false
+  return v and v.result and true or false
+end
+
+local function go_on(job)
+  job:conclude_again()
+  to_the_end(job)
 end
 
 -- The last resort when naming the outcome keeps failing: the key as the
 -- answer gave it, with what could not be done.
 local function bare_values(job)
   local f = job.answer_facts
-  job.values = { job.answer, job.answer_errors, job.answer_pagination,
-                 { outcome = "rotated", status = f.status, attempts = job.attempt,
-                   elapsed = now() - job.started, headers = f.headers } }
+  job.values = { result = job.answer, errors = job.answer_errors,
+                 pagination = job.answer_pagination,
+                 info = { outcome = "rotated", status = f.status, attempts = job.attempt,
+                          elapsed = now() - job.started, headers = f.headers } }
   job.unconcluded = false
   job:conclude_again()
 end
 
+local function end_here(job)
+  if job.unconcluded then return bare_values(job) end
+  job:conclude_again()
+end
+
+-- Once the server has issued a key, nothing may lose it: the rest is
+-- done again once memory is back (to the job's end), or, should that
+-- keep failing, the phase ends where it is and the key is handed back as
+-- it is. Returns whether the job is done.
+local function rescue(job)
+  if recover.again(go_on, job) then return true end
+  job.running, job.wait_until = false, false   -- the phase ends here
+  return (recover.again(end_here, job))
+end
+
+-- Blocking: the job driven to its end; returns its values (Job:results).
 function M.run(job)
   local ok, err = pcall(drive, job)
-  if not ok then
-    -- Once the server has issued a key, nothing may lose it: the rest is
-    -- done again once memory is back, or the key handed back as it is.
-    if not holds_key(job) then error(err, 0) end
-    for _ = 1, TRIES do
-      collectgarbage("collect")
-      if pcall(conclude_again, job) then ok = true break end
-    end
-    if not ok then
-      job.running, job.wait_until = false, false   -- the phase ends here
-      for _ = 1, TRIES do
-        collectgarbage("collect")
-        if job.unconcluded then ok = pcall(bare_values, job)
-        else ok = pcall(job.conclude_again, job) end
-        if ok then break end
-      end
-      if not ok then error(err, 0) end
-    end
-  end
-  local v = job.values
-  if job.kind == "check" then return v[1], v[2], v[3] end
-  return v[1], v[2], v[3], v[4]
+  if not ok and not (holds_key(job) and rescue(job)) then error(err, 0) end
+  return job:results()
 end
 
 M.Job = Job

@@ -241,9 +241,7 @@ function Op:results()
   if job.phase ~= "done" then
     error("slashid: the operation has not finished (poll or wait until it returns true)", 0)
   end
-  local v = job.values
-  if job.kind == "check" then return v[1], v[2], v[3] end
-  return v[1], v[2], v[3], v[4]
+  return job:results()
 end
 
 --- Aborts the op; afterwards @{Op:poll} returns `true` and
