@@ -273,11 +273,11 @@ void sid_request_set(lua_State *L, int req, int ud, sid_transfer *t) {
 /* A client adopting the key its rotation returned: the request at req,
    when it is the one set up on the handle, keeps everything but the key.
    Only what depends on the key changes: the SlashID-API-Key line of the
-   header list (the old line wiped and freed, as sid_request_clear does)
-   and the copy kept for redaction (the old one wiped). All or nothing:
-   what the new key needs is made before anything is replaced, so that
-   the handle holds either the old key everywhere or the new one
-   everywhere. 1: done; 0: req is not the request set up on the handle
+   header list and the copy kept for redaction. A key as long as the old
+   one is written over it in both; another length gets a new line and
+   copy, made before anything is replaced, the old ones then wiped and
+   freed (as sid_request_clear does). All or nothing either way: the
+   handle holds the old key everywhere or the new one everywhere. 1: done; 0: req is not the request set up on the handle
    (nothing to change: the next call sets req up whole, from its fields);
    -1: not done (a key with a byte outside printable ASCII, which no
    header may carry; out of memory; the handle closed, busy or on a
@@ -300,13 +300,22 @@ int sid_request_rekey(lua_State *L, int req, int ud, sid_transfer *t,
         (*at)->data[sizeof name - 1] == ':')
       break;
   if (*at == NULL) return -1;
+  old = *at;
+  if (t->api_key != NULL && t->api_key_len == len &&
+      strlen(old->data) == sizeof name + 1 + len) {
+    /* As long as the old one (SlashID's keys are all one length): the new
+       key is written over the old in place, in the line and in the copy;
+       nothing is allocated, and no byte of the old key is left. */
+    memcpy(old->data + sizeof name + 1, key, len);
+    memcpy(t->api_key, key, len);
+    return 1;
+  }
   node = header_line(name, key, len);
   copy = node ? sid_strdup_secret(key, len) : NULL;
   if (copy == NULL) {
     free_headers(node);
     return -1;
   }
-  old = *at;
   node->next = old->next;
   old->next = NULL;
   *at = node;
