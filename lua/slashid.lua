@@ -620,7 +620,8 @@ end
 --- @{rotate_key} with the client's defaults and connection; adopts the new
 -- key when the call rotated the client's own. Without options, the
 -- configuration resolved for the first such call is kept while the
--- environment it read is unchanged.
+-- environment it read is unchanged; adopting a new key changes its key
+-- alone.
 -- @tparam[opt] table opts @{options} over the client's defaults
 -- @treturn ?table @{result}
 -- @treturn table @{errors}
