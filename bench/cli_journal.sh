@@ -58,7 +58,7 @@ with open(out, "a") as f:
     f.write("%.3f %d\n" % (wall, rss))
 PY
 }
-cli="$LUA bin/slashid-rotate --orgs $tmp/orgs.tsv --concurrency $CLI_C --base-url $url/fresh"
+cli="$LUA bin/slashid-rotate --orgs $tmp/orgs.tsv --concurrency $CLI_C --base-url $url"
 r=0
 while [ $r -lt "$CLI_ROUNDS" ]; do
   case $((r % 3)) in
@@ -80,7 +80,7 @@ if command -v strace >/dev/null 2>&1; then
   rm -f "$tmp/saved-small.tsv" "$tmp"/journals/*
   strace -f -c -o "$tmp/strace.txt" -e trace=fsync,fdatasync \
     $LUA bin/slashid-rotate --orgs "$tmp/orgs-small.tsv" --concurrency "$CLI_C" \
-    --base-url "$url/fresh" --save-to "$tmp/saved-small.tsv" >/dev/null 2>&1 || true
+    --base-url "$url" --save-to "$tmp/saved-small.tsv" >/dev/null 2>&1 || true
   calls=$(awk '$NF == "fsync" || $NF == "fdatasync" {s += $4} END {print s + 0}' "$tmp/strace.txt")
   fsyncs=$(echo "$calls $CLI_STRACE_N" | awk '{printf "%.4f", $1/$2}')
 fi

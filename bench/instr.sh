@@ -4,7 +4,9 @@
 # Lua-cURLv3 + lua-cjson (bench/peer_client.lua), client:rotate_key and
 # slashid.rotate_key (bench/rotate.lua), each run under
 # `valgrind --tool=callgrind` for N1 (1000) and then N2 (2000) calls
-# against nginx serving a static envelope on 127.0.0.1. Per call:
+# against nginx on 127.0.0.1 answering a new key per call, as SlashID
+# does (bench/nginx.conf.in), so the client adopts a new key on every
+# call and the peer sends a new key header each time. Per call:
 # (Ir(N2) - Ir(N1)) / (N2 - N1), Ir being every instruction the process
 # executed (all threads, from exec to exit), so start-up, warm-up and the
 # timing around the loop cancel out; the server's work is not counted.

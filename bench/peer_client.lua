@@ -78,8 +78,14 @@ local peer = new_peer(url, "bench-org", "bench-key")
 local function call()
   local result, errors = peer:rotate_key()
   if not result then error(errors) end
+  return result
 end
-for _ = 1, warmup do call() end
+local last
+for _ = 1, warmup do     -- (checks that the server answers a new key each call)
+  local key = call().api_key
+  if key == last then error("the server answered the same key twice: not a fresh key per call") end
+  last = key
+end
 -- lcurl has no clock; os.clock is CPU time, so wall time comes from
 -- LuaSocket when there, else from the C core the other variants load.
 local ok_socket, socket = pcall(require, "socket")

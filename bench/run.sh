@@ -1,6 +1,7 @@
 #!/bin/sh
 # `make bench`: benchmarks, side by side against the same local nginx
-# serving static envelopes. Prints a table, then one name=value per figure.
+# answering a new key on every rotation, as SlashID does
+# (bench/nginx.conf.in). Prints a table, then one name=value per figure.
 # Not part of `make test`: figures, not pass/fail.
 #
 # Per call (wall time): the raw libcurl easy loop (C, bench/raw_easy.c),

@@ -1,7 +1,7 @@
 -- bench/stream.lua URL [N] [C]: peak memory and time per organization for
 -- N organizations (default 100,000) through rotate_keys at concurrency C
--- (default 8), against a fast local server (bench/run.sh's nginx serving a
--- static envelope at URL/organizations/api-keys), in three ways, each in
+-- (default 8), against a fast local server (bench/run.sh's nginx answering
+-- a new key per call at URL/organizations/api-keys), in three ways, each in
 -- a process of its own so that each peak is its own:
 --   array   today's use: an array of N option tables, outcomes collected
 --   array_nokeep  the same array, keep_results = false (on_result counts)

@@ -611,18 +611,35 @@ end
 
 -- The client's key was just replaced: adopt the new one so that later
 -- calls never present a dead key.
+-- Only what depends on the key changes when the organization stays the
+-- same: the kept configuration (see "work done once") and its request
+-- take the new key in place, and the handle, when that request is the one
+-- set up on it, swaps its key header and nothing else (handle:rekey, src/
+-- request.c): the next call sends at once. The swap is all or nothing
+-- and comes first; the assignments after it replace existing fields,
+-- which never allocates, so a memory error leaves the client holding the
+-- old key everywhere or the new one everywhere. Otherwise (the first
+-- adoption of a key or organization taken from the environment, a handle
+-- busy or out of memory) the kept configuration is resolved again.
 local function adopt(st, cfg, result)
-  -- a key holding a control character would go out as a header of its own
-  -- (CR LF): it is returned to the caller, never adopted
-  if not outcome.printable(result.api_key) then return end
-  if st.handle then
-    local d = st.defaults
-    if d.api_key ~= result.api_key or d.org_id ~= cfg.org_id then
-      d.api_key = result.api_key
-      d.org_id = cfg.org_id
-      st.kept = nil          -- resolved from the old key: resolve again
+  local handle = st.handle
+  if not handle then return end
+  local key, d, org = result.api_key, st.defaults, cfg.org_id
+  if d.org_id == org then
+    if d.api_key == key then return end
+    local k = st.kept
+    -- (rekey refuses, nil, a key outside printable ASCII: see below)
+    if k and d.api_key ~= nil and handle:rekey(k.req, key) ~= nil then
+      d.api_key, k.cfg.api_key, k.req.api_key = key, key, key
+      return
     end
   end
+  -- a key holding a control character would go out as a header of its own
+  -- (CR LF): it is returned to the caller, never adopted
+  if not outcome.printable(key) then return end
+  d.api_key = key
+  d.org_id = org
+  st.kept = nil          -- resolved from the old key: resolve again
 end
 
 -- What adopts a new key for a call resolved to `cfg`, when the call uses
@@ -653,7 +670,8 @@ end
 --- @{rotate_key} with the client's defaults and connection; adopts the new
 -- key when the call rotated the client's own. Without options, the
 -- configuration resolved for the first such call is kept while the
--- environment it read is unchanged.
+-- environment it read is unchanged; adopting a new key changes its key
+-- alone.
 -- @tparam[opt] table opts @{options} over the client's defaults
 -- @treturn ?table @{result}
 -- @treturn table @{errors}

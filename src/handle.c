@@ -100,6 +100,26 @@ static int handle_discard(lua_State *L) {
   return 0;
 }
 
+/* handle:rekey(request, key) -> true: the request, set up on the handle,
+   now sends key (only its key header and the key kept for redaction
+   changed); false: that request is not the one set up on the handle
+   (nothing changed: its next use sets it up from its fields); nil: not
+   done (a key outside printable ASCII; out of memory; the handle closed,
+   busy or on a multi): the caller decides, and sets a request up afresh. The caller changes the request table's
+   api_key field to match (request.lua). */
+static int handle_rekey(lua_State *L) {
+  sid_transfer *t = sid_transfer_check(L, 1);
+  size_t len;
+  const char *key;
+  int rc;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  key = luaL_checklstring(L, 3, &len);
+  rc = sid_request_rekey(L, 2, 1, t, key, len);
+  if (rc < 0) lua_pushnil(L);
+  else lua_pushboolean(L, rc);
+  return 1;
+}
+
 static int handle_close(lua_State *L) {
   sid_transfer *t = sid_transfer_check(L, 1);
   if (t->busy) return sid_raise(L, "slashid: handle is busy");
@@ -141,6 +161,7 @@ void sid_open_handle(lua_State *L) {
     {"is_open", handle_is_open},
     {"done", handle_done},
     {"discard", handle_discard},
+    {"rekey", handle_rekey},
     {NULL, NULL}
   };
   static const luaL_Reg meta[] = {

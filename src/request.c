@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include "slashid.h"
 
 static const char *field_string(lua_State *L, int req, const char *name,
@@ -69,23 +70,43 @@ static void add_header(sid_transfer *t, const char *line) {
   t->headers = grown;
 }
 
-/* "Name: value" with the value taken as-is (checked in Lua: no CR/LF).
-   Built in an exact-size block that is wiped: the value may be the key. */
-static void add_header_kv(sid_transfer *t, const char *name,
-                          const char *value, size_t vlen) {
+/* A list of one line, "Name: value", the value taken as-is (checked in
+   Lua: no CR/LF); NULL when memory runs out. The line is put together in
+   an exact-size block that is wiped: the value may be the key. */
+static struct curl_slist *header_line(const char *name, const char *value,
+                                      size_t vlen) {
   size_t nlen = strlen(name), len = nlen + 2 + vlen + 1;
+  struct curl_slist *node;
   char *line = (char *)malloc(len);
-  if (line == NULL) {
-    if (t->setup_rc == CURLE_OK) t->setup_rc = CURLE_OUT_OF_MEMORY;
-    return;
-  }
+  if (line == NULL) return NULL;
   memcpy(line, name, nlen);
   memcpy(line + nlen, ": ", 2);
   memcpy(line + nlen + 2, value, vlen);
   line[len - 1] = '\0';
-  add_header(t, line);
+  node = curl_slist_append(NULL, line);
   sid_wipe(line, len);
   free(line);
+  return node;
+}
+
+/* A header list's nodes are dropped with their lines wiped: one holds the
+   key. */
+static void free_headers(struct curl_slist *h) {
+  struct curl_slist *n;
+  for (n = h; n != NULL; n = n->next)
+    if (n->data) sid_wipe(n->data, strlen(n->data));
+  curl_slist_free_all(h);
+}
+
+static void add_header_kv(sid_transfer *t, const char *name,
+                          const char *value, size_t vlen) {
+  struct curl_slist *node = header_line(name, value, vlen), **end;
+  if (node == NULL) {
+    if (t->setup_rc == CURLE_OK) t->setup_rc = CURLE_OUT_OF_MEMORY;
+    return;
+  }
+  for (end = &t->headers; *end != NULL; end = &(*end)->next) {}
+  *end = node;
 }
 
 /* OpenSSL opens the CA file when it connects, with a blocking open(2): a
@@ -253,6 +274,67 @@ void sid_request_set(lua_State *L, int req, int ud, sid_transfer *t) {
   t->req_set = 1;
 }
 
+/* A client adopting the key its rotation returned: the request at req,
+   when it is the one set up on the handle, keeps everything but the key.
+   Only what depends on the key changes: the SlashID-API-Key line of the
+   header list and the copy kept for redaction. A key as long as the old
+   one is written over it in both; another length gets a new line and
+   copy, made before anything is replaced, the old ones then wiped and
+   freed (as sid_request_clear does). All or nothing either way: the
+   handle holds the old key everywhere or the new one everywhere. 1: done; 0: req is not the request set up on the handle
+   (nothing to change: the next call sets req up whole, from its fields);
+   -1: not done (a key with a byte outside printable ASCII, which no
+   header may carry; out of memory; the handle closed, busy or on a
+   multi's list): the caller decides, and sets a new request up. */
+int sid_request_rekey(lua_State *L, int req, int ud, sid_transfer *t,
+                      const char *key, size_t len) {
+  static const char name[] = "SlashID-API-Key";
+  struct curl_slist **at, *old, *node;
+  char *copy;
+  size_t i;
+  for (i = 0; i < len; i++)
+    if ((unsigned char)key[i] < 32 || (unsigned char)key[i] > 126) return -1;
+  req = sid_absindex(L, req);
+  ud = sid_absindex(L, ud);
+  if (t->easy == NULL || t->busy || t->list) return -1;
+  /* a forked child sets its request up afresh anyway (transfer.c) */
+  if (t->pid != (long)getpid() || !is_current(L, req, ud, t)) return 0;
+  for (at = &t->headers; *at != NULL; at = &(*at)->next)
+    if (strncmp((*at)->data, name, sizeof name - 1) == 0 &&
+        (*at)->data[sizeof name - 1] == ':')
+      break;
+  if (*at == NULL) return -1;
+  old = *at;
+  if (t->api_key != NULL && t->api_key_len == len &&
+      strlen(old->data) == sizeof name + 1 + len) {
+    /* As long as the old one (SlashID's keys are all one length): the new
+       key is written over the old in place, in the line and in the copy;
+       nothing is allocated, and no byte of the old key is left. */
+    memcpy(old->data + sizeof name + 1, key, len);
+    memcpy(t->api_key, key, len);
+    return 1;
+  }
+  node = header_line(name, key, len);
+  copy = node ? sid_strdup_secret(key, len) : NULL;
+  if (copy == NULL) {
+    free_headers(node);
+    return -1;
+  }
+  node->next = old->next;
+  old->next = NULL;
+  *at = node;
+  free_headers(old);
+  /* (libcurl reads the list when a request starts; only a new head needs
+     telling, and setting a pointer cannot fail) */
+  if (at == &t->headers) curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
+  sid_free_secret(&t->api_key, t->api_key_len);
+  t->api_key = copy;
+  t->api_key_len = len;
+  t->secrets.key[SID_SECRET_KEY] = t->api_key;
+  t->secrets.len[SID_SECRET_KEY] = t->api_key_len;
+  return 1;
+}
+
 /* One attempt of the request at req, set up on the handle: a clean
    answer state, the ca_file looked at again (it may have become a FIFO
    since the request was set up), the debug function held for the call,
@@ -277,11 +359,8 @@ void sid_request_end(lua_State *L, sid_transfer *t) {
 }
 
 void sid_request_clear(lua_State *L, sid_transfer *t) {
-  struct curl_slist *h;
   int i;
-  for (h = t->headers; h != NULL; h = h->next)
-    if (h->data) sid_wipe(h->data, strlen(h->data));
-  curl_slist_free_all(t->headers);
+  free_headers(t->headers);
   t->headers = NULL;
   sid_free_secret(&t->api_key, t->api_key_len);
   t->api_key_len = 0;

@@ -187,6 +187,11 @@ void sid_request_set(lua_State *L, int req, int ud, sid_transfer *t);
 void sid_request_attempt(lua_State *L, int req, sid_transfer *t);
 void sid_request_end(lua_State *L, sid_transfer *t);
 void sid_request_clear(lua_State *L, sid_transfer *t);
+/* sid_request_rekey: the key of the request set up on the handle replaced
+   (a client adopting its new key): 1 done, 0 req is not set up on the
+   handle, -1 not done (set a request up instead). */
+int sid_request_rekey(lua_State *L, int req, int ud, sid_transfer *t,
+                      const char *key, size_t len);
 
 /* answer.c */
 size_t sid_answer_on_body(char *p, size_t size, size_t n, void *ud);
