@@ -67,7 +67,7 @@ plan=$(for f in $files; do
     17-batch) w=17 ;; 14-deadline) w=15 ;; 11-odd_answers) w=25 ;; 09-op) w=13 ;;
     13-proxy) w=8 ;; 10-faults) w=8 ;; 04-retries) w=7 ;; 07-secrets) w=7 ;;
     08-leak) w=7 ;; 03-outcomes) w=5 ;; 18-journal) w=4 ;; 12-bad_input) w=4 ;;
-    02-options) w=3 ;;
+    02-options) w=3 ;; 16-kept_config) w=6 ;;
     *) w=2 ;;
   esac
   echo "$w $f"

@@ -42,6 +42,7 @@ function M.new(cfg, handle, kind, user_agent, on_rotated, req)
     multi = false, started = false, phase_cfg = false, attempt = 0,
     phase_started = false, wait_until = false, last = false, values = false,
     told = false,          -- on_rotated has run
+    cancelled = false,     -- op:cancel, or a batch's last look (batch.lua)
     -- values: what the job gives once done, by name (Job:results):
     -- rotate { result, errors, pagination, info }, check { ok, errors, info };
     -- last: the attempt a back-off waits on { result, errors, pagination, facts }

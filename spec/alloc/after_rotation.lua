@@ -19,7 +19,10 @@ local H, slashid = C.H, C.slashid
 local KMAX = tonumber(arg[1] or "120")
 local MODE = arg[2] or "blocking"
 local ERRORS = tonumber(arg[3] or "1")
-require "slashid.op"   -- loaded lazily by the library: loaded here, before any failure
+-- loaded lazily by the library: loaded here, before any failure, so that
+-- the sweep's allocation points are the rotation's, not the loading's
+require "slashid.op"
+require "slashid.batch"
 
 -- The op's rotate_key: poll until done; a poll raising is polled again
 -- (at most 20 times), then the results. An op that never finishes (10 s)
