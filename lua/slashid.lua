@@ -568,16 +568,25 @@ local function ipv6_key(addr)
   return #groups == 8 and table.concat(groups, ":") or nil
 end
 
+-- The path libcurl sends for a base URL's path: the rotation's path
+-- appended (options keep a base URL without trailing slashes), then dot
+-- segments removed as RFC 3986 (5.2.4) says, empty segments kept ("/x//.."
+-- is "/x/", not "/").
 local function path_key(path)
   local out = {}
-  for segment in (path .. "/"):gmatch("([^/]*)/") do
+  path = path:gsub("/+$", "") .. "/organizations/api-keys"
+  local at = 2
+  while at <= #path + 1 do
+    local slash = path:find("/", at, true) or #path + 1
+    local segment = path:sub(at, slash - 1)
     if segment == ".." then
       if #out > 0 then out[#out] = nil end
-    elseif segment ~= "." and segment ~= "" then
+    elseif segment ~= "." then
       out[#out + 1] = segment
     end
+    at = slash + 1
   end
-  return #out > 0 and ("/" .. table.concat(out, "/")) or ""
+  return "/" .. table.concat(out, "/")
 end
 
 local function url_key(url)

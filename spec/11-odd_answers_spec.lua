@@ -25,7 +25,13 @@
 --       control or non-ASCII character echoed escaped, verify's check
 --       quoting the old key, an echo cut short (no 12-byte piece of a
 --       key anywhere), keys that overlap, a client's own base URL
---       spelled otherwise (the last part of this file).
+--       spelled otherwise;
+--   (h) the same pressed harder: Content-Encoding lists, several headers,
+--       trailers, gzip members, a wrong CRC, raw deflate under either
+--       label, bombs over max_response_bytes, decode.c under a failing
+--       malloc; keys holding "%41" or "\t" themselves; 1xx headers;
+--       base URLs whose dot segments libcurl resolves to another path;
+--       odd codings and escapes at the ends of texts (under ASan).
 -- No key is ever printed: keys are compared with H.assert_key_equal and
 -- looked for with H.assert_no_secret / assert_no_key below.
 local H = require "helpers"
@@ -131,87 +137,9 @@ local function has_line(lines, plain)
   return false
 end
 
--- No 12 consecutive characters of `key` in `text`, as they are or decoded.
--- Only printable runs of the key count (a piece holding a control byte is
--- split there).
-local function assert_no_piece(text, key, where)
-  local plain = decode(text)
-  for i = 1, #key - 11 do
-    local piece = key:sub(i, i + 11)
-    if not piece:find("[^\32-\126]") and
-       (text:find(piece, 1, true) or plain:find(piece, 1, true)) then
-      error(("a 12-character piece of a key (at offset %d) was found in %s"):format(i, where), 2)
-    end
-  end
-end
+local serve, raw_rotate, answer = H.serve_raw, H.raw_rotate, H.raw_answer
+local assert_no_piece = H.assert_no_piece
 
--- ---- a raw loopback server (in process, driven while an op runs) -----------
-
--- `answers[n]` is the n-th request's answer: a string, a list of pieces
--- ({ bytes, seconds to wait before }), or function(head) -> either.
--- `start(base_url)` starts an op; returns the finished op and the heads.
-local function serve(answers, start, host, keep)
-  host = host or "127.0.0.1"
-  local server = keep or assert(socket.bind(host, 0))
-  local _, port = server:getsockname()
-  server:settimeout(0)
-  local url = host:find(":", 1, true) and ("http://[" .. host .. "]:" .. port)
-                                        or ("http://" .. host .. ":" .. port)
-  local op = start(url, port)
-  local conns, heads, n = {}, {}, 0
-  local deadline = socket.gettime() + 20
-  while not op:poll() and socket.gettime() < deadline do
-    local c = server:accept()
-    if c then c:settimeout(0); conns[#conns + 1] = { s = c, buf = "" } end
-    for _, k in ipairs(conns) do
-      if not k.done then
-        if not k.pieces then
-          local data, _, part = k.s:receive(4096)
-          k.buf = k.buf .. (data or part or "")
-          local e = k.buf:find("\r\n\r\n", 1, true)
-          if e then
-            n = n + 1
-            local head = k.buf:sub(1, e + 3)
-            heads[n] = head
-            local a = answers[n] or answers[#answers]
-            if type(a) == "function" then a = a(head) end
-            if type(a) == "string" then a = { { a } } end
-            k.pieces, k.i, k.at = a, 1, socket.gettime()
-          end
-        else
-          local p = k.pieces[k.i]
-          if not p then
-            k.s:close()
-            k.done = true
-          elseif socket.gettime() >= k.at + (p[2] or 0) then
-            k.s:settimeout(5)
-            k.s:send(p[1])
-            k.s:settimeout(0)
-            k.i, k.at = k.i + 1, socket.gettime()
-          end
-        end
-      end
-    end
-    socket.sleep(0.002)
-  end
-  if not keep then server:close() end
-  for _, k in ipairs(conns) do pcall(k.s.close, k.s) end
-  assert(op:poll(), "the op did not finish")
-  return op, heads
-end
-
-local function raw_rotate(answers, opts)
-  local op = serve(answers, function(url)
-    opts.base_url = url
-    return slashid.start_rotate_key(opts)
-  end)
-  return op:results()
-end
-
-local function answer(status, headers, body)
-  return "HTTP/1.1 " .. status .. "\r\n" .. (headers or "") ..
-         "Content-Length: " .. #body .. "\r\nConnection: close\r\n\r\n" .. body
-end
 
 
 -- ---- bodies ----------------------------------------------------------------
@@ -1588,6 +1516,510 @@ describe("odd answers that must neither lose the key nor crash", function()
       assert.is_string(info.outcome, "case " .. i)
       assert_no_piece(H.flatten(errors, pagination, info), key, "case " .. i .. " errors/info")
       assert_no_piece(table.concat(lines, "\n"), key, "case " .. i .. " trace")
+    end
+  end)
+end)
+
+-- ---- (h) ------------------------------------------------------------------
+
+local function assert_not_whole(text, key, where)
+  if text:find(key, 1, true) then
+    error(("a whole key was found in %s"):format(where), 2)
+  end
+end
+
+-- bytes of `text` put through python3's zlib: steps is a list of
+-- "gzip", "zlib", "raw", "gzip_badcrc", "gzip_empty_first", "gzip_split"
+local function encode(text, steps)
+  local dir = H.mkdir(H.tmpname("r17b-enc"))
+  H.write(dir .. "/in", text)
+  H.write(dir .. "/enc.py", [[
+import sys, zlib, gzip, struct
+data = open(sys.argv[1], 'rb').read()
+def gz(b): return gzip.compress(b, mtime=0)
+for step in sys.argv[3:]:
+    if step == 'gzip': data = gz(data)
+    elif step == 'zlib': data = zlib.compress(data)
+    elif step == 'raw':
+        c = zlib.compressobj(9, zlib.DEFLATED, -15); data = c.compress(data) + c.flush()
+    elif step == 'gzip_badcrc':
+        g = bytearray(gz(data)); g[-8] ^= 0xff; data = bytes(g)
+    elif step == 'gzip_empty_first': data = gz(b'') + gz(data)
+    elif step == 'gzip_split':
+        h = len(data) // 2; data = gz(data[:h]) + gz(data[h:])
+    else: raise SystemExit('bad step ' + step)
+open(sys.argv[2], 'wb').write(data)
+]])
+  local cmd = "python3 " .. H.q(dir .. "/enc.py") .. " " .. H.q(dir .. "/in") .. " " ..
+              H.q(dir .. "/out") .. " " .. table.concat(steps, " ")
+  assert(os.execute(cmd), "python3 failed")
+  local out = H.read_file(dir .. "/out")
+  os.execute("rm -rf " .. H.q(dir))
+  return out
+end
+
+local function envelope(new)
+  return '{"errors":[],"result":{"api_key":"' .. new .. '"}}'
+end
+
+-- ============================================================================
+-- 1. decode.c: a 2xx must never lose its key through Content-Encoding
+-- ============================================================================
+
+describe("decode: a 2xx keeps its key", function()
+  local function rotated_with(headers, body, extra_opts, status)
+    local key, new = known_key("OLD"), known_key("NEW")
+    local b = type(body) == "function" and body(new) or body
+    local opts = { org_id = "org-enc", api_key = key, retries = 0 }
+    for k, v in pairs(extra_opts or {}) do opts[k] = v end
+    local result, errors, _, info = raw_rotate({
+      answer(status or "200 OK", "Content-Type: application/json\r\n" .. headers, b) }, opts)
+    assert.are.equal("rotated", info.outcome,
+                     "the server issued a key the caller never got: " .. messages(errors))
+    H.assert_key_equal(new, result.api_key)
+  end
+
+  it("pretty-printed JSON labelled 'deflate' (raw inflate of '{\\n  \"' ends cleanly)", function()
+    rotated_with("Content-Encoding: deflate\r\n", function(new)
+      return '{\n  "errors": [],\n  "result": {\n    "api_key": "' .. new .. '"\n  }\n}'
+    end)
+  end)
+
+  it("'{ \"result\" : ...' (spaces after the brace) labelled 'deflate'", function()
+    rotated_with("Content-Encoding: deflate\r\n", function(new)
+      return '{ "result" : { "api_key" : "' .. new .. '" } }'
+    end)
+  end)
+
+  -- title, Content-Encoding header lines, how the envelope is encoded
+  for _, case in ipairs({
+    { "Content-Encoding: gzip, gzip (two codings applied, as RFC 9110 allows)",
+      "Content-Encoding: gzip, gzip\r\n", { "gzip", "gzip" } },
+    { "Content-Encoding: deflate, gzip (zlib then gzip)",
+      "Content-Encoding: deflate, gzip\r\n", { "zlib", "gzip" } },
+    { "two Content-Encoding headers (gzip, then gzip again)",
+      "Content-Encoding: gzip\r\nContent-Encoding: gzip\r\n", { "gzip", "gzip" } },
+    { "Content-Encoding: gzip, identity", "Content-Encoding: gzip, identity\r\n", { "gzip" } },
+    { "Content-Encoding: gzip followed by a second header 'Content-Encoding: identity'",
+      "Content-Encoding: gzip\r\nContent-Encoding: identity\r\n", { "gzip" } },
+    { "a gzip body whose first member is empty (gzip of '' then the envelope)",
+      "Content-Encoding: gzip\r\n", { "gzip_empty_first" } },
+    { "a gzip body in two members (the envelope split in the middle of the key)",
+      "Content-Encoding: gzip\r\n", { "gzip_split" } },
+    { "a gzip whose text is the whole envelope but whose CRC is wrong",
+      "Content-Encoding: gzip\r\n", { "gzip_badcrc" } },
+    { "raw deflate labelled 'gzip'", "Content-Encoding: gzip\r\n", { "raw" } },
+  }) do
+    it(case[1], function()
+      rotated_with(case[2], function(new) return encode(envelope(new), case[3]) end)
+    end)
+  end
+
+  it("a chunked gzip body followed by a trailer 'Content-Encoding: identity'", function()
+    local key, new = known_key("OLD"), known_key("NEW")
+    local gz = encode(envelope(new), { "gzip" })
+    local result, errors, _, info = raw_rotate({
+      "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n" ..
+      "Trailer: Content-Encoding\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n" ..
+      ("%x\r\n"):format(#gz) .. gz .. "\r\n0\r\nContent-Encoding: identity\r\n\r\n" },
+      { org_id = "org-enc", api_key = key, retries = 0 })
+    assert.are.equal("rotated", info.outcome, "key lost: " .. messages(errors))
+    H.assert_key_equal(new, result.api_key)
+  end)
+
+  it("a gzip 2xx cut by a dropped connection: whole JSON without the trailer is rotated; cut mid-key is never a truncated key", function()
+    local key = known_key("OLD")
+    local new = known_key("NEW")
+    local gz = encode(envelope(new), { "gzip" })
+    local result, errors, _, info = raw_rotate({
+      "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: " .. (#gz + 20) ..
+      "\r\nConnection: close\r\n\r\n" .. gz:sub(1, -9) },
+      { org_id = "org-cut", api_key = key, retries = 0 })
+    assert.are.equal("rotated", info.outcome, "whole JSON, no trailer, dropped: " .. messages(errors))
+    H.assert_key_equal(new, result.api_key)
+    -- stored blocks (level 0 would do; here: cut the compressed stream anywhere)
+    for cut = 12, #gz - 9 do
+      local r2, e2, _, i2 = raw_rotate({
+        "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: " .. (#gz + 20) ..
+        "\r\nConnection: close\r\n\r\n" .. gz:sub(1, cut) },
+        { org_id = "org-cut", api_key = key, retries = 0 })
+      if r2 then
+        H.assert_key_equal(new, r2.api_key, "a cut gzip (" .. cut .. " bytes) gave a key that is not the whole new key")
+      else
+        assert.are.equal("unknown", i2.outcome, messages(e2))
+      end
+    end
+  end)
+
+  -- expected to hold
+  it("100 Continue labelled gzip, then a plain 200; chunked + gzip; zlib and raw 'deflate'; a folded Content-Encoding", function()
+    local key = known_key("OLD")
+    local cases = {
+      function(new)
+        return "HTTP/1.1 100 Continue\r\nContent-Encoding: gzip\r\n\r\n" ..
+               answer("200 OK", "Content-Type: application/json\r\n", envelope(new))
+      end,
+      function(new)
+        local gz = encode(envelope(new), { "gzip" })
+        local a, b = gz:sub(1, 10), gz:sub(11)
+        return "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n" ..
+               "Connection: close\r\n\r\n" .. ("%x\r\n"):format(#a) .. a .. "\r\n" ..
+               ("%x\r\n"):format(#b) .. b .. "\r\n0\r\n\r\n"
+      end,
+      function(new) return answer("200 OK", "Content-Encoding: deflate\r\n", encode(envelope(new), { "zlib" })) end,
+      function(new) return answer("200 OK", "Content-Encoding: deflate\r\n", encode(envelope(new), { "raw" })) end,
+      function(new) return answer("200 OK", "Content-Encoding:\r\n gzip\r\n", encode(envelope(new), { "gzip" })) end,
+      function(new) return answer("200 OK", "Content-Encoding: GZIP  \r\n", encode(envelope(new), { "gzip" })) end,
+    }
+    for i, make in ipairs(cases) do
+      local new = known_key("NEW")
+      local result, errors, _, info = raw_rotate({ make(new) },
+        { org_id = "org-enc", api_key = key, retries = 0 })
+      assert.are.equal("rotated", info.outcome, "case " .. i .. ": " .. messages(errors))
+      H.assert_key_equal(new, result.api_key, "case " .. i)
+    end
+  end)
+
+  it("a gzip bomb: decoded just under max_response_bytes is read (holds); over it, unknown is said to be too large (not 'not a JSON object' + binary)", function()
+    local key = known_key("OLD")
+    local max = 200000
+    for _, pad in ipairs({ max - 200, max + 50 }) do
+      local new = known_key("NEW")
+      local body = '{"meta":{"pad":"' .. ("A"):rep(pad - 100) .. '"},"result":{"api_key":"' .. new .. '"}}'
+      local gz = encode(body, { "gzip" })
+      assert(#gz < 2000)
+      local result, errors, _, info = raw_rotate({
+        answer("200 OK", "Content-Encoding: gzip\r\n", gz) },
+        { org_id = "org-bomb", api_key = key, retries = 0, max_response_bytes = max })
+      if #body <= max then
+        assert.are.equal("rotated", info.outcome, messages(errors))
+        H.assert_key_equal(new, result.api_key)
+      else
+        assert.is_nil(result)
+        assert.are.equal("unknown", info.outcome)
+        assert.is_truthy(messages(errors):find("max_response_bytes", 1, true),
+                         "an over-cap decoded body is not said to be too large: " ..
+                         messages(errors):sub(1, 120))
+      end
+    end
+  end)
+end)
+
+-- ============================================================================
+-- 2. secret.c: redaction
+-- ============================================================================
+
+describe("redaction", function()
+  -- unit_at reads "%XX" and "\x" as the byte they stand for, always: a
+  -- key that holds such a triple literally (api_key is any printable
+  -- string) is then never matched where it is quoted as it is, and when
+  -- every run between two triples is under 12 bytes, no piece is either.
+  -- (every run between two triples is at most 11 bytes; %02d: a unique tag)
+  for _, v in ipairs({ { "%41", "_abc%41ghijklmn%42opqrstuv%43wxyz0123" },
+                       { "\\t", "_abcdef\\tijklmnopq\\trstuvwxyz\\t0123456" },
+                       { "%2F", "_Zq8%2Fp0wE7Hd%2Bx3Rt5La%3D%3D" } }) do
+    it("an old key holding '" .. v[1] .. "' literally, quoted as it is by a 403: not shown whole", function()
+      serial = serial + 1
+      local org, key = H.new_org_with_key(("sk%02d"):format(serial % 100) .. v[2])
+      H.faults(org, { { status = 403, content_type = "application/json",
+                        headers = { ["X-Key"] = key },
+                        body = '{"errors":[{"httpcode":403,"message":"key ' ..
+                               key:gsub("\\", "\\\\") .. ' is refused"}]}' } })
+      local debug, lines = tracer()
+      local result, errors, pagination, info = slashid.rotate_key(H.opts(org, key, { debug = debug }))
+      assert.is_nil(result)
+      assert_not_whole(H.flatten(errors, pagination, info), key, "errors/info")
+      assert_not_whole(tostring(errors), key, "tostring(errors)")
+      assert_not_whole(table.concat(lines, "\n"), key, "the trace")
+    end)
+  end
+
+  it("12-byte pieces at every alignment, in any case in headers, mixed escapes, excerpt cut mid-escape", function()
+    local org, key = H.new_org_with_key(known_key("OLD"))
+    local function uesc(s) return (s:gsub(".", function(c) return ("\\u%04x"):format(c:byte()) end)) end
+    local function pct(s) return (s:gsub(".", function(c) return ("%%%02x"):format(c:byte()) end)) end
+    for off = 0, 11 do
+      local piece = key:sub(off + 1, off + 12)
+      local mixed = piece:sub(1, 4) .. uesc(piece:sub(5, 8)) .. pct(piece:sub(9, 12))
+      local pad = ("x"):rep(off)
+      local body = pad .. "<p>" .. ("y"):rep(184 - off) .. uesc(key) .. " " .. mixed
+      H.faults(org, { { status = 500, content_type = "text/html",
+                        headers = { ["X-A" .. pad] = pad .. piece:upper(),
+                                    ["X-B"] = pad .. piece:lower() .. "|" .. mixed,
+                                    [pad .. piece .. "-N"] = "v" },
+                        body = body } })
+      local debug, lines = tracer()
+      local _, errors, pagination, info = slashid.rotate_key(H.opts(org, key, { debug = debug, retries = 0 }))
+      assert_no_piece(H.flatten(errors, pagination, info), key, "errors/info, offset " .. off)
+      assert_no_piece(table.concat(lines, "\n"), key, "the trace, offset " .. off)
+      local flat = H.flatten(info.headers):lower()
+      assert.is_falsy(flat:find(piece:lower(), 1, true), "a piece in info.headers in another case")
+    end
+  end)
+
+  it("tostring of a client, an op, errors and info after a rotation shows no key", function()
+    local org, key = H.new_org()
+    local c = slashid.new{ org_id = org, api_key = key, base_url = H.http_url }
+    local result, errors, _, info = c:rotate_key()
+    assert.are.equal("rotated", info.outcome, messages(errors))
+    local op = c:start_check_key()
+    op:wait(10)
+    for _, s in ipairs({ tostring(c), tostring(op), tostring(errors), tostring(info) }) do
+      assert_no_piece(s, key, "tostring")
+      assert_no_piece(s, result.api_key, "tostring")
+    end
+    c:close()
+  end)
+
+  -- timings: a 1 MiB answer full of backslashes and percent signs
+  local function timed(f)
+    local t0 = socket.gettime()
+    f()
+    return socket.gettime() - t0
+  end
+
+end)
+
+-- ============================================================================
+-- 3. answer.c: header folds and the header cap
+-- ============================================================================
+
+describe("headers", function()
+  it("two 103 Early Hints of 40 KB each, then a 200 with the key: the key is kept", function()
+    local key, new = known_key("OLD"), known_key("NEW")
+    local hints = "HTTP/1.1 103 Early Hints\r\nLink: <" .. ("/a"):rep(20000) .. ">; rel=preload\r\n\r\n"
+    local result, errors, _, info = raw_rotate({
+      hints .. hints .. answer("200 OK", "Content-Type: application/json\r\n", envelope(new)) },
+      { org_id = "org-hints", api_key = key, retries = 0 })
+    assert.are.equal("rotated", info.outcome, "key lost: " .. messages(errors))
+    H.assert_key_equal(new, result.api_key)
+  end)
+
+  it("folds after the status line, after 100 Continue, a CR-only break, a fold in a long name", function()
+    local key, new = known_key("OLD"), known_key("NEW")
+    local cases = {
+      "HTTP/1.1 200 OK\r\n " .. key .. "\r\n",
+      "HTTP/1.1 100 Continue\r\n\t" .. key:sub(1, 20) .. "\r\n\r\nHTTP/1.1 200 OK\r\n\t" .. key:sub(21) .. "\r\n",
+      "HTTP/1.1 200 OK\r\nX-A: " .. key:sub(1, 20) .. "\r " .. key:sub(21) .. "\r\nX-B: " .. key .. "\r\r\n",
+      "HTTP/1.1 200 OK\r\nX-" .. ("n"):rep(70) .. key:sub(1, 15) .. "\r\n " .. key:sub(16) .. ": v\r\n",
+    }
+    for i, head in ipairs(cases) do
+      local debug, lines = tracer()
+      local body = envelope(new)
+      local result, errors, pagination, info = raw_rotate({
+        head .. "Content-Length: " .. #body .. "\r\nConnection: close\r\n\r\n" .. body },
+        { org_id = "org-fold", api_key = key, retries = 0, debug = debug })
+      assert.is_string(info.outcome)
+      assert_no_piece(H.flatten(errors, pagination, info), key, "case " .. i .. " errors/info")
+      assert_no_piece(table.concat(lines, "\n"), key, "case " .. i .. " trace")
+      if result then assert_no_piece(H.flatten(info), new, "case " .. i .. " info (new)") end
+    end
+  end)
+end)
+
+-- ============================================================================
+-- 4. slashid.lua url_key: false adoptions
+-- ============================================================================
+
+describe("url_key", function()
+  -- a server that rotates whatever key it is shown, recording the path
+  -- and the key presented
+  local function fake(record)
+    return function(head)
+      local method, path = head:match("^(%u+) (%S+)")
+      local presented = head:match("\r\n[Ss]lash[Ii][Dd]%-[Aa][Pp][Ii]%-[Kk]ey: ([^\r\n]*)")
+      record[#record + 1] = { method = method, path = path, key = presented }
+      if method == "PUT" then
+        record.issued = known_key("ELSEWHERE")
+        return answer("200 OK", "Content-Type: application/json\r\n", envelope(record.issued))
+      end
+      return answer("200 OK", "Content-Type: application/json\r\n", '{"errors":[],"result":{}}')
+    end
+  end
+
+  -- A client at the raw server's URL rotates with base_url = URL ..
+  -- suffix, then checks its key at its own URL: what each request
+  -- carried (record), and the rotation's values.
+  local function rotate_elsewhere_then_check(suffix, record)
+    local server = assert(socket.bind("127.0.0.1", 0))
+    local key = known_key("OLD")
+    local c
+    local op = serve({ fake(record) }, function(url)
+      c = slashid.new{ org_id = "org-u", api_key = key, base_url = url, retries = 0 }
+      return c:start_rotate_key{ base_url = url .. suffix }
+    end, nil, server)
+    local result, errors, _, info = op:results()
+    local cop = serve({ fake(record) }, function() return c:start_check_key() end, nil, server)
+    cop:results()
+    server:close()
+    c:close()
+    return key, result, errors, info
+  end
+
+  for _, suffix in ipairs({ "/x//..", "/x/y//../..", "/tenant-b//.." }) do
+    it("a call to base_url .. '" .. suffix .. "' (libcurl: another path) is not adopted", function()
+      local record = {}
+      local _, result, errors, info = rotate_elsewhere_then_check(suffix, record)
+      assert.are.equal("rotated", info.outcome, messages(errors))
+      assert.are_not.equal("/organizations/api-keys", record[1].path,
+                           "libcurl sent the call to the client's own path after all")
+      if record[2].key == result.api_key then
+        error(("false adoption: the rotation went to %s, not the client's /organizations/api-keys, " ..
+               "and the client now presents that server's key at its own base URL"):format(record[1].path))
+      end
+    end)
+  end
+
+  it("'%2e%2e', '%2E', '/x/..%2f' are not adopted", function()
+    for _, suffix in ipairs({ "/x/%2e%2e", "/%2E", "/x/..%2f" }) do
+      local record = {}
+      local key = rotate_elsewhere_then_check(suffix, record)
+      assert.are.equal(key, record[#record].key == key and key or "adopted", "adopted at " .. suffix)
+    end
+  end)
+end)
+
+-- ============================================================================
+-- 5. the old key after a rotation
+-- ============================================================================
+
+describe("the replaced key", function()
+  it("a batch with verify: on_result's item never shows the replaced key", function()
+    local org, key = H.new_org_with_key(known_key("OLD"))
+    H.faults(org, {
+      { rotate = true },
+      { status = 503, content_type = "application/json", headers = { ["X-Old"] = key },
+        body = '{"errors":[{"httpcode":503,"message":"old ' .. key .. '"}]}' } })
+    local seen = {}
+    local debug, lines = tracer()
+    slashid.rotate_keys({ { org_id = org, api_key = key } },
+      { base_url = H.http_url, verify = true, retries = 0, debug = debug,
+        on_result = function(_, item) seen[#seen + 1] = H.flatten(item.errors, item.info) end })
+    assert.are.equal(1, #seen)
+    assert_no_piece(seen[1], key, "on_result")
+    assert_no_piece(table.concat(lines, "\n"), key, "the trace")
+  end)
+
+  it("the command with --debug --verify: stderr never shows the replaced key; the journal holds no old key", function()
+    local org, key = H.new_org_with_key(known_key("OLD"))
+    H.faults(org, {
+      { rotate = true },
+      { status = 503, content_type = "application/json", headers = { ["X-Old"] = key },
+        body = '{"errors":[{"httpcode":503,"message":"old ' .. key .. '"}]}' } })
+    local dir = H.mkdir(H.tmpname("r17b-cli"))
+    os.execute("chmod 700 " .. H.q(dir))
+    local cmd = ("SLASHID_API_KEY=%s %s bin/slashid-rotate --org-id %s --base-url %s --verify --debug --journal %s >%s 2>%s")
+      :format(H.q(key), H.lua, H.q(org), H.q(H.http_url), H.q(dir .. "/j"), H.q(dir .. "/out"), H.q(dir .. "/err"))
+    os.execute(cmd)
+    local err = H.read_file(dir .. "/err")
+    assert_no_piece(err, key, "stderr")
+    assert_no_piece(H.read_file(dir .. "/out"), key, "stdout")
+    local j = H.read_if_any(dir .. "/j")
+    if j then assert_no_piece(j, key, "the journal") end
+  end)
+end)
+
+-- ============================================================================
+-- 6. decode.c under a failing malloc (a C harness, ASan/LSan)
+-- ============================================================================
+
+describe("decode.c out of memory", function()
+  it("a malloc failing mid-inflate leaks no buffer holding the decoded key (LSan)", function()
+    local dir = H.mkdir(H.tmpname("r17b-oom"))
+    H.write(dir .. "/h.c", [==[
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+#include "slashid.h"
+void *__real_malloc(size_t);
+void *__wrap_malloc(size_t n);
+static int fail_at = -1, count = 0;
+void *__wrap_malloc(size_t n) {
+  if (fail_at >= 0 && count++ == fail_at) return NULL;
+  return __real_malloc(n);
+}
+int main(int argc, char **argv) {
+  static char plain[40000], gz[40000];
+  size_t pl; uLongf gl = sizeof gz;
+  z_stream z;
+  sid_transfer t;
+  (void)argc;
+  pl = (size_t)sprintf(plain, "{\"result\":{\"api_key\":\"sk_decoded_key_in_a_leak\"},\"pad\":\"");
+  memset(plain + pl, 'p', 30000); pl += 30000; memcpy(plain + pl, "\"}", 2); pl += 2;
+  memset(&z, 0, sizeof z);
+  deflateInit2(&z, 9, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY);
+  z.next_in = (Bytef *)plain; z.avail_in = (uInt)pl;
+  z.next_out = (Bytef *)gz; z.avail_out = (uInt)gl;
+  deflate(&z, Z_FINISH); gl = z.total_out; deflateEnd(&z);
+  memset(&t, 0, sizeof t);
+  t.max_bytes = 1 << 20;
+  sid_buf_append(&t.head, "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n\r\n", 43);
+  sid_buf_append(&t.body, gz, gl);
+  fail_at = atoi(argv[1]); count = 0;
+  if (sid_decode_body(&t) != 0) {       /* out of memory: built again later */
+    fail_at = -1;
+    if (sid_decode_body(&t) != 0) return 2;
+  }
+  fail_at = -1;
+  if (t.body.len != pl) return 3;       /* the key must be there in the end */
+  sid_buf_free(&t.body); sid_buf_free(&t.head);
+  return 0;
+}
+]==])
+    local cc = ("env -u LD_PRELOAD -u ASAN_OPTIONS -u LSAN_OPTIONS cc -fsanitize=address -g -O1 -std=gnu99 -Isrc -I/usr/include/lua5.4 " ..
+                "-I/usr/include/x86_64-linux-gnu -Wl,--wrap=malloc %s src/decode.c src/secret.c " ..
+                "-o %s -lz -llua5.4 -lcurl"):format(H.q(dir .. "/h.c"), H.q(dir .. "/h"))
+    if not os.execute(cc .. " 2>" .. H.q(dir .. "/cc.err")) then
+      pending("cannot build the harness: " .. (H.read_if_any(dir .. "/cc.err") or ""))
+      return
+    end
+    local failures = {}
+    for n = 0, 3 do
+      local ok = os.execute(("env -u LD_PRELOAD -u LSAN_OPTIONS ASAN_OPTIONS=detect_leaks=1 %s %d >%s 2>&1")
+        :format(H.q(dir .. "/h"), n, H.q(dir .. "/out" .. n)))
+      if not ok then
+        local out = H.read_if_any(dir .. "/out" .. n) or ""
+        failures[#failures + 1] = ("malloc #%d failing: %s"):format(n,
+          out:match("SUMMARY: [^\n]*") or "exit status not 0")
+      end
+    end
+    assert(#failures == 0, "decode.c under a failing malloc: " .. table.concat(failures, "; "))
+  end)
+end)
+
+describe("crash sweep (run under ASan)", function()
+  it("odd codings and odd escapes at the ends of texts: no crash, no piece of the old key", function()
+    local key, new = known_key("OLD"), known_key("NEW")
+    local env = envelope(new)
+    local gz = encode(env, { "gzip" })
+    local zl = encode(env, { "zlib" })
+    local raw = encode(env, { "raw" })
+    local bodies = {}
+    for i = 0, #gz do bodies[#bodies + 1] = { "gzip", gz:sub(1, i) } end
+    for i = 0, #zl, 3 do bodies[#bodies + 1] = { "deflate", zl:sub(1, i) } end
+    for i = 0, #raw, 3 do bodies[#bodies + 1] = { "deflate", raw:sub(1, i) } end
+    local tails = { "\\", "\\u", "\\u00", "\\u006", "\\ud800", "\\ud800\\", "\\ud800\\u", "\\ud800\\udc0",
+                    "%", "%4", "%%", "\\\0", '"api_key"', '"api_key":', '"api_key":"', '"api\\u005fkey":"\\',
+                    key:sub(1, 11) .. "\\", key:sub(1, 11) .. "%6", key .. "\\u00" }
+    for _, t in ipairs(tails) do
+      bodies[#bodies + 1] = { "x", t }
+      bodies[#bodies + 1] = { "x", ("y"):rep(197) .. t }
+      bodies[#bodies + 1] = { "gzip", "\31\139\8\4\0\0\0\0\0\3\255\255" .. t }   -- FEXTRA longer than the body
+    end
+    bodies[#bodies + 1] = { ("g"):rep(31), env }
+    bodies[#bodies + 1] = { ("g"):rep(32), env }
+    bodies[#bodies + 1] = { "", env }
+    for i, b in ipairs(bodies) do
+      for _, status in ipairs({ "200 OK", "500 X" }) do
+        local debug, lines = tracer()
+        local hdr = "Content-Encoding: " .. b[1] .. "\r\nX-T: " .. b[2]:gsub("[%c]", "") .. "\r\n"
+        local _, errors, pagination, info = raw_rotate({ answer(status, hdr, b[2]) },
+          { org_id = "org-sweep", api_key = key, retries = 0, debug = debug })
+        assert.is_string(info.outcome, "case " .. i)
+        assert_no_piece(H.flatten(errors, pagination, info), key, "case " .. i .. " errors/info")
+        assert_no_piece(table.concat(lines, "\n"), key, "case " .. i .. " trace")
+      end
     end
   end)
 end)

@@ -623,4 +623,94 @@ function H.decode_echo(s)
   return table.concat(out)
 end
 
+-- ---- odd answers: pieces of keys, and a raw loopback server -------------
+
+-- No 12 consecutive characters of `key` in `text`, as they are or decoded
+-- (H.decode_echo). Only printable runs of the key count (a piece holding
+-- a control byte is split there).
+function H.assert_no_piece(text, key, where)
+  local plain = H.decode_echo(text)
+  for i = 1, #key - 11 do
+    local piece = key:sub(i, i + 11)
+    if not piece:find("[^\32-\126]") and
+       (text:find(piece, 1, true) or plain:find(piece, 1, true)) then
+      error(("a 12-character piece of a key (at offset %d) was found in %s"):format(i, where), 2)
+    end
+  end
+end
+
+-- A raw HTTP server on a loopback port, driven in process while an op
+-- runs: for answers the emulator cannot make. `answers[n]` is the n-th
+-- request's answer: a string, a list of pieces ({ bytes, seconds to wait
+-- before }), or function(head) -> either. `start(base_url, port)` starts
+-- the op. Returns the finished op and the requests' heads.
+function H.serve_raw(answers, start, host, keep)
+  local socket = require "socket"
+  host = host or "127.0.0.1"
+  local server = keep or assert(socket.bind(host, 0))
+  local _, port = server:getsockname()
+  server:settimeout(0)
+  local url = host:find(":", 1, true) and ("http://[" .. host .. "]:" .. port)
+                                        or ("http://" .. host .. ":" .. port)
+  local op = start(url, port)
+  local conns, heads, n = {}, {}, 0
+  local deadline = socket.gettime() + 30
+  while not op:poll() and socket.gettime() < deadline do
+    local c = server:accept()
+    if c then c:settimeout(0); conns[#conns + 1] = { s = c, buf = "" } end
+    for _, k in ipairs(conns) do
+      if not k.done then
+        if not k.pieces then
+          local data, _, part = k.s:receive(4096)
+          k.buf = k.buf .. (data or part or "")
+          local e = k.buf:find("\r\n\r\n", 1, true)
+          if e then
+            n = n + 1
+            local head = k.buf:sub(1, e + 3)
+            heads[n] = head
+            local a = answers[n] or answers[#answers]
+            if type(a) == "function" then a = a(head) end
+            if type(a) == "string" then a = { { a } } end
+            k.pieces, k.i, k.at = a, 1, socket.gettime()
+          end
+        else
+          local p = k.pieces[k.i]
+          if not p then
+            k.s:close()
+            k.done = true
+          elseif socket.gettime() >= k.at + (p[2] or 0) then
+            k.s:settimeout(5)
+            k.s:send(p[1])
+            k.s:settimeout(0)
+            k.i, k.at = k.i + 1, socket.gettime()
+          end
+        end
+      end
+    end
+    socket.sleep(0.002)
+  end
+  if not keep then server:close() end
+  for _, k in ipairs(conns) do pcall(k.s.close, k.s) end
+  assert(op:poll(), "the op did not finish")
+  return op, heads
+end
+
+-- A rotation through start_rotate_key against H.serve_raw(answers):
+-- result, errors, pagination, info, and the requests' heads.
+function H.raw_rotate(answers, opts)
+  local slashid = require "slashid"
+  local op, heads = H.serve_raw(answers, function(url)
+    opts.base_url = opts.base_url or url
+    return slashid.start_rotate_key(opts)
+  end)
+  local r, e, p, i = op:results()
+  return r, e, p, i, heads
+end
+
+-- One whole HTTP/1.1 answer (Content-Length, then the connection closed).
+function H.raw_answer(status, headers, body)
+  return "HTTP/1.1 " .. status .. "\r\n" .. (headers or "") ..
+         "Content-Length: " .. #body .. "\r\nConnection: close\r\n\r\n" .. body
+end
+
 return H

@@ -25,6 +25,7 @@ size_t sid_answer_on_body(char *p, size_t size, size_t n, void *ud) {
     t->too_large = 1;
     return 0;                             /* aborts: CURLE_WRITE_ERROR */
   }
+  if (t->received == 0) t->head_at_body = t->head.len;  /* then trailers */
   t->received += len;
   if (!sid_buf_append(&t->body, p, len)) {
     t->out_of_memory = 1;
@@ -39,14 +40,17 @@ size_t sid_answer_on_header(char *p, size_t size, size_t n, void *ud) {
   /* Headers have their own fixed cap: proxies and CDNs add lines the
      caller cannot foresee, and those must not turn a rotation that
      succeeded into "unknown" through max_response_bytes. */
+  /* A new status line starts a new header block (100 Continue, 103 Early
+     Hints): only the last response's headers are kept, and counted. */
+  if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) {
+    sid_buf_reset(&t->head);
+    t->head_received = 0;
+  }
   if (len > SID_HEAD_MAX || t->head_received > SID_HEAD_MAX - len) {
     t->head_too_large = 1;
     return 0;
   }
   t->head_received += len;
-  /* A new status line starts a new header block (100 Continue, or an
-     interim answer): only the last response's headers are kept. */
-  if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) sid_buf_reset(&t->head);
   /* A folded line (obs-fold: it starts with a space or a tab) continues
      the header before it. It is joined to it with the fold taken out
      altogether, not turned into a space as RFC 9112 has it: a key a
@@ -74,7 +78,7 @@ size_t sid_answer_on_header(char *p, size_t size, size_t n, void *ud) {
 void sid_answer_clear(sid_transfer *t) {
   sid_buf_reset(&t->body);
   sid_buf_reset(&t->head);
-  t->received = t->head_received = 0;
+  t->received = t->head_received = t->head_at_body = 0;
   t->too_large = t->head_too_large = t->out_of_memory = t->decoded = 0;
   t->requests_sent = 0;
   t->connect_status = 0;
@@ -312,13 +316,16 @@ int sid_answer_push(lua_State *L, sid_transfer *t, CURLcode rc) {
 int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
                      double elapsed) {
   int envelope = 0, list, facts;
-  int complete = (rc == CURLE_OK), tolerant = 0;
+  int complete, tolerant = 0;
 
   luaL_checkstack(L, 12, "answer");
   if (sid_decode_body(t) != 0) {
     lua_pushliteral(L, "not enough memory");   /* built again later */
     return lua_error(L);
   }
+  /* decoded, the body is over max_response_bytes: as if the bytes were */
+  if (t->too_large && rc == CURLE_OK) rc = CURLE_FILESIZE_EXCEEDED;
+  complete = (rc == CURLE_OK);
 
   /* The envelope, when the whole answer is a JSON object. */
   /* A 2xx whose transfer then failed (trailers over the header cap, a

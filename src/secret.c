@@ -7,6 +7,7 @@
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include "slashid.h"
 
 /* A plain memset right before free() may be optimised away; explicit_bzero
@@ -246,14 +247,25 @@ static size_t match_units(const char *key, size_t klen, const char *s,
   while (k < klen) {
     unsigned char u[4];
     size_t m, x, len = unit_at(s, n, j, u, &m);
-    if (len == 0 || m > klen - k) break;
-    for (x = 0; x < m; x++) {
+    if (len == 0) break;
+    for (x = 0; x < m && x < klen - k; x++) {
       int c = u[x], want = (unsigned char)key[k + x];
       if (fold ? tolower(c) != tolower(want) : c != want) break;
     }
-    if (x < m) break;
-    j += len;
-    k += m;
+    if (x == m) {
+      j += len;
+      k += m;
+      continue;
+    }
+    /* A key may hold "%41" or "\t" itself: the escape, read as the
+       bytes it is, may be what matches. */
+    if (len > 1 && (fold ? tolower((unsigned char)s[j]) == tolower((unsigned char)key[k])
+                         : s[j] == key[k])) {
+      j++;
+      k++;
+      continue;
+    }
+    break;
   }
   *matched = k;
   return j - i;
@@ -263,6 +275,12 @@ static size_t match_units(const char *key, size_t klen, const char *s,
    be: a server that quotes a key cut short (a 403 page quoting its first
    24 characters, an answer dropped mid-echo) gives away most of it. */
 #define SID_PIECE_MIN 12
+
+/* Secrets longer than this (SlashID's keys are about 40 bytes; a server
+   could issue one of 32 KiB) are hidden whole and as they are: looking
+   for every form and every piece of one at every byte of a long text
+   would take time that grows with both lengths. */
+#define SID_SCAN_MAX 1024
 
 /* Length of the text at s[i..n) to hide: the longest run that spells a
    whole secret, or SID_PIECE_MIN or more bytes of one from any point in
@@ -278,6 +296,12 @@ static size_t hidden_at(const sid_secrets *k, const char *s, size_t n,
     const char *key = k->key[j];
     size_t klen = k->len[j], p;
     if (key == NULL || klen == 0) continue;
+    if (klen > SID_SCAN_MAX) {
+      if (n - i >= klen && (fold ? strncasecmp(s + i, key, klen) == 0
+                                 : memcmp(s + i, key, klen) == 0) && klen > best)
+        best = klen;
+      continue;
+    }
     for (p = 0; p < klen; p++) {
       size_t matched, len;
       int c = u[0], want = (unsigned char)key[p];
@@ -319,7 +343,7 @@ static int may_hold_secret(const sid_secrets *k, const char *s, size_t n,
     const char *key = k->key[j];
     size_t p, len = k->len[j];
     if (key == NULL || len == 0) continue;
-    if (len < SID_PIECE_MIN) {               /* short: only whole */
+    if (len < SID_PIECE_MIN || len > SID_SCAN_MAX) {   /* only whole */
       if (len <= n && occurs_in(s, n, key, len, fold)) return 1;
       continue;
     }

@@ -107,6 +107,8 @@ typedef struct sid_transfer {
   int head_too_large;         /* the headers went over SID_HEAD_MAX */
   int out_of_memory;
   int decoded;                /* Content-Encoding looked at (decode.c) */
+  size_t head_at_body;        /* head.len when the body began: what follows
+                                 is trailers (0: no body yet) */
   int requests_sent;          /* how many times libcurl was about to send */
   long connect_status;        /* a proxy's answer to CONNECT, 0 if none */
   int no_new_send;            /* op:cancel's last look: send nothing new */
