@@ -1953,17 +1953,17 @@ int main(int argc, char **argv) {
   z.next_out = (Bytef *)gz; z.avail_out = (uInt)gl;
   deflate(&z, Z_FINISH); gl = z.total_out; deflateEnd(&z);
   memset(&t, 0, sizeof t);
-  t.max_bytes = 1 << 20;
-  sid_buf_append(&t.head, "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n\r\n", 43);
-  sid_buf_append(&t.body, gz, gl);
+  t.req.max_bytes = 1 << 20;
+  sid_buf_append(&t.ans.head, "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n\r\n", 43);
+  sid_buf_append(&t.ans.body, gz, gl);
   fail_at = atoi(argv[1]); count = 0;
   if (sid_decode_body(&t) != 0) {       /* out of memory: built again later */
     fail_at = -1;
     if (sid_decode_body(&t) != 0) return 2;
   }
   fail_at = -1;
-  if (t.body.len != pl) return 3;       /* the key must be there in the end */
-  sid_buf_free(&t.body); sid_buf_free(&t.head);
+  if (t.ans.body.len != pl) return 3;       /* the key must be there in the end */
+  sid_buf_free(&t.ans.body); sid_buf_free(&t.ans.head);
   return 0;
 }
 ]==])

@@ -21,14 +21,14 @@ size_t sid_answer_on_body(char *p, size_t size, size_t n, void *ud) {
   sid_transfer *t = (sid_transfer *)ud;
   size_t len = size * n;
   /* max_response_bytes caps the body alone */
-  if (len > t->max_bytes || t->received > t->max_bytes - len) {
-    t->too_large = 1;
+  if (len > t->req.max_bytes || t->ans.received > t->req.max_bytes - len) {
+    t->ans.too_large = 1;
     return 0;                             /* aborts: CURLE_WRITE_ERROR */
   }
-  if (t->received == 0) t->head_at_body = t->head.len;  /* then trailers */
-  t->received += len;
-  if (!sid_buf_append(&t->body, p, len)) {
-    t->out_of_memory = 1;
+  if (t->ans.received == 0) t->ans.head_at_body = t->ans.head.len;  /* then trailers */
+  t->ans.received += len;
+  if (!sid_buf_append(&t->ans.body, p, len)) {
+    t->ans.out_of_memory = 1;
     return 0;
   }
   return len;
@@ -43,45 +43,51 @@ size_t sid_answer_on_header(char *p, size_t size, size_t n, void *ud) {
   /* A new status line starts a new header block (100 Continue, 103 Early
      Hints): only the last response's headers are kept, and counted. */
   if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) {
-    sid_buf_reset(&t->head);
-    t->head_received = 0;
+    sid_buf_reset(&t->ans.head);
+    t->ans.head_received = 0;
   }
-  if (len > SID_HEAD_MAX || t->head_received > SID_HEAD_MAX - len) {
-    t->head_too_large = 1;
+  if (len > SID_HEAD_MAX || t->ans.head_received > SID_HEAD_MAX - len) {
+    t->ans.head_too_large = 1;
     return 0;
   }
-  t->head_received += len;
+  t->ans.head_received += len;
   /* A folded line (obs-fold: it starts with a space or a tab) continues
      the header before it. It is joined to it with the fold taken out
      altogether, not turned into a space as RFC 9112 has it: a key a
      server or proxy split across the fold is then whole again where
      redaction looks (info.headers, the trace), instead of two halves
      that no match finds. */
-  if (len && (p[0] == ' ' || p[0] == '\t') && t->head.len &&
-      t->head.data[t->head.len - 1] == '\n') {
-    t->head.len--;
-    if (t->head.len && t->head.data[t->head.len - 1] == '\r') t->head.len--;
+  if (len && (p[0] == ' ' || p[0] == '\t') && t->ans.head.len &&
+      t->ans.head.data[t->ans.head.len - 1] == '\n') {
+    t->ans.head.len--;
+    if (t->ans.head.len && t->ans.head.data[t->ans.head.len - 1] == '\r') t->ans.head.len--;
     /* obs-fold is OWS CRLF RWS: the spaces before the break go too */
-    while (t->head.len && (t->head.data[t->head.len - 1] == ' ' ||
-                           t->head.data[t->head.len - 1] == '\t'))
-      t->head.len--;
+    while (t->ans.head.len && (t->ans.head.data[t->ans.head.len - 1] == ' ' ||
+                           t->ans.head.data[t->ans.head.len - 1] == '\t'))
+      t->ans.head.len--;
     while (fold < len && (p[fold] == ' ' || p[fold] == '\t')) fold++;
   }
-  if (!sid_buf_append(&t->head, p + fold, len - fold)) {
-    t->out_of_memory = 1;
+  if (!sid_buf_append(&t->ans.head, p + fold, len - fold)) {
+    t->ans.out_of_memory = 1;
     return 0;
   }
   return len;
 }
 
+/* The answer's buffers released (wiped first): the handle is closing. */
+void sid_answer_free(sid_transfer *t) {
+  sid_buf_free(&t->ans.body);
+  sid_buf_free(&t->ans.head);
+}
+
 /* The answer's bytes and flags, gone: the body held the new key. */
 void sid_answer_clear(sid_transfer *t) {
-  sid_buf_reset(&t->body);
-  sid_buf_reset(&t->head);
-  t->received = t->head_received = t->head_at_body = 0;
-  t->too_large = t->head_too_large = t->out_of_memory = t->decoded = 0;
-  t->requests_sent = 0;
-  t->connect_status = 0;
+  sid_buf_reset(&t->ans.body);
+  sid_buf_reset(&t->ans.head);
+  t->ans.received = t->ans.head_received = t->ans.head_at_body = 0;
+  t->ans.too_large = t->ans.head_too_large = t->ans.out_of_memory = t->ans.decoded = 0;
+  t->ans.requests_sent = 0;
+  t->ans.connect_status = 0;
   t->secrets.key[SID_SECRET_NEW_KEY] = NULL;
   t->secrets.len[SID_SECRET_NEW_KEY] = 0;
 }
@@ -104,12 +110,12 @@ static void push_entry(lua_State *L, long httpcode) {
 }
 
 static void push_excerpt(lua_State *L, sid_transfer *t) {
-  sid_push_redacted(L, t->body.data, t->body.len, &t->secrets, SID_EXCERPT_MAX, 1);
+  sid_push_redacted(L, t->ans.body.data, t->ans.body.len, &t->secrets, SID_EXCERPT_MAX, 1);
 }
 
 /* Lower-case header names, last value wins, names and values redacted. */
 static void push_headers(lua_State *L, sid_transfer *t) {
-  const char *p = t->head.data, *end = p ? p + t->head.len : NULL;
+  const char *p = t->ans.head.data, *end = p ? p + t->ans.head.len : NULL;
   lua_createtable(L, 0, 8);
   while (p && p < end) {
     const char *eol = (const char *)memchr(p, '\n', (size_t)(end - p));
@@ -186,16 +192,16 @@ static void add_transport_error(lua_State *L, int list, sid_transfer *t,
     lua_pushfstring(L, "%s: timed out (no complete answer within "
                     "request_timeout)",
                     sid_curlcode_name(rc));
-  else if (t->too_large || rc == CURLE_FILESIZE_EXCEEDED) {
+  else if (t->ans.too_large || rc == CURLE_FILESIZE_EXCEEDED) {
     char cap[32];   /* size_t does not fit lua_pushfstring's %d */
-    snprintf(cap, sizeof cap, "%zu", t->max_bytes);
+    snprintf(cap, sizeof cap, "%zu", t->req.max_bytes);
     lua_pushfstring(L, "%s: the answer is larger than max_response_bytes "
                     "(%s bytes)", sid_curlcode_name(rc), cap);
   }
-  else if (t->head_too_large)
+  else if (t->ans.head_too_large)
     lua_pushfstring(L, "%s: the answer's headers are larger than %d bytes",
                     sid_curlcode_name(rc), (int)SID_HEAD_MAX);
-  else if (t->out_of_memory)
+  else if (t->ans.out_of_memory)
     lua_pushfstring(L, "%s: out of memory while receiving the answer",
                     sid_curlcode_name(rc));
   else if (t->errbuf[0])
@@ -221,7 +227,7 @@ static void add_excerpt_error(lua_State *L, int list, sid_transfer *t,
                               long status, const char *what) {
   push_entry(L, status);
   lua_pushfstring(L, "HTTP %d: %s", (int)status, what);
-  if (t->body.len) {
+  if (t->ans.body.len) {
     lua_pushliteral(L, ": ");
     push_excerpt(L, t);
     lua_concat(L, 3);
@@ -292,7 +298,7 @@ int sid_answer_push(lua_State *L, sid_transfer *t, CURLcode rc) {
   long status = 0;
   double elapsed = 0;
   curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
-  curl_easy_getinfo(t->easy, CURLINFO_HTTP_CONNECTCODE, &t->connect_status);
+  curl_easy_getinfo(t->easy, CURLINFO_HTTP_CONNECTCODE, &t->ans.connect_status);
   curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME, &elapsed);
 #if !SID_HAVE_PREREQ
   {
@@ -305,7 +311,7 @@ int sid_answer_push(lua_State *L, sid_transfer *t, CURLcode rc) {
     /* the size counts a proxy's CONNECT too: a request only went out to
        the server once the tunnel and TLS were up (pretransfer) */
     if ((request_bytes > 0 && pretransfer > 0) || status > 0)
-      t->requests_sent = 1;
+      t->ans.requests_sent = 1;
   }
 #endif
   return sid_answer_build(L, t, rc, status, elapsed);
@@ -324,7 +330,7 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
     return lua_error(L);
   }
   /* decoded, the body is over max_response_bytes: as if the bytes were */
-  if (t->too_large && rc == CURLE_OK) rc = CURLE_FILESIZE_EXCEEDED;
+  if (t->ans.too_large && rc == CURLE_OK) rc = CURLE_FILESIZE_EXCEEDED;
   complete = (rc == CURLE_OK);
 
   /* The envelope, when the whole answer is a JSON object. */
@@ -336,12 +342,12 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
      "rotated", however the transfer ended). A body cut by
      max_response_bytes is never read this way. */
   int readable = complete || (status >= 200 && status <= 299 &&
-                              t->requests_sent > 0 &&
-                              t->setup_rc == CURLE_OK && !t->too_large &&
-                              t->body.len > 0);
+                              t->ans.requests_sent > 0 &&
+                              t->req.setup_rc == CURLE_OK && !t->ans.too_large &&
+                              t->ans.body.len > 0);
   int cut_with_key = 0;       /* incomplete, but a whole envelope with a key */
-  if (readable && sid_json_decode(L, t->body.data ? t->body.data : "",
-                                  t->body.len)) {
+  if (readable && sid_json_decode(L, t->ans.body.data ? t->ans.body.data : "",
+                                  t->ans.body.len)) {
     if (lua_type(L, -1) == LUA_TTABLE) envelope = lua_gettop(L);
     else lua_pop(L, 1);
   }
@@ -354,9 +360,9 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
      a duplicate `result` member hid the one with the key): the key is
      taken by a tolerant read of the envelope's structure (tolerant.c)
      rather than lost. */
-  if (readable && status >= 200 && status <= 299 && t->body.len &&
+  if (readable && status >= 200 && status <= 299 && t->ans.body.len &&
       !has_api_key(L, envelope) &&
-      sid_tolerant_api_key(L, t->body.data, t->body.len, !complete)) {
+      sid_tolerant_api_key(L, t->ans.body.data, t->ans.body.len, !complete)) {
     if (lua_type(L, envelope) != LUA_TTABLE) {
       lua_newtable(L);
       lua_replace(L, envelope);
@@ -383,8 +389,8 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
   /* Traced once whole, now that the new key is known and can be hidden
      wherever the headers or the body quote it. */
   if (t->debug_ref != LUA_NOREF) sid_trace_headers(t);
-  if (t->body.len && t->debug_ref != LUA_NOREF)
-    sid_trace_emit(t, "< body: ", t->body.data, t->body.len,
+  if (t->ans.body.len && t->debug_ref != LUA_NOREF)
+    sid_trace_emit(t, "< body: ", t->ans.body.data, t->ans.body.len,
                    SID_TRACE_BODY_MAX);
 
   /* result */
@@ -401,8 +407,8 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
   /* errors */
   lua_newtable(L);
   list = lua_gettop(L);
-  if (!complete || t->setup_rc != CURLE_OK) {
-    add_transport_error(L, list, t, t->setup_rc != CURLE_OK ? t->setup_rc
+  if (!complete || t->req.setup_rc != CURLE_OK) {
+    add_transport_error(L, list, t, t->req.setup_rc != CURLE_OK ? t->req.setup_rc
                                                             : rc);
   } else if (lua_type(L, envelope) == LUA_TTABLE) {
     add_server_errors(L, envelope, list, t, status);
@@ -423,7 +429,7 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
     add_excerpt_error(L, list, t, status, "the answer is not a JSON object");
   } else {
     add_excerpt_error(L, list, t, status,
-                      t->body.len ? "the answer has no JSON envelope"
+                      t->ans.body.len ? "the answer has no JSON envelope"
                                   : "empty answer");
   }
 
@@ -435,13 +441,13 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
   lua_createtable(L, 0, 10);
   facts = lua_gettop(L);
   set_int(L, "status", status);
-  set_int(L, "connect_status", t->connect_status);
-  set_int(L, "curl_code", (long)(t->setup_rc != CURLE_OK ? t->setup_rc : rc));
-  lua_pushboolean(L, t->requests_sent > 0);
+  set_int(L, "connect_status", t->ans.connect_status);
+  set_int(L, "curl_code", (long)(t->req.setup_rc != CURLE_OK ? t->req.setup_rc : rc));
+  lua_pushboolean(L, t->ans.requests_sent > 0);
   lua_setfield(L, facts, "sent");
-  lua_pushboolean(L, complete && t->setup_rc == CURLE_OK);
+  lua_pushboolean(L, complete && t->req.setup_rc == CURLE_OK);
   lua_setfield(L, facts, "complete");
-  lua_pushboolean(L, t->too_large || t->head_too_large);
+  lua_pushboolean(L, t->ans.too_large || t->ans.head_too_large);
   lua_setfield(L, facts, "too_large");
   lua_pushboolean(L, lua_type(L, envelope) == LUA_TTABLE);
   lua_setfield(L, facts, "envelope");

@@ -56,8 +56,8 @@ static int add_codings(const char *v, const char *end, int codes[], int *n) {
    relabel a body already sent). -1 when one is not gzip or deflate. */
 static int codings_of(const sid_transfer *t, int codes[]) {
   static const char NAME[] = "content-encoding:";
-  const char *p = t->head.data;
-  const char *end = p ? p + (t->head_at_body ? t->head_at_body : t->head.len)
+  const char *p = t->ans.head.data;
+  const char *end = p ? p + (t->ans.head_at_body ? t->ans.head_at_body : t->ans.head.len)
                       : NULL;
   int n = 0;
   while (p && p < end) {
@@ -139,31 +139,31 @@ static int undo(const sid_buf *in, size_t max, sid_buf *out) {
 
 /* The body, decoded when its codings are ones this file undoes and the
    bytes are what the labels say; kept as it came otherwise. Once per
-   answer (t->decoded): building the answer again after a memory error
+   answer (t->ans.decoded): building the answer again after a memory error
    reads the same bytes. Returns -1 when memory ran out (nothing changed:
    the caller raises and the answer is built again later). */
 int sid_decode_body(sid_transfer *t) {
   int codes[MAX_CODINGS], n, i, rc = 1;
   sid_buf cur = {NULL, 0, 0};
-  if (t->decoded || t->body.len == 0 || t->too_large) return 0;
+  if (t->ans.decoded || t->ans.body.len == 0 || t->ans.too_large) return 0;
   n = codings_of(t, codes);
   for (i = n - 1; i >= 0 && rc == 1; i--) {
     sid_buf next = {NULL, 0, 0};
-    rc = undo(i == n - 1 ? &t->body : &cur, t->max_bytes, &next);
+    rc = undo(i == n - 1 ? &t->ans.body : &cur, t->req.max_bytes, &next);
     sid_buf_free(&cur);         /* wiped: an intermediate text */
     cur = next;
   }
   if (rc < 0) return -1;
   if (n > 0 && rc == 2) {
-    t->too_large = 1;           /* decoded, it is over max_response_bytes */
+    t->ans.too_large = 1;           /* decoded, it is over max_response_bytes */
   } else if (n > 0 && rc == 1 &&
-             (looks_like_json(&cur) || !looks_like_json(&t->body))) {
-    sid_buf_free(&t->body);     /* wiped: it held the key encoded */
-    t->body = cur;
+             (looks_like_json(&cur) || !looks_like_json(&t->ans.body))) {
+    sid_buf_free(&t->ans.body);     /* wiped: it held the key encoded */
+    t->ans.body = cur;
     cur.data = NULL;
     cur.len = cur.cap = 0;
   }
   sid_buf_free(&cur);
-  t->decoded = 1;
+  t->ans.decoded = 1;
   return 0;
 }

@@ -65,7 +65,7 @@ static int handle_perform(lua_State *L) {
   /* Held until the answer is built: the run and the answer's trace call
      the debug function, which must not reuse (or close) this handle. */
   sid_transfer_hold(t, L, CURLE_OK);
-  if (t->setup_rc == CURLE_OK) sid_transfer_run(t);
+  if (t->req.setup_rc == CURLE_OK) sid_transfer_run(t);
   return answer_push_busy(L, t);
 }
 

@@ -145,8 +145,8 @@ static int multi_add(lua_State *L) {
   sid_request_set(L, 3, 2, t);
   sid_transfer_start_attempt(t);
   sid_request_attempt(L, 3, t);
-  if (t->setup_rc != CURLE_OK) {
-    sid_transfer_finish(t, t->setup_rc);
+  if (t->req.setup_rc != CURLE_OK) {
+    sid_transfer_finish(t, t->req.setup_rc);
     lua_pushboolean(L, 0);
     return 1;
   }

@@ -58,16 +58,16 @@ static long to_ms(double seconds) {
 #define SETOPT(t, opt, val) \
   do { \
     CURLcode rc_ = curl_easy_setopt((t)->easy, opt, val); \
-    if (rc_ != CURLE_OK && (t)->setup_rc == CURLE_OK) (t)->setup_rc = rc_; \
+    if (rc_ != CURLE_OK && (t)->req.setup_rc == CURLE_OK) (t)->req.setup_rc = rc_; \
   } while (0)
 
 static void add_header(sid_transfer *t, const char *line) {
-  struct curl_slist *grown = curl_slist_append(t->headers, line);
+  struct curl_slist *grown = curl_slist_append(t->req.headers, line);
   if (grown == NULL) {
-    if (t->setup_rc == CURLE_OK) t->setup_rc = CURLE_OUT_OF_MEMORY;
+    if (t->req.setup_rc == CURLE_OK) t->req.setup_rc = CURLE_OUT_OF_MEMORY;
     return;
   }
-  t->headers = grown;
+  t->req.headers = grown;
 }
 
 /* A list of one line, "Name: value", the value taken as-is (checked in
@@ -102,10 +102,10 @@ static void add_header_kv(sid_transfer *t, const char *name,
                           const char *value, size_t vlen) {
   struct curl_slist *node = header_line(name, value, vlen), **end;
   if (node == NULL) {
-    if (t->setup_rc == CURLE_OK) t->setup_rc = CURLE_OUT_OF_MEMORY;
+    if (t->req.setup_rc == CURLE_OK) t->req.setup_rc = CURLE_OUT_OF_MEMORY;
     return;
   }
-  for (end = &t->headers; *end != NULL; end = &(*end)->next) {}
+  for (end = &t->req.headers; *end != NULL; end = &(*end)->next) {}
   *end = node;
 }
 
@@ -121,7 +121,7 @@ static void check_ca_file(sid_transfer *t, const char *ca) {
   if (stat(ca, &st) != 0) why = strerror(errno);
   else if (!S_ISREG(st.st_mode)) why = "not a regular file";
   if (why == NULL) return;
-  if (t->setup_rc == CURLE_OK) t->setup_rc = CURLE_SSL_CACERT_BADFILE;
+  if (t->req.setup_rc == CURLE_OK) t->req.setup_rc = CURLE_SSL_CACERT_BADFILE;
   snprintf(t->errbuf, sizeof t->errbuf, "ca_file cannot be used: %s", why);
 }
 
@@ -143,12 +143,12 @@ static void take_extra_secrets(lua_State *L, int req, sid_transfer *t) {
     lua_rawgeti(L, -1, i + 1);
     s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
     if (s && len) {
-      t->extra_secret[i] = sid_strdup_secret(s, len);
-      t->extra_secret_len[i] = t->extra_secret[i] ? len : 0;
-      if (t->extra_secret[i] == NULL && t->setup_rc == CURLE_OK)
-        t->setup_rc = CURLE_OUT_OF_MEMORY;
-      t->secrets.key[SID_SECRET_EXTRA + i] = t->extra_secret[i];
-      t->secrets.len[SID_SECRET_EXTRA + i] = t->extra_secret_len[i];
+      t->req.extra_secret[i] = sid_strdup_secret(s, len);
+      t->req.extra_secret_len[i] = t->req.extra_secret[i] ? len : 0;
+      if (t->req.extra_secret[i] == NULL && t->req.setup_rc == CURLE_OK)
+        t->req.setup_rc = CURLE_OUT_OF_MEMORY;
+      t->secrets.key[SID_SECRET_EXTRA + i] = t->req.extra_secret[i];
+      t->secrets.len[SID_SECRET_EXTRA + i] = t->req.extra_secret_len[i];
     }
     lua_pop(L, 1);
   }
@@ -160,7 +160,7 @@ static void take_extra_secrets(lua_State *L, int req, sid_transfer *t) {
    table's). The Lua layer never changes a request table once built. */
 static int is_current(lua_State *L, int req, int ud, sid_transfer *t) {
   int same;
-  if (!t->req_set) return 0;
+  if (!t->req.set) return 0;
   sid_getuservalue(L, ud);
   same = lua_rawequal(L, -1, req);
   lua_pop(L, 1);
@@ -185,10 +185,10 @@ void sid_request_set(lua_State *L, int req, int ud, sid_transfer *t) {
   org_id = field_string(L, req, "org_id", &len, 1);
   add_header_kv(t, "SlashID-OrgID", org_id, len);
   api_key = field_string(L, req, "api_key", &len, 1);
-  t->api_key = sid_strdup_secret(api_key, len);
-  t->api_key_len = t->api_key ? len : 0;
-  t->secrets.key[SID_SECRET_KEY] = t->api_key;
-  t->secrets.len[SID_SECRET_KEY] = t->api_key_len;
+  t->req.api_key = sid_strdup_secret(api_key, len);
+  t->req.api_key_len = t->req.api_key ? len : 0;
+  t->secrets.key[SID_SECRET_KEY] = t->req.api_key;
+  t->secrets.len[SID_SECRET_KEY] = t->req.api_key_len;
   add_header_kv(t, "SlashID-API-Key", api_key, len);
   consistency = field_string(L, req, "consistency", &len, 0);
   if (consistency) add_header_kv(t, "SlashID-Required-Consistency",
@@ -205,7 +205,7 @@ void sid_request_set(lua_State *L, int req, int ud, sid_transfer *t) {
   max_bytes = field_number(L, req, "max_response_bytes", 1048576);
   /* Any integer > 0 is allowed; past what memory can hold it means "no
      cap" in practice, so clamp instead of overflowing the conversion. */
-  t->max_bytes = !(max_bytes >= 1) ? 1
+  t->req.max_bytes = !(max_bytes >= 1) ? 1
                : max_bytes >= 9007199254740992.0 ? (size_t)9007199254740992ULL
                : (size_t)max_bytes;
 
@@ -214,13 +214,13 @@ void sid_request_set(lua_State *L, int req, int ud, sid_transfer *t) {
 
   {
     CURLcode rc = (CURLcode)sid_transfer_reset(t);
-    if (rc != CURLE_OK && t->setup_rc == CURLE_OK) t->setup_rc = rc;
+    if (rc != CURLE_OK && t->req.setup_rc == CURLE_OK) t->req.setup_rc = rc;
   }
   SETOPT(t, CURLOPT_URL, url);
   if (strcmp(method, "GET") == 0) {
     SETOPT(t, CURLOPT_HTTPGET, 1L);
   } else {
-    t->single_send = 1;
+    t->req.single_send = 1;
     SETOPT(t, CURLOPT_CUSTOMREQUEST, method);
     /* No body, but proxies and load balancers want a length on a PUT. */
     add_header(t, "Content-Length: 0");
@@ -233,14 +233,14 @@ void sid_request_set(lua_State *L, int req, int ud, sid_transfer *t) {
   /* The Lua layer decides: a URL, "" for no proxy at all (environment
      ignored), or absent: the environment, as curl reads it. */
   if (proxy) SETOPT(t, CURLOPT_PROXY, proxy);
-  SETOPT(t, CURLOPT_HTTPHEADER, t->headers);
+  SETOPT(t, CURLOPT_HTTPHEADER, t->req.headers);
   if (agent) SETOPT(t, CURLOPT_USERAGENT, agent);
   if (ca) SETOPT(t, CURLOPT_CAINFO, ca);
   SETOPT(t, CURLOPT_CONNECTTIMEOUT_MS,
          to_ms(field_number(L, req, "connect_timeout", 10)));
   /* request_timeout is not libcurl's CURLOPT_TIMEOUT: see deadline.c */
   timeout_ms = to_ms(field_number(L, req, "request_timeout", 45));
-  t->request_timeout = (double)timeout_ms / 1000.0;
+  t->req.timeout = (double)timeout_ms / 1000.0;
 #if !SID_HAVE_PREREQ
   /* Without the pre-request callback a last look could not keep a request
      from going out: libcurl's own timeout stops it (an answer that
@@ -248,7 +248,7 @@ void sid_request_set(lua_State *L, int req, int ud, sid_transfer *t) {
      README, "Outcomes"). */
   SETOPT(t, CURLOPT_TIMEOUT_MS, timeout_ms);
 #endif
-  SETOPT(t, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)t->max_bytes);
+  SETOPT(t, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)t->req.max_bytes);
   /* A request without Accept-Encoding admits any coding (RFC 9110): a
      gateway may gzip the answer. So the codings decode.c undoes are
      offered, and libcurl does not decode: on a mislabelled body it would
@@ -268,10 +268,10 @@ void sid_request_set(lua_State *L, int req, int ud, sid_transfer *t) {
   lua_pop(L, 1);
   /* A setup that failed is not kept: the next attempt sets up again
      (memory may be back). */
-  if (t->setup_rc != CURLE_OK) return;
+  if (t->req.setup_rc != CURLE_OK) return;
   lua_pushvalue(L, req);
   sid_setuservalue(L, ud);
-  t->req_set = 1;
+  t->req.set = 1;
 }
 
 /* A client adopting the key its rotation returned: the request at req,
@@ -299,19 +299,19 @@ int sid_request_rekey(lua_State *L, int req, int ud, sid_transfer *t,
   if (t->easy == NULL || t->busy || t->list) return -1;
   /* a forked child sets its request up afresh anyway (transfer.c) */
   if (t->pid != (long)getpid() || !is_current(L, req, ud, t)) return 0;
-  for (at = &t->headers; *at != NULL; at = &(*at)->next)
+  for (at = &t->req.headers; *at != NULL; at = &(*at)->next)
     if (strncmp((*at)->data, name, sizeof name - 1) == 0 &&
         (*at)->data[sizeof name - 1] == ':')
       break;
   if (*at == NULL) return -1;
   old = *at;
-  if (t->api_key != NULL && t->api_key_len == len &&
+  if (t->req.api_key != NULL && t->req.api_key_len == len &&
       strlen(old->data) == sizeof name + 1 + len) {
     /* As long as the old one (SlashID's keys are all one length): the new
        key is written over the old in place, in the line and in the copy;
        nothing is allocated, and no byte of the old key is left. */
     memcpy(old->data + sizeof name + 1, key, len);
-    memcpy(t->api_key, key, len);
+    memcpy(t->req.api_key, key, len);
     return 1;
   }
   node = header_line(name, key, len);
@@ -326,12 +326,12 @@ int sid_request_rekey(lua_State *L, int req, int ud, sid_transfer *t,
   free_headers(old);
   /* (libcurl reads the list when a request starts; only a new head needs
      telling, and setting a pointer cannot fail) */
-  if (at == &t->headers) curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
-  sid_free_secret(&t->api_key, t->api_key_len);
-  t->api_key = copy;
-  t->api_key_len = len;
-  t->secrets.key[SID_SECRET_KEY] = t->api_key;
-  t->secrets.len[SID_SECRET_KEY] = t->api_key_len;
+  if (at == &t->req.headers) curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->req.headers);
+  sid_free_secret(&t->req.api_key, t->req.api_key_len);
+  t->req.api_key = copy;
+  t->req.api_key_len = len;
+  t->secrets.key[SID_SECRET_KEY] = t->req.api_key;
+  t->secrets.len[SID_SECRET_KEY] = t->req.api_key_len;
   return 1;
 }
 
@@ -347,10 +347,10 @@ void sid_request_attempt(lua_State *L, int req, sid_transfer *t) {
   sid_answer_clear(t);
   ca = field_string(L, req, "ca_file", &len, 0);
   check_ca_file(t, ca);
-  if (t->setup_rc != CURLE_OK) t->req_set = 0;   /* set up again next time */
+  if (t->req.setup_rc != CURLE_OK) t->req.set = 0;   /* set up again next time */
   lua_getfield(L, req, "debug");
   sid_trace_hold(L, t);
-  sid_deadline_start(t, t->request_timeout);
+  sid_deadline_start(t, t->req.timeout);
 }
 
 /* The end of a call: the debug function is no longer held. */
@@ -358,21 +358,27 @@ void sid_request_end(lua_State *L, sid_transfer *t) {
   sid_trace_release(L, t);
 }
 
+/* The request is no longer set up on the handle (a new easy handle after
+   fork): the next call sets it up again. */
+void sid_request_forget(sid_transfer *t) {
+  t->req.set = 0;
+}
+
 void sid_request_clear(lua_State *L, sid_transfer *t) {
   int i;
-  free_headers(t->headers);
-  t->headers = NULL;
-  sid_free_secret(&t->api_key, t->api_key_len);
-  t->api_key_len = 0;
+  free_headers(t->req.headers);
+  t->req.headers = NULL;
+  sid_free_secret(&t->req.api_key, t->req.api_key_len);
+  t->req.api_key_len = 0;
   for (i = 0; i < SID_SECRETS - SID_SECRET_EXTRA; i++) {
-    sid_free_secret(&t->extra_secret[i], t->extra_secret_len[i]);
-    t->extra_secret_len[i] = 0;
+    sid_free_secret(&t->req.extra_secret[i], t->req.extra_secret_len[i]);
+    t->req.extra_secret_len[i] = 0;
   }
   memset(&t->secrets, 0, sizeof t->secrets);
-  t->single_send = 0;
-  t->setup_rc = CURLE_OK;
+  t->req.single_send = 0;
+  t->req.setup_rc = CURLE_OK;
   sid_deadline_clear(t);
-  t->req_set = 0;
+  t->req.set = 0;
   sid_request_end(L, t);
   sid_answer_clear(t);
   sid_callbacks_off(t);

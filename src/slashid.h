@@ -69,40 +69,34 @@ typedef struct sid_transfer_list {   /* a slashid.Multi's transfers */
   int count;
 } sid_transfer_list;
 
-typedef struct sid_transfer {
-  CURL *easy;
-  /* ---- where it lives (transfer.c) */
-  long pid;                   /* the process that made its libcurl state */
-  CURLM *own_multi;           /* drives the blocking perform */
-  int busy;                   /* inside a blocking perform or a collect */
-  sid_transfer_list *list;    /* attached to this multi's list, or NULL */
-  struct sid_transfer *prev, *next;
-  int self_ref;               /* registry ref while attached (keeps it alive) */
-  int finished;               /* the multi reported it done */
-  CURLcode finished_rc;
-  lua_State *L;               /* the state whose call is driving libcurl
-                                 right now, NULL otherwise: see trace.c */
-  /* ---- the request set up on the handle (request.c), kept across
-     attempts and calls until another request table comes. The table
-     itself is the handle's user value, not a registry reference: a debug
-     function that refers to its client must not keep the client alive. */
-  int req_set;                /* the user value is the request set up */
+/* The request set up on a handle: request.c's alone (sid_request_set,
+   _rekey, _clear), kept across attempts and calls until another request
+   table comes. The table itself is the handle's user value, not a
+   registry reference: a debug function that refers to its client must
+   not keep the client alive. */
+typedef struct sid_request {
+  int set;                    /* the user value is the request set up */
   struct curl_slist *headers; /* one of them holds the key: wiped on clear */
   char *api_key;              /* copy kept for redaction, wiped on clear */
   size_t api_key_len;
-  sid_secrets secrets;        /* api_key, then the new key once known */
   char *extra_secret[SID_SECRETS - SID_SECRET_EXTRA]; /* owned, wiped */
   size_t extra_secret_len[SID_SECRETS - SID_SECRET_EXTRA];
   size_t max_bytes;           /* cap on the body (max_response_bytes) */
-  double request_timeout;     /* seconds (deadline.c) */
+  double timeout;             /* request_timeout, seconds (deadline.c) */
   int single_send;            /* refuse libcurl's own re-send (the PUT) */
   CURLcode setup_rc;          /* first refused setopt, or CURLE_OK: such a
                                  request is never kept (set up again) */
-  /* ---- one attempt (reset by sid_request_attempt) */
+} sid_request;
+
+/* One attempt's answer: answer.c's (its callbacks collect it,
+   sid_answer_clear wipes it, sid_answer_build reads it; decode.c may
+   replace the body by its decoding). transfer.c's pre-request callback
+   counts the sends, which the answer reports. */
+typedef struct sid_answer {
   sid_buf body;               /* answer body, capped */
   sid_buf head;               /* header lines of the last response */
   size_t received;            /* body bytes so far */
-  size_t head_received;       /* header bytes so far, every block */
+  size_t head_received;       /* header bytes so far, this block */
   int too_large;              /* the body went over max_bytes */
   int head_too_large;         /* the headers went over SID_HEAD_MAX */
   int out_of_memory;
@@ -111,15 +105,37 @@ typedef struct sid_transfer {
                                  is trailers (0: no body yet) */
   int requests_sent;          /* how many times libcurl was about to send */
   long connect_status;        /* a proxy's answer to CONNECT, 0 if none */
-  int no_new_send;            /* op:cancel's last look: send nothing new */
-  int debug_ref;              /* the debug function, held during a call only
-                                 (registry ref), or LUA_NOREF */
-  int debug_failed;
+} sid_answer;
+
+typedef struct sid_transfer {
+  CURL *easy;
+  /* ---- where it lives and an attempt's life: transfer.c's alone */
+  long pid;                   /* the process that made its libcurl state */
+  CURLM *own_multi;           /* drives the blocking perform */
+  int busy;                   /* held by a call until its answer is built */
+  sid_transfer_list *list;    /* attached to this multi's list, or NULL */
+  struct sid_transfer *prev, *next;
+  int self_ref;               /* registry ref while attached (keeps it alive) */
+  int finished;               /* the multi reported it done */
+  CURLcode finished_rc;
   int cancelled;              /* collected before it finished */
+  lua_State *L;               /* the state whose call is driving libcurl
+                                 right now, NULL otherwise: see trace.c */
+  char errbuf[CURL_ERROR_SIZE];
+  sid_request req;            /* request.c's */
+  sid_answer ans;             /* answer.c's */
+  /* what every text handed back hides: the request's key and secrets
+     (request.c), then the new key once known (answer.c) */
+  sid_secrets secrets;
+  /* ---- the deadline: deadline.c's alone */
   double deadline;            /* monotonic seconds: request_timeout ends */
   int expired;                /* the deadline passed: last look taken */
-  int timed_out;              /* ended by the deadline (deadline.c) */
-  char errbuf[CURL_ERROR_SIZE];
+  int timed_out;              /* ended by the deadline */
+  int no_new_send;            /* a last look: send nothing new */
+  /* ---- the call's debug function: trace.c's alone */
+  int debug_ref;              /* held during a call only (registry ref), or
+                                 LUA_NOREF */
+  int debug_failed;
 } sid_transfer;
 
 #define SID_HANDLE_MT "slashid.Handle"
@@ -189,6 +205,7 @@ void sid_request_set(lua_State *L, int req, int ud, sid_transfer *t);
 void sid_request_attempt(lua_State *L, int req, sid_transfer *t);
 void sid_request_end(lua_State *L, sid_transfer *t);
 void sid_request_clear(lua_State *L, sid_transfer *t);
+void sid_request_forget(sid_transfer *t);
 /* sid_request_rekey: the key of the request set up on the handle replaced
    (a client adopting its new key): 1 done, 0 req is not set up on the
    handle, -1 not done (set a request up instead). */
@@ -202,6 +219,7 @@ int    sid_answer_push(lua_State *L, sid_transfer *t, CURLcode rc);
 int    sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc,
                         long status, double elapsed);
 void   sid_answer_clear(sid_transfer *t);   /* wiped: it held the new key */
+void   sid_answer_free(sid_transfer *t);    /* wiped and released */
 
 /* trace.c: the debug trace */
 int  sid_trace_on_debug(CURL *h, curl_infotype type, char *p, size_t n,
@@ -209,6 +227,7 @@ int  sid_trace_on_debug(CURL *h, curl_infotype type, char *p, size_t n,
 void sid_trace_emit(sid_transfer *t, const char *prefix,
                     const char *p, size_t n, size_t max);
 void sid_trace_headers(sid_transfer *t);   /* the answer's, once known */
+void sid_trace_init(sid_transfer *t);                   /* no debug function */
 void sid_trace_hold(lua_State *L, sid_transfer *t);     /* pops the debug value */
 void sid_trace_release(lua_State *L, sid_transfer *t);
 

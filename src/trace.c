@@ -68,6 +68,11 @@ static void emit(sid_transfer *t, const char *prefix, const char *p,
 /* A call's debug function (on top of the stack, popped; anything else:
    no trace) is held until sid_trace_release: only this file writes
    debug_ref and debug_failed. */
+void sid_trace_init(sid_transfer *t) {
+  t->debug_ref = LUA_NOREF;
+  t->debug_failed = 0;
+}
+
 void sid_trace_hold(lua_State *L, sid_transfer *t) {
   t->debug_failed = 0;
   if (lua_isfunction(L, -1)) t->debug_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -124,7 +129,7 @@ static void emit_header_block(sid_transfer *t, const char *prefix,
 }
 
 void sid_trace_headers(sid_transfer *t) {
-  if (t->head.len) emit_header_block(t, "< ", t->head.data, t->head.len);
+  if (t->ans.head.len) emit_header_block(t, "< ", t->ans.head.data, t->ans.head.len);
 }
 
 int sid_trace_on_debug(CURL *h, curl_infotype type, char *p, size_t n,

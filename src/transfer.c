@@ -86,7 +86,7 @@ sid_transfer *sid_transfer_new(lua_State *L) {
   sid_global_init(L);
   t = (sid_transfer *)sid_newuserdata(L, sizeof *t);
   memset(t, 0, sizeof *t);
-  t->debug_ref = LUA_NOREF;
+  sid_trace_init(t);
   t->self_ref = LUA_NOREF;
   t->pid = (long)getpid();
   sid_setmetatable(L, SID_HANDLE_MT);
@@ -106,7 +106,7 @@ void sid_transfer_own(lua_State *L, sid_transfer *t) {
   t->easy = curl_easy_init();
   t->own_multi = NULL;
   t->pid = (long)getpid();
-  t->req_set = 0;
+  sid_request_forget(t);       /* to be set up on the new easy handle */
   if (t->easy == NULL) sid_raise(L, "slashid: curl_easy_init failed");
 }
 
@@ -140,11 +140,11 @@ static int on_prereq(void *ud, char *primary_ip, char *local_ip,
     if (!t->expired) t->cancelled = 1;   /* else a timeout (deadline.c) */
     return CURL_PREREQFUNC_ABORT;
   }
-  t->requests_sent++;
+  t->ans.requests_sent++;
   /* A GET (check_key) changes nothing: libcurl may send it again, for
      instance after an HTTP/2 REFUSED_STREAM, which the server never
      processed. */
-  return t->requests_sent > 1 && t->single_send ? CURL_PREREQFUNC_ABORT
+  return t->ans.requests_sent > 1 && t->req.single_send ? CURL_PREREQFUNC_ABORT
                                                 : CURL_PREREQFUNC_OK;
 }
 #endif
@@ -277,8 +277,7 @@ void sid_transfer_release(lua_State *L, sid_transfer *t) {
     t->easy = NULL;
   }
   sid_transfer_detach(L, t);
-  sid_buf_free(&t->body);
-  sid_buf_free(&t->head);
+  sid_answer_free(t);
   if (t->own_multi) {
     curl_multi_cleanup(t->own_multi);
     t->own_multi = NULL;

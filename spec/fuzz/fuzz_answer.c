@@ -233,14 +233,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   memset(&t, 0, sizeof t);
   t.debug_ref = LUA_NOREF;
   t.L = L;
-  t.api_key = sid_strdup_secret(OLD_KEY, sizeof OLD_KEY - 1);
-  t.api_key_len = sizeof OLD_KEY - 1;
-  t.secrets.key[0] = t.api_key;
-  t.secrets.len[0] = t.api_key_len;
-  t.max_bytes = in.max_bytes;
-  t.requests_sent = has_flag(&in, 's');
+  t.req.api_key = sid_strdup_secret(OLD_KEY, sizeof OLD_KEY - 1);
+  t.req.api_key_len = sizeof OLD_KEY - 1;
+  t.secrets.key[0] = t.req.api_key;
+  t.secrets.len[0] = t.req.api_key_len;
+  t.req.max_bytes = in.max_bytes;
+  t.ans.requests_sent = has_flag(&in, 's');
   t.cancelled = has_flag(&in, 'c');
-  if (has_flag(&in, 'u')) t.setup_rc = CURLE_OUT_OF_MEMORY;
+  if (has_flag(&in, 'u')) t.req.setup_rc = CURLE_OUT_OF_MEMORY;
   if (in.errbuf_len) {
     size_t n = in.errbuf_len < CURL_ERROR_SIZE - 1 ? in.errbuf_len
                                                    : CURL_ERROR_SIZE - 1;
@@ -256,7 +256,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
 
   rc = feed(&t, &in, (CURLcode)((unsigned long)in.rc % CURL_LAST));
-  if (has_flag(&in, 'm')) t.out_of_memory = 1;
+  if (has_flag(&in, 'm')) t.ans.out_of_memory = 1;
 
   /* sid_answer_build under pcall: it must never raise. */
   args.t = &t;
@@ -276,15 +276,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   lua_pushinteger(L, rc);
   lua_pushlstring(L, in.flags ? in.flags : "", in.flags_len);
   lua_pushstring(L, OLD_KEY);
-  lua_pushlstring(L, t.body.data ? t.body.data : "", t.body.len);   /* the body kept */
+  lua_pushlstring(L, t.ans.body.data ? t.ans.body.data : "", t.ans.body.len);   /* the body kept */
   if (lua_pcall(L, 10, 0, 0) != 0) die(lua_tostring(L, -1));
 
   check_redaction(&in);
 
   if (t.debug_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, t.debug_ref);
-  sid_free_secret(&t.api_key, t.api_key_len);
-  sid_buf_free(&t.body);
-  sid_buf_free(&t.head);
+  sid_free_secret(&t.req.api_key, t.req.api_key_len);
+  sid_buf_free(&t.ans.body);
+  sid_buf_free(&t.ans.head);
   lua_settop(L, base);
   if (++runs % 256 == 0) lua_gc(L, LUA_GCCOLLECT, 0);
   return 0;
