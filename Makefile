@@ -58,7 +58,7 @@ RUN_PKGS    = python3 openssl
 TEST_PKGS   = lua-busted lua-socket python3-yaml tinyproxy-bin valgrind lua-argparse \
               redis-server redis-tools
 
-.PHONY: all deps test check-hosts check-sweeps demo emulator install uninstall clean rockcheck bench bench-instr bench-journal bench-crash
+.PHONY: all deps test check-hosts check-sweeps demo emulator install uninstall clean rockcheck bench bench-instr bench-journal bench-crash bench-redaction
 
 all: $(MODULE)
 
@@ -153,6 +153,11 @@ bench-journal: deps
 bench-crash: deps
 	@$(MAKE) --no-print-directory all
 	@LUA=$(LUA) BUILD=$(BUILD) sh bench/crash.sh
+
+# Redaction's time on hostile answers (bench/redaction.lua): figures.
+bench-redaction: all
+	@LUA_PATH="lua/?.lua;spec/?.lua;;" LUA_CPATH="$(BUILD)/?.so;;" \
+	  sh spec/with-emulator.sh $(LUA) bench/redaction.lua
 
 bench-instr: deps
 	@sh scripts/deps.sh $(BENCH_PKGS)

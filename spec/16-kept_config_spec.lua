@@ -519,3 +519,43 @@ describe("handle:rekey, the key swap of a kept request", function()
     h:close()
   end)
 end)
+
+-- A verify check whose answer quotes the key the rotation replaced (a
+-- server saying "key <old> was revoked", in its body and a header).
+local function old_key_quoting_verify(org, key)
+  H.faults(org, {
+    { delay = 0.001 },                               -- the rotation: answered normally
+    { status = 401, headers = { ["X-Revoked"] = key },
+      json = { errors = { { httpcode = 401, message = "revoked: " .. key } } } },
+  })
+end
+
+describe("adopting with verify: the check's answer quoting the replaced key", function()
+  it("slashid.rotate_key with verify hides the replaced key in the check's answer", function()
+    local org, key = H.new_org()
+    old_key_quoting_verify(org, key)
+    local debug, lines = H.tracer()
+    local result, errors, pagination, info =
+      slashid.rotate_key(H.opts(org, key, { verify = true, retries = 0, debug = debug }))
+    assert.are.equal("rotated", info.outcome)
+    assert.is_false(info.verified)
+    H.assert_no_secret(H.flatten(result, errors, pagination, info), key)
+    H.assert_no_secret(table.concat(lines, "\n"), key)
+  end)
+
+  it("client:rotate_key() with verify: the check's answer quoting the replaced (old) key " ..
+     "is redacted as slashid.rotate_key's is", function()
+    local org, key = H.new_org()
+    local debug, lines = H.tracer()
+    local client = slashid.new(H.opts(org, key, { verify = true, retries = 0, debug = debug }))
+    old_key_quoting_verify(org, key)
+    local result, errors, pagination, info = client:rotate_key()
+    assert.are.equal("rotated", info.outcome)
+    assert.is_false(info.verified)
+    local text = H.flatten(result, errors, pagination, info)
+    -- (never print the key: only whether it is there)
+    assert.is_nil(text:find(key, 1, true), "the old key is in the values client:rotate_key returned")
+    assert.is_nil(table.concat(lines, "\n"):find(key, 1, true), "the old key is in the debug trace")
+    client:close()
+  end)
+end)

@@ -204,3 +204,23 @@ describe("a memory error in a batch written ahead to a journal (spec/alloc/journ
     end)
   end
 end)
+
+describe("a batch given up (two signals) while memory keeps failing (spec/alloc/abandon.lua)", function()
+  it("every key issued before the interrupt reaches on_result, though the giving up's own " ..
+     "allocations fail", function()
+    local skip = ensure_host()
+    if skip then pending(skip) return end
+    local rc, text = run("abandon.lua", "4", "1")
+    assert_swept(rc, text, "^alloc abandon x%d+:", "alloc abandon: ok")
+  end)
+end)
+
+describe("an op polled late after a memory error in multi:perform (spec/alloc/late_poll.lua)", function()
+  it("an attempt that finished before the error is reported as it finished, never as a " ..
+     "timeout once its deadline has passed", function()
+    local skip = ensure_host()
+    if skip then pending(skip) return end
+    local rc, text = run("late_poll.lua", "12", "op", "1")
+    assert_swept(rc, text, "^alloc late_poll %S+ x%d+:", "alloc late_poll: ok")
+  end)
+end)

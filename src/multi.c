@@ -210,14 +210,17 @@ static int multi_perform(lua_State *L) {
     sid_transfer_detach(L, h);
   }
   /* Past their deadline and still without a complete answer after that
-     last look: they end now, as timeouts (deadline.c). */
+     last look: they end now, as timeouts (deadline.c). One already
+     finished (an earlier call raised between finishing and reporting
+     it) is reported as it finished, never turned into a timeout. */
   for (h = m->list.first; h; h = next) {
     next = h->next;
-    if (!h->expired) {
+    if (!h->finished && !h->expired) {
       sid_deadline_look_over(h);
       continue;
     }
-    sid_transfer_finish(h, sid_deadline_after_look(h, 0, CURLE_OK));
+    if (!h->finished)
+      sid_transfer_finish(h, sid_deadline_after_look(h, 0, CURLE_OK));
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->self_ref);
     lua_rawseti(L, -2, ++n);
     sid_transfer_detach(L, h);

@@ -189,10 +189,11 @@ int sid_transfer_reset(sid_transfer *t) {
 CURLcode sid_transfer_run(sid_transfer *t) {
   CURLcode rc = CURLE_OK;
   int finished = 0;
+  /* the code its answer is built from: set on every way out */
   if (t->own_multi == NULL && (t->own_multi = curl_multi_init()) == NULL)
-    return CURLE_OUT_OF_MEMORY;
+    return t->finished_rc = CURLE_OUT_OF_MEMORY;
   if (curl_multi_add_handle(t->own_multi, t->easy) != CURLM_OK)
-    return CURLE_FAILED_INIT;
+    return t->finished_rc = CURLE_FAILED_INIT;
   for (;;) {
     CURLMsg *msg;
     int running = 0, left = 0, expired;
@@ -216,8 +217,7 @@ CURLcode sid_transfer_run(sid_transfer *t) {
   }
   rc = sid_deadline_after_look(t, finished, rc);
   curl_multi_remove_handle(t->own_multi, t->easy);
-  t->finished_rc = rc;       /* the code its answer is built from */
-  return rc;
+  return t->finished_rc = rc;
 }
 
 /* Onto a multi's list; the userdata at idx (t itself) is kept alive by a

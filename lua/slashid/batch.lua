@@ -21,7 +21,7 @@ local journal_mod = require "slashid.journal"
 local recover = require "slashid.recover"
 
 local pcall, tostring, type, error, pairs, next = pcall, tostring, type, error, pairs, next
-local collectgarbage, sort = collectgarbage, table.sort
+local collectgarbage = collectgarbage
 -- The caller's functions are called through core.pcall: a coroutine
 -- cannot yield across it, so a batch is never suspended (and abandoned)
 -- with items in flight; a yield there is that function's error.
@@ -249,7 +249,7 @@ local function start(b, i, cfg, now)
                           on_rotated and function(result) on_rotated(cfg, result) end)
   -- the batch's own fields of the job
   job.batch, job.index, job.on_done, job.handed, job.item = b, i, finish, 0, false
-  job.key_journaled = false
+  job.key_journaled, job.verify_cut = false, false
   -- Wait for the first connection's protocol (ALPN) only where HTTP/2 can
   -- be negotiated: over plain http:// (loopback) libcurl learns it from
   -- the first answer's status line, so every item would wait for it.
@@ -545,56 +545,72 @@ local function last_look(b)
   end
 end
 
-local function by_index(x, y) return x.index < y.index end
-
 -- Keys already issued (items whose new key is being verified) still
 -- reach the caller before the error passes: nothing else holds them
--- (not one whose key on_result already has: finish got that far).
-local function issued_keys(b)
-  local issued = {}
+-- (not one whose key on_result already has: finish got that far). This
+-- runs when memory may be short, so nothing here builds a list: the
+-- items are found in by_handle each time, the lowest index first.
+local function issued(job)
+  local v = job.values
+  return v and v.result and job.handed < HAND_RESULT
+end
+
+local function next_issued(b)
+  local best
   for _, job in pairs(b.by_handle) do
-    local v = job.values
-    if v and v.result and job.handed < HAND_RESULT then issued[#issued + 1] = job end
+    if issued(job) and (not best or job.index < best.index) then best = job end
   end
-  sort(issued, by_index)
-  return issued
+  return best
 end
 
 -- Their keys are durable before they are handed over (rule 2).
-local function journal_issued(journal, issued)
-  for k = 1, #issued do
-    local job = issued[k]
-    if job.key_journaled == false then
+local function journal_issued(b)
+  local journal = b.journal
+  for _, job in pairs(b.by_handle) do
+    if issued(job) and job.key_journaled == false then
       pcall(journal.add, journal, "rotated", job.cfg.org_id, job.values.result.api_key)
       job.key_journaled = "pending"
     end
   end
   if pcall(journal.flush, journal) and not journal.failed then
-    for k = 1, #issued do issued[k].key_journaled = "durable" end
+    for _, job in pairs(b.by_handle) do
+      if job.key_journaled == "pending" then job.key_journaled = "durable" end
+    end
   end
 end
 
-local function hand_issued(b, issued)
-  for k = 1, #issued do
-    local job = issued[k]
+-- One issued item: a verify cut short says so (once), then the stages of
+-- its hand-over from where it stands (finish), run again after a
+-- collection if one raises.
+local function cut_verify(job)
+  if job.phase == "verify" and not job.verify_cut then
     local v = job.values
-    b.by_handle[job.handle] = nil
-    if job.phase == "verify" then
-      v.info.verified = false   -- as rotation.verified says of a check that failed
-      v.errors[#v.errors + 1] = { httpcode = 0, message = VERIFY_CUT }
+    v.errors[#v.errors + 1] = { httpcode = 0, message = VERIFY_CUT }
+    v.info.verified = false   -- as rotation.verified says of a check that failed
+    job.verify_cut = true
+  end
+end
+
+local function hand_issued_job(job)
+  cut_verify(job)
+  finish(job)
+end
+
+local function hand_issued(b)
+  for _ = 1, b.active do
+    local job = next_issued(b)
+    if not job then return end
+    if not recover.call(hand_issued_job, job) then
+      job.handed = HANDED_OVER   -- given up: the next one still gets its turn
     end
-    local item = item_of(v)
-    if b.journal then pcall(journal_item, b, job, item) end
-    deliver(b, job.index, item, true)
   end
 end
 
 local function abandon(b, err)
   last_look(b)
-  local issued = issued_keys(b)
-  if b.journal then journal_issued(b.journal, issued) end
+  if b.journal then journal_issued(b) end
   pcall(close_all, b)
-  hand_issued(b, issued)
+  hand_issued(b)
   if b.journal then pcall(b.journal.flush, b.journal) end
   error(err, 0)
 end

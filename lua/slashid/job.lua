@@ -42,6 +42,9 @@ function M.new(cfg, handle, kind, user_agent, on_rotated, req)
     multi = false, started = false, phase_cfg = false, attempt = 0,
     phase_started = false, wait_until = false, last = false, values = false,
     told = false,          -- on_rotated has run
+    -- the key this call presents, kept apart from cfg: a client adopting
+    -- the new key changes its kept cfg (the one this job runs on) in place
+    presented = cfg.api_key,
     cancelled = false,     -- op:cancel, or a batch's last look (batch.lua)
     -- values: what the job gives once done, by name (Job:results):
     -- rotate { result, errors, pagination, info }, check { ok, errors, info };
@@ -203,7 +206,7 @@ function Job:conclude_rotation(result, errors, pagination, info, facts)
     info.verified = false
     outcome.add_error(errors, 0, NOT_PRINTABLE)
   elseif not self.cancelled then
-    return self:begin("verify", outcome.verify_cfg(self.cfg, result.api_key))
+    return self:begin("verify", outcome.verify_cfg(self.cfg, result.api_key, self.presented))
   else
     -- cancelled (or a batch interrupted) as the key arrived: it is kept,
     -- and said to be unverified rather than passed as verified

@@ -125,11 +125,11 @@ function M.save(cfg, result, errors, info)
 end
 
 -- The configuration of the check that verifies a new key.
-function M.verify_cfg(cfg, new_key)
+function M.verify_cfg(cfg, new_key, replaced_key)
   local v = {}
   for k, x in next, cfg do v[k] = x end
   v.api_key = new_key
-  v.replaced_key = cfg.api_key   -- hidden in the check's answer too
+  v.replaced_key = replaced_key   -- hidden in the check's answer too
   -- a cap sized for the rotation's short answer must not fail the check
   -- of a key that works (the config answer is longer)
   if v.max_response_bytes and v.max_response_bytes < 1048576 then
