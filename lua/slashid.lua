@@ -589,7 +589,7 @@ local function path_key(path)
   return "/" .. table.concat(out, "/")
 end
 
-local function url_key(url)
+local function url_key_uncached(url)
   local scheme, authority, path = url:match("^([%a][%w+.-]*)://([^/]*)(.*)$")
   if not scheme then return url end
   scheme, authority = scheme:lower(), authority:lower()
@@ -602,6 +602,18 @@ local function url_key(url)
   port = port:match("^:0*(%d+)$") or port:match("^:$") and "" or port
   if port == "" or port == DEFAULT_PORT[scheme] then port = "" else port = ":" .. port end
   return scheme .. "://" .. host .. port .. path_key(path)
+end
+
+-- A client compares its base URL with each call's: the few URLs seen
+-- are remembered spelled one way, not parsed again on every call.
+local url_keys, url_keys_size = {}, 0
+local function url_key(url)
+  local known = url_keys[url]
+  if known then return known end
+  known = url_key_uncached(url)
+  if url_keys_size >= 32 then url_keys, url_keys_size = {}, 0 end
+  url_keys[url], url_keys_size = known, url_keys_size + 1
+  return known
 end
 
 local function holds(st, cfg)

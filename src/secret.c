@@ -336,6 +336,32 @@ static int occurs_in(const char *key, size_t klen, const char *g, size_t n,
    a multiple of 6, so s holds none when none of those blocks occurs in a
    secret: n / 6 short searches per secret instead of one per position. */
 #define SID_BLOCK 6
+/* Whether the SID_BLOCK bytes at g occur in key[0..klen), in any case
+   when fold. Each candidate is found by its first byte (memchr, in both
+   cases when fold) and then compared: glibc's memmem sets up a table on
+   every call, which costs more than the whole search of a 40-byte key. */
+static int block_in(const char *key, size_t klen, const char *g, int fold) {
+  int pass, c = (unsigned char)g[0];
+  int first[2];
+  first[0] = fold ? tolower(c) : c;
+  first[1] = fold ? toupper(c) : c;
+  for (pass = 0; pass < (first[1] != first[0] ? 2 : 1); pass++) {
+    const char *at = key, *end = key + klen;
+    while (end - at >= SID_BLOCK &&
+           (at = (const char *)memchr(at, first[pass],
+                                      (size_t)(end - at) - (SID_BLOCK - 1))) != NULL) {
+      size_t x;
+      for (x = 1; x < SID_BLOCK; x++)
+        if (fold ? tolower((unsigned char)at[x]) != tolower((unsigned char)g[x])
+                 : at[x] != g[x])
+          break;
+      if (x == SID_BLOCK) return 1;
+      at++;
+    }
+  }
+  return 0;
+}
+
 static int may_hold_secret(const sid_secrets *k, const char *s, size_t n,
                            int fold) {
   int j;
@@ -347,8 +373,9 @@ static int may_hold_secret(const sid_secrets *k, const char *s, size_t n,
       if (len <= n && occurs_in(s, n, key, len, fold)) return 1;
       continue;
     }
+    if (n < SID_PIECE_MIN) continue;     /* no piece fits, nor the whole */
     for (p = 0; p + SID_BLOCK <= n; p += SID_BLOCK)
-      if (occurs_in(key, len, s + p, SID_BLOCK, fold)) return 1;
+      if (block_in(key, len, s + p, fold)) return 1;
   }
   return 0;
 }
