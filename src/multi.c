@@ -339,7 +339,7 @@ static int multi_pollfd(lua_State *L) {
     lua_pushliteral(L, "slashid: this multi is not pollable");
   else if (m->pollfd_err == ENOSYS)
     lua_pushliteral(L, "slashid: no poll descriptor on this platform "
-                       "(neither epoll nor kqueue)");
+                       "(epoll is Linux's; see docs/hosts.md)");
   else
     lua_pushfstring(L, "slashid: cannot make a poll descriptor: %s",
                     strerror(m->pollfd_err));

@@ -169,8 +169,9 @@ void     sid_transfer_release_hold(sid_transfer *t, int built);
 void     sid_transfer_forget_answer(sid_transfer *t);
 
 /* pollset.c: one descriptor that polls readable while a socket libcurl
-   watches (CURLMOPT_SOCKETFUNCTION) is ready: epoll on Linux, kqueue on
-   the BSDs and macOS, close-on-exec. No Lua: libcurl's callbacks use it.
+   watches (CURLMOPT_SOCKETFUNCTION) is ready: epoll, on Linux (elsewhere
+   none yet: docs/hosts.md), close-on-exec. No Lua: libcurl's callbacks
+   use it.
    sid_pollset_open returns -1 with errno (ENOSYS: no such descriptor on
    this platform). sid_pollset_watch takes CURL_POLL_*. sid_pollset_wait
    sleeps at most ms (< 0: no bound) until the set or `extra` (>= 0; the
