@@ -331,7 +331,9 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
   }
   /* decoded, the body is over max_response_bytes: as if the bytes were */
   if (t->ans.too_large && rc == CURLE_OK) rc = CURLE_FILESIZE_EXCEEDED;
-  complete = (rc == CURLE_OK);
+  /* complete as facts.complete says: a request that could not be set up
+     (setup_rc) never had an answer to read, whatever the bytes */
+  complete = (rc == CURLE_OK && t->req.setup_rc == CURLE_OK);
 
   /* The envelope, when the whole answer is a JSON object. */
   /* A 2xx whose transfer then failed (trailers over the header cap, a
@@ -407,7 +409,7 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
   /* errors */
   lua_newtable(L);
   list = lua_gettop(L);
-  if (!complete || t->req.setup_rc != CURLE_OK) {
+  if (!complete) {
     add_transport_error(L, list, t, t->req.setup_rc != CURLE_OK ? t->req.setup_rc
                                                             : rc);
   } else if (lua_type(L, envelope) == LUA_TTABLE) {
@@ -445,7 +447,7 @@ int sid_answer_build(lua_State *L, sid_transfer *t, CURLcode rc, long status,
   set_int(L, "curl_code", (long)(t->req.setup_rc != CURLE_OK ? t->req.setup_rc : rc));
   lua_pushboolean(L, t->ans.requests_sent > 0);
   lua_setfield(L, facts, "sent");
-  lua_pushboolean(L, complete && t->req.setup_rc == CURLE_OK);
+  lua_pushboolean(L, complete);
   lua_setfield(L, facts, "complete");
   lua_pushboolean(L, t->ans.too_large || t->ans.head_too_large);
   lua_setfield(L, facts, "too_large");
