@@ -382,7 +382,10 @@ H.write(out_file, ("%d %d %d %d %d"):format(looks, unnamed, in_flight, most_sent
       local list = orgs(1)
       local path = journal_path()
       H.write(path, "", "600")
-      local job = H.spawn("flock " .. H.q(path) .. " sleep 30")
+      -- the lock is taken on a descriptor of the process that then becomes
+      -- sleep (exec): killing the job ends the holder, leaving nothing
+      -- behind (flock(1) with a command would leave its child running)
+      local job = H.spawn("sh -c " .. H.q("exec 9>>" .. H.q(path) .. " && flock 9 && exec sleep 30"))
       finally(function() if not job.ended() then job.kill("TERM") end end)
       -- locked once flock(1)'s child runs
       H.wait_for("flock(1) to hold the file", 10, function()
